@@ -1,0 +1,3 @@
+"""maskface: reproducible masked face recognition."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,436 @@
+"""Backbone registry: one decorator, one factory (the timm pattern).
+
+Each entry carries everything the rest of the pipeline needs to know about a network –
+input size, pixel normalisation, feature size, the ordered layer groups that
+``train_layers: last_<n>`` can unfreeze, and the pretrained weights it accepts – so the
+crop and embed stages never repeat those numbers.
+
+A :class:`FaceEmbedder` takes raw ``uint8`` pixels (N, 3, H, W) and does the
+normalisation itself, so training and inference share one preprocessing path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+TrunkBuilder = Callable[[], "Trunk"]
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """What the pipeline knows about a backbone.
+
+    ``mean``/``std`` are in the units of ``pixel_range``: the network sees
+    ``(pixels_uint8 / 255 * pixel_range - mean) / std``.
+    """
+
+    name: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    pixel_range: float
+    feature_dim: int
+    weights: tuple[str, ...]
+    default_weights: str
+    description: str
+    builder: TrunkBuilder = dataclasses.field(repr=False, compare=False)
+
+
+class Trunk(nn.Module):
+    """A pretrained network cut where the face embedding is taken.
+
+    ``layer_groups`` lists sub-module names from input to output; ``last_<n>``
+    unfreezes the final n of them.
+    """
+
+    layer_groups: tuple[str, ...] = ()
+
+    def load_pretrained(self, weights: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} has no pretrained weights loader for {weights!r}")
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(
+    name: str,
+    *,
+    input_size: int,
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    pixel_range: float,
+    feature_dim: int,
+    weights: tuple[str, ...],
+    default_weights: str,
+    description: str,
+) -> Callable[[TrunkBuilder], TrunkBuilder]:
+    """Decorator registering a trunk builder under ``name`` with its preprocessing."""
+
+    def decorate(builder: TrunkBuilder) -> TrunkBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        _REGISTRY[name] = BackboneSpec(
+            name=name,
+            input_size=input_size,
+            mean=mean,
+            std=std,
+            pixel_range=pixel_range,
+            feature_dim=feature_dim,
+            weights=weights,
+            default_weights=default_weights,
+            description=description,
+            builder=builder,
+        )
+        return builder
+
+    return decorate
+
+
+def available_backbones() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; valid: {', '.join(_REGISTRY)}") from None
+
+
+class PixelNormalize(nn.Module):
+    """uint8-range pixels (N, 3, H, W) -> the backbone's normalised float input."""
+
+    def __init__(self, spec: BackboneSpec):
+        super().__init__()
+        scale = spec.pixel_range / 255.0
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std).view(1, 3, 1, 1)
+        # Folded into one multiply-add: x * (scale/std) - mean/std.
+        self.register_buffer("multiplier", scale / std, persistent=False)
+        self.register_buffer("offset", -mean / std, persistent=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        dtype = self.multiplier.dtype if not torch.is_floating_point(pixels) else pixels.dtype
+        return pixels.to(dtype) * self.multiplier.to(dtype) + self.offset.to(dtype)
+
+
+class FaceEmbedder(nn.Module):
+    """Trunk + embedding head (linear, batch norm) + L2 normalisation.
+
+    forward(pixels): pixels (N, 3, H, W), uint8 or float in [0, 255] -> (N, embedding_size),
+    rows of unit L2 norm.
+    """
+
+    def __init__(self, spec: BackboneSpec, trunk: Trunk, embedding_size: int, input_size: int):
+        super().__init__()
+        self.spec = spec
+        self.input_size = input_size
+        self.embedding_size = embedding_size
+        self.normalize = PixelNormalize(spec)
+        self.trunk = trunk
+        self.head = nn.Sequential(
+            nn.Dropout(p=0.0),
+            nn.Linear(spec.feature_dim, embedding_size, bias=False),
+            nn.BatchNorm1d(embedding_size),
+        )
+        self.frozen_bn_stats = False
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self.normalize(pixels))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        embedding = self.head(self.features(pixels))
+        # Normalise in fp32: under bf16 autocast a half-precision norm loses ~3 digits.
+        return F.normalize(embedding.float(), dim=1)
+
+    def configure_training(self, train_layers: str, freeze_bn_stats: bool) -> list[str]:
+        """Set requires_grad by the ``train_layers`` policy; returns the trainable group names.
+
+        ``all``: everything; ``head``: only the embedding head; ``last_<n>``: the head and the
+        last n layer groups of the trunk. With ``freeze_bn_stats`` the batch-norm layers of the
+        trunk keep their pretrained running statistics (small fine-tuning sets estimate them
+        badly), see :meth:`train`.
+        """
+        groups = list(self.trunk.layer_groups)
+        if train_layers == "all":
+            trainable = groups
+        elif train_layers == "head":
+            trainable = []
+        elif train_layers.startswith("last_") and train_layers[5:].isdigit():
+            count = int(train_layers[5:])
+            if not 1 <= count <= len(groups):
+                raise ValueError(
+                    f"train_layers {train_layers!r} asks for more groups than {self.spec.name} has; "
+                    f"valid: all, head, last_1 .. last_{len(groups)} ({', '.join(groups)})"
+                )
+            trainable = groups[-count:]
+        else:
+            raise ValueError(f"train_layers {train_layers!r} is invalid; valid: all, head, last_<n>")
+        for parameter in self.trunk.parameters():
+            parameter.requires_grad_(train_layers == "all")
+        if train_layers != "all":
+            for group in trainable:
+                for parameter in self.trunk.get_submodule(group).parameters():
+                    parameter.requires_grad_(True)
+        self.frozen_bn_stats = freeze_bn_stats
+        self.train(self.training)
+        return trainable
+
+    def train(self, mode: bool = True) -> FaceEmbedder:
+        super().train(mode)
+        if mode and self.frozen_bn_stats:
+            for module in self.trunk.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.trunk.parameters() if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.head.parameters() if p.requires_grad]
+
+
+def create_model(
+    name: str,
+    *,
+    weights: str = "none",
+    embedding_size: int = 128,
+    input_size: int | None = None,
+) -> FaceEmbedder:
+    """Build a :class:`FaceEmbedder` for the registered backbone ``name``.
+
+    ``weights``: ``none`` (random initialisation) or one of the spec's weight names,
+    resolved through :mod:`maskface.weights` (cache, official URL with checksum, or a
+    local converter).
+    """
+    spec = get_spec(name)
+    valid = ("none",) + spec.weights
+    if weights not in valid:
+        raise ValueError(f"unknown weights {weights!r} for backbone {name!r}; valid: {', '.join(valid)}")
+    trunk = spec.builder()
+    if weights != "none":
+        trunk.load_pretrained(weights)
+        logger.info("%s: loaded pretrained weights %r", name, weights)
+    return FaceEmbedder(spec, trunk, embedding_size=embedding_size, input_size=input_size or spec.input_size)
+
+
+# --- facenet: InceptionResnetV1 ---------------------------------------------------------------
+
+
+class FaceNetTrunk(Trunk):
+    """facenet-pytorch's InceptionResnetV1 up to its 512-d bottleneck batch norm (before L2)."""
+
+    layer_groups = (
+        "net.conv2d_1a",
+        "net.conv2d_2a",
+        "net.conv2d_2b",
+        "net.conv2d_3b",
+        "net.conv2d_4a",
+        "net.conv2d_4b",
+        "net.repeat_1",
+        "net.mixed_6a",
+        "net.repeat_2",
+        "net.mixed_7a",
+        "net.repeat_3",
+        "net.block8",
+        "net.last_linear",
+        "net.last_bn",
+    )
+
+    def __init__(self):
+        super().__init__()
+        from facenet_pytorch import InceptionResnetV1
+
+        self.net = InceptionResnetV1(pretrained=None, classify=False)
+        # Not used for embeddings; dropping it keeps state dicts and optimisers lean.
+        self.net.logits = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net.conv2d_1a(x)
+        x = net.conv2d_2a(x)
+        x = net.conv2d_2b(x)
+        x = net.maxpool_3a(x)
+        x = net.conv2d_3b(x)
+        x = net.conv2d_4a(x)
+        x = net.conv2d_4b(x)
+        x = net.repeat_1(x)
+        x = net.mixed_6a(x)
+        x = net.repeat_2(x)
+        x = net.mixed_7a(x)
+        x = net.repeat_3(x)
+        x = net.block8(x)
+        x = net.avgpool_1a(x)
+        x = net.dropout(x)
+        x = net.last_linear(x.flatten(1))
+        return net.last_bn(x)
+
+    def load_pretrained(self, weights: str) -> None:
+        from maskface.weights import load_state_dict, resolve_weights
+
+        state = load_state_dict(resolve_weights(f"facenet:{weights}"))
+        state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        if unexpected or [k for k in missing if not k.startswith("logits")]:
+            raise ValueError(f"facenet weights {weights!r} do not fit InceptionResnetV1: missing {missing}, unexpected {unexpected}")
+
+
+@register_backbone(
+    "facenet",
+    input_size=160,
+    # facenet-pytorch's fixed_image_standardization: (x - 127.5) / 128 on 0-255 pixels.
+    mean=(127.5, 127.5, 127.5),
+    std=(128.0, 128.0, 128.0),
+    pixel_range=255.0,
+    feature_dim=512,
+    weights=("casia-webface", "vggface2", "casia-webface-opencv"),
+    default_weights="casia-webface",
+    description="InceptionResnetV1 (facenet-pytorch), 512-d bottleneck",
+)
+def _build_facenet() -> Trunk:
+    return FaceNetTrunk()
+
+
+# --- vggface: VGG-16 --------------------------------------------------------------------------
+
+
+# Layer names of Albanie's PyTorch conversion (vgg_face_dag.pth) in torchvision VGG-16 order.
+_VGG_FACE_DAG_CONVS = (
+    "conv1_1", "conv1_2", "conv2_1", "conv2_2",
+    "conv3_1", "conv3_2", "conv3_3",
+    "conv4_1", "conv4_2", "conv4_3",
+    "conv5_1", "conv5_2", "conv5_3",
+)
+
+
+class VggFaceTrunk(Trunk):
+    """VGG-16 up to fc7 (4096-d, after ReLU), the VGG-Face descriptor layer."""
+
+    layer_groups = ("block1", "block2", "block3", "block4", "block5", "fc6", "fc7")
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models import vgg16
+
+        base = vgg16(weights=None)
+        features = list(base.features)
+        # torchvision's features: each block ends with a MaxPool2d; split there.
+        blocks, current = [], []
+        for layer in features:
+            current.append(layer)
+            if isinstance(layer, nn.MaxPool2d):
+                blocks.append(nn.Sequential(*current))
+                current = []
+        self.block1, self.block2, self.block3, self.block4, self.block5 = blocks
+        # Inputs other than 224 px give other than 7x7 maps; adaptive pooling keeps fc6's shape.
+        self.pool = nn.AdaptiveAvgPool2d((7, 7))
+        self.fc6 = nn.Sequential(base.classifier[0], nn.ReLU(inplace=True), nn.Dropout(0.5))
+        self.fc7 = nn.Sequential(base.classifier[3], nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in (self.block1, self.block2, self.block3, self.block4, self.block5):
+            x = block(x)
+        return self.fc7(self.fc6(self.pool(x).flatten(1)))
+
+    def conv_layers(self) -> list[nn.Conv2d]:
+        blocks = (self.block1, self.block2, self.block3, self.block4, self.block5)
+        return [m for block in blocks for m in block if isinstance(m, nn.Conv2d)]
+
+    def load_pretrained(self, weights: str) -> None:
+        from maskface.weights import load_state_dict, resolve_weights
+
+        state = load_state_dict(resolve_weights(f"vggface:{weights}"))
+        self.load_vgg_face_dag(state)
+
+    def load_vgg_face_dag(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy Albanie's vgg_face_dag tensors (conv1_1 .. fc7) into this trunk."""
+        targets = dict(zip(_VGG_FACE_DAG_CONVS, self.conv_layers()))
+        targets["fc6"] = self.fc6[0]
+        targets["fc7"] = self.fc7[0]
+        for name, layer in targets.items():
+            for kind in ("weight", "bias"):
+                key = f"{name}.{kind}"
+                if key not in state:
+                    raise ValueError(f"vgg_face_dag weights lack {key!r}; is this the right file?")
+                tensor = state[key]
+                target = getattr(layer, kind)
+                # The DAG conversion may store fc6/fc7 as 1x1 or 7x7 convolutions.
+                tensor = tensor.reshape(target.shape)
+                with torch.no_grad():
+                    target.copy_(tensor)
+
+
+@register_backbone(
+    "vggface",
+    input_size=224,
+    # VGG-Face (Parkhi et al.) subtracts the RGB mean of its training faces from 0-255 pixels.
+    mean=(129.186279296875, 104.76238250732422, 93.59396362304688),
+    std=(1.0, 1.0, 1.0),
+    pixel_range=255.0,
+    feature_dim=4096,
+    weights=("vgg-face-dag",),
+    default_weights="vgg-face-dag",
+    description="VGG-16 with VGG-Face weights, fc7 descriptor (4096-d)",
+)
+def _build_vggface() -> Trunk:
+    return VggFaceTrunk()
+
+
+# --- alexnet ----------------------------------------------------------------------------------
+
+
+class AlexNetTrunk(Trunk):
+    """torchvision AlexNet conv1..conv5 (the study's "fifth layer"), globally average-pooled."""
+
+    layer_groups = ("conv1", "conv2", "conv3", "conv4", "conv5")
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models import alexnet
+
+        features = alexnet(weights=None).features
+        # torchvision indices: conv1 0-2 (conv, relu, pool), conv2 3-5, conv3 6-7, conv4 8-9, conv5 10-12.
+        self.conv1 = features[0:3]
+        self.conv2 = features[3:6]
+        self.conv3 = features[6:8]
+        self.conv4 = features[8:10]
+        self.conv5 = features[10:13]
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for group in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
+            x = group(x)
+        return self.pool(x).flatten(1)
+
+    def load_pretrained(self, weights: str) -> None:
+        from maskface.weights import load_state_dict, resolve_weights
+
+        state = load_state_dict(resolve_weights(f"alexnet:{weights}"))
+        # Re-assemble torchvision's flat `features` numbering over the same module objects.
+        features = nn.Sequential(*self.conv1, *self.conv2, *self.conv3, *self.conv4, *self.conv5)
+        features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
+
+
+@register_backbone(
+    "alexnet",
+    input_size=224,
+    # torchvision's ImageNet statistics on 0-1 pixels.
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    pixel_range=1.0,
+    feature_dim=256,
+    weights=("imagenet1k-v1",),
+    default_weights="imagenet1k-v1",
+    description="torchvision AlexNet, conv5 features average-pooled (256-d)",
+)
+def _build_alexnet() -> Trunk:
+    return AlexNetTrunk()

@@ -1,0 +1,38 @@
+"""Device choice and mixed precision, the same code on CPU and GPU."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA device when one exists, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available; valid here: auto, cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is invalid; valid: auto, cpu, cuda")
+    return torch.device(name)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """Training autocast dtype: bf16 where the GPU supports it, else fp16; none on CPU.
+
+    CPU training stays fp32: bf16 CPU autocast speeds up inference but its gradients are
+    noisy enough on small batches to change which epoch is best.
+    """
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,97 @@
+"""Face embeddings from a trained model folder over the crop stage's arrays."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from maskface.backbones import FaceEmbedder, create_model
+from maskface.crop import open_crops
+from maskface.device import resolve_device
+
+logger = logging.getLogger(__name__)
+
+EMBEDDINGS_FILE = "embeddings.npy"
+INDEX_FILE = "index.csv"
+MODEL_FILE = "model.pt"
+MODEL_CONFIG_FILE = "model.json"
+
+
+@torch.inference_mode()
+def embed_array(
+    model: FaceEmbedder,
+    images: np.ndarray,
+    rows: np.ndarray | None = None,
+    batch_size: int = 64,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Embed uint8 images (N, 3, S, S) (a memory map is fine) -> float32 (N, E), unit rows."""
+    device = device or next(model.parameters()).device
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    was_training = model.training
+    model.eval()
+    out = np.empty((len(rows), model.embedding_size), dtype=np.float32)
+    starts = range(0, len(rows), batch_size)
+    for start in tqdm(starts, desc="embed", unit="batch", disable=not progress):
+        batch_rows = rows[start : start + batch_size]
+        pixels = torch.from_numpy(np.ascontiguousarray(images[batch_rows])).to(device, non_blocking=True)
+        out[start : start + len(batch_rows)] = model(pixels).float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def save_model(model: FaceEmbedder, out_dir: Path, extra: dict) -> None:
+    """Weights plus everything needed to rebuild the model without params.yaml."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out_dir / MODEL_FILE)
+    config = {
+        "backbone": model.spec.name,
+        "embedding_size": model.embedding_size,
+        "input_size": model.input_size,
+        **extra,
+    }
+    (out_dir / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def load_model(model_dir: Path, device: torch.device | str = "cpu") -> FaceEmbedder:
+    """Rebuild a model saved by :func:`save_model` (weights loaded with weights_only=True)."""
+    config_path = model_dir / MODEL_CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} is missing: {model_dir} is not a maskface model folder")
+    config = json.loads(config_path.read_text())
+    # Weights come from the checkpoint; building with weights='none' avoids needless downloads.
+    model = create_model(config["backbone"], weights="none", embedding_size=config["embedding_size"], input_size=config["input_size"])
+    state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def embed_crops(crops_dir: Path, model_dir: Path, out_dir: Path, batch_size: int, device: str = "auto") -> pd.DataFrame:
+    """Embed every cropped image; writes ``embeddings.npy`` (N, E) float32 and ``index.csv``."""
+    torch_device = resolve_device(device)
+    model = load_model(model_dir, torch_device)
+    images, index = open_crops(crops_dir)
+    if images.shape[-1] != model.input_size:
+        raise ValueError(
+            f"crops in {crops_dir} are {images.shape[-1]} px but the model in {model_dir} expects {model.input_size} px"
+        )
+    embeddings = embed_array(model, images, batch_size=batch_size, device=torch_device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / EMBEDDINGS_FILE, embeddings)
+    index.to_csv(out_dir / INDEX_FILE, index=False)
+    logger.info("embedded %d images -> %s", len(index), out_dir)
+    return index
+
+
+def load_embeddings(embeddings_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    embeddings = np.load(embeddings_dir / EMBEDDINGS_FILE)
+    index = pd.read_csv(embeddings_dir / INDEX_FILE, keep_default_na=False)
+    index["masked"] = index["masked"].astype(str).str.lower().isin(["true", "1"])
+    return embeddings, index

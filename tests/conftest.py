@@ -1,0 +1,63 @@
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _datasets_root() -> Path | None:
+    configured = os.environ.get("MASKFACE_DATASETS")
+    root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "datasets"
+    return root if root.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def datasets_root() -> Path:
+    """The real-data folder (../shared/datasets or $MASKFACE_DATASETS); skips where absent."""
+    root = _datasets_root()
+    if root is None:
+        pytest.skip("real datasets not found: set MASKFACE_DATASETS or place ../shared/datasets")
+    return root
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def _toy_face(identity: int, variant: int, size: int = 48):
+    """A procedural stand-in image: identity = colour layout, variant = noise and shift."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(1000 * identity + variant)
+    base = np.random.default_rng(identity).integers(0, 256, size=(4, 4, 3)).astype(np.float32)
+    image = np.kron(base, np.ones((size // 4, size // 4, 1), dtype=np.float32))
+    image = np.roll(image, int(rng.integers(-3, 4)), axis=1)
+    image += rng.normal(0, 12, image.shape)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def toy_dataset(tmp_path_factory):
+    """12 identities x 6 images (3 masked) on disk, with a manifest, splits and pairs."""
+    import pandas as pd
+
+    from maskface.split import split_dataset
+
+    root = tmp_path_factory.mktemp("toy")
+    rows = []
+    for identity in range(12):
+        folder = root / f"id{identity:02d}"
+        folder.mkdir()
+        for variant in range(6):
+            path = folder / f"{variant}.png"
+            _toy_face(identity, variant).save(path)
+            rows.append({"path": str(path), "identity": f"id{identity:02d}", "masked": variant % 2 == 0})
+    manifest, pairs = split_dataset(pd.DataFrame(rows), (0.5, 0.25, 0.25), 0, "identity", ["masked-unmasked"], 9)
+    pairs_dir = root / "pairs"
+    pairs_dir.mkdir()
+    for name, table in pairs.items():
+        table.to_csv(pairs_dir / f"{name}.csv", index=False)
+    return {"root": root, "manifest": manifest, "pairs_dir": pairs_dir}

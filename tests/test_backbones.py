@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from maskface.backbones import available_backbones, create_model, get_spec
+
+# Small inputs keep the registry-wide tests fast on CPU; every trunk pools adaptively.
+TEST_SIZE = {"facenet": 96, "vggface": 64, "alexnet": 96}
+
+
+@pytest.fixture(scope="module", params=available_backbones())
+def model(request):
+    torch.manual_seed(0)
+    return create_model(request.param, embedding_size=32, input_size=TEST_SIZE[request.param]).eval()
+
+
+def test_registry_lists_the_study_backbones():
+    assert available_backbones() == ["facenet", "vggface", "alexnet"]
+
+
+def test_forward_shape_finite_and_unit_norm(model):
+    size = model.input_size
+    pixels = torch.randint(0, 256, (3, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        embeddings = model(pixels)
+    assert embeddings.shape == (3, 32)
+    assert torch.isfinite(embeddings).all()
+    torch.testing.assert_close(embeddings.norm(dim=1), torch.ones(3))
+
+
+def test_uint8_and_float_pixels_give_the_same_embedding(model):
+    size = model.input_size
+    pixels = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixels), model(pixels.float()))
+
+
+@pytest.mark.parametrize(
+    "name, pixel, expected",
+    [
+        ("facenet", 255, (255 - 127.5) / 128),
+        ("facenet", 0, -127.5 / 128),
+        ("vggface", 200, 200 - 129.186279296875),
+        ("alexnet", 255, (1.0 - 0.485) / 0.229),
+    ],
+)
+def test_pixel_normalisation_golden_values(name, pixel, expected):
+    model = create_model(name, input_size=TEST_SIZE[name])
+    normalised = model.normalize(torch.full((1, 3, 2, 2), pixel, dtype=torch.uint8))
+    assert normalised[0, 0, 0, 0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_spec_carries_preprocessing():
+    assert get_spec("facenet").input_size == 160 and get_spec("facenet").feature_dim == 512
+    assert get_spec("vggface").input_size == 224 and get_spec("vggface").feature_dim == 4096
+    assert get_spec("alexnet").feature_dim == 256
+
+
+def test_unknown_backbone_and_weights_name_the_choices():
+    with pytest.raises(ValueError, match="facenet, vggface, alexnet"):
+        get_spec("resnet")
+    with pytest.raises(ValueError, match="none, imagenet1k-v1"):
+        create_model("alexnet", weights="imagenet")
+
+
+@pytest.mark.parametrize("name", available_backbones())
+def test_train_layers_policies(name):
+    model = create_model(name, input_size=TEST_SIZE[name])
+    model.configure_training("head", freeze_bn_stats=False)
+    assert not model.trunk_parameters() and model.head_parameters()
+    groups = model.trunk.layer_groups
+    trainable = model.configure_training("last_1", freeze_bn_stats=False)
+    assert trainable == [groups[-1]]
+    expected = {id(p) for p in model.trunk.get_submodule(groups[-1]).parameters()}
+    assert {id(p) for p in model.trunk_parameters()} == expected
+    model.configure_training("all", freeze_bn_stats=False)
+    assert len(model.trunk_parameters()) == len(list(model.trunk.parameters()))
+    with pytest.raises(ValueError, match="last_1 .. last_"):
+        model.configure_training(f"last_{len(groups) + 1}", freeze_bn_stats=False)
+
+
+def test_frozen_bn_statistics_do_not_move_in_training():
+    model = create_model("facenet", input_size=96)
+    model.configure_training("all", freeze_bn_stats=True)
+    model.train()
+    bn = model.trunk.net.conv2d_1a.bn
+    before = bn.running_mean.clone()
+    model(torch.randint(0, 256, (4, 3, 96, 96), dtype=torch.uint8))
+    torch.testing.assert_close(bn.running_mean, before)
+    # The head's batch norm is new and must still learn its statistics.
+    assert model.head[2].training
+
+
+def test_vgg_face_dag_tensors_land_in_the_right_layers():
+    model = create_model("vggface", input_size=64)
+    trunk = model.trunk
+    names = ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
+             "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3"]
+    state = {}
+    for name, conv in zip(names, trunk.conv_layers()):
+        state[f"{name}.weight"] = torch.randn_like(conv.weight)
+        state[f"{name}.bias"] = torch.randn_like(conv.bias)
+    # The DAG conversion stores fc6 as a 7x7 convolution over 512 channels.
+    state["fc6.weight"] = torch.randn(4096, 512, 7, 7)
+    state["fc6.bias"] = torch.randn(4096)
+    state["fc7.weight"] = torch.randn(4096, 4096)
+    state["fc7.bias"] = torch.randn(4096)
+    trunk.load_vgg_face_dag(state)
+    torch.testing.assert_close(trunk.block3[0].weight, state["conv3_1.weight"])
+    torch.testing.assert_close(trunk.block5[4].bias, state["conv5_3.bias"])
+    torch.testing.assert_close(trunk.fc6[0].weight, state["fc6.weight"].reshape(4096, -1))
+    torch.testing.assert_close(trunk.fc7[0].weight, state["fc7.weight"])
+    with pytest.raises(ValueError, match="fc7.weight"):
+        trunk.load_vgg_face_dag({k: v for k, v in state.items() if k != "fc7.weight"})
