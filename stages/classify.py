@@ -1,19 +1,24 @@
-"""DVC stage `classify@<backbone>`: train the pair classifier and score val/test pairs."""
+"""DVC stage `classify@<backbone>`: train the classifier, score val/test pairs, identify (closed set)."""
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
 import _common
 import pandas as pd
 
-from maskface.classify import fit_and_score, save_classifier
-from maskface.config import ClassifyConfig, KnnConfig, MlpConfig, classifier_name, load_params, section
+from maskface.classify import (
+    CLASSIFIER_META_FILE,
+    IDENTIFICATION_FILE,
+    classifier_metadata,
+    config_class,
+    fit_and_score,
+    identify,
+    save_classifier,
+)
+from maskface.config import ClassifyConfig, SplitConfig, classifier_name, load_params, section
 from maskface.embed import load_embeddings
-
-CLASSIFIER_CONFIGS = {"knn": KnnConfig, "mlp": MlpConfig}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,14 +26,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--embeddings", type=Path, required=True)
     parser.add_argument("--pairs-dir", type=Path, required=True)
-    parser.add_argument("--scores", type=Path, required=True, help="folder for val.csv and test.csv")
+    parser.add_argument("--scores", type=Path, required=True, help="folder for val.csv, test.csv (and identification.csv)")
     parser.add_argument("--model", type=Path, required=True, help="folder for the fitted classifier")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
     name = classifier_name(params)
-    classifier_config = section(params, CLASSIFIER_CONFIGS[name], name)
+    classifier_config = section(params, config_class(name), name)
     config = section(params, ClassifyConfig, "classify")
+    # Of the split section only `by` matters here: a closed set (by image) adds identification.
+    closed_set = section(params, SplitConfig, "split").by == "image"
 
     embeddings, index = load_embeddings(args.embeddings)
     val_pairs = pd.read_csv(args.pairs_dir / "val.csv")
@@ -37,7 +44,14 @@ def main(argv: list[str] | None = None) -> None:
     args.scores.mkdir(parents=True, exist_ok=True)
     val.to_csv(args.scores / "val.csv", index=False, float_format="%.8g")
     test.to_csv(args.scores / "test.csv", index=False, float_format="%.8g")
-    save_classifier(model, args.model, {"classifier": name, "settings": asdict(classifier_config), "threshold": threshold})
+    if closed_set:
+        identify(embeddings, index, name, classifier_config).to_csv(
+            args.scores / IDENTIFICATION_FILE, index=False, float_format="%.8g"
+        )
+    meta = classifier_metadata(name, classifier_config, threshold, embeddings.shape[1], identification=closed_set)
+    save_classifier(model, args.model, meta)
+    # evaluate reads which classifier made these scores from beside them (no dependency on models/).
+    (args.scores / CLASSIFIER_META_FILE).write_text((args.model / CLASSIFIER_META_FILE).read_text())
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""DVC stage `split`: validate the images, assign train/val/test, build val/test pairs."""
+"""DVC stage `split`: validate the images, find faces, filter, assign train/val/test, build val/test pairs."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 
 import _common
+import pandas as pd
 
-from maskface.config import SplitConfig, load_params, section
-from maskface.datasets import DataConfig, build_manifest
+from maskface.config import CropConfig, SplitConfig, load_params, section
+from maskface.datasets import DataConfig, build_manifest, write_table
+from maskface.geometry import detection_rates, face_filter, filtered_sheet, landmark_table
 from maskface.split import split_dataset
+from maskface.tables import write_csv
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -21,11 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rejected", type=Path, required=True)
     parser.add_argument("--pairs-dir", type=Path, required=True)
     parser.add_argument("--data-metrics", type=Path, required=True)
+    parser.add_argument("--landmarks", type=Path, required=True, help="landmark table (CSV) of every accepted image")
+    parser.add_argument("--filtered-preview", type=Path, required=True, help="sheet of the images crop.filter dropped (PNG)")
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
     data_config = section(params, DataConfig, "data")
     split_config = section(params, SplitConfig, "split")
+    crop_config = section(params, CropConfig, "crop")
 
     result = build_manifest(data_config, args.synthetic_dir)
     if not args.synthetic_dir.exists():
@@ -34,20 +40,38 @@ def main(argv: list[str] | None = None) -> None:
         (args.synthetic_dir / "README.txt").write_text(
             f"Unused: data.source is {data_config.source!r}; synthetic images are rendered here only for 'synthetic'.\n"
         )
+
+    # Faces are found once here, before the split, so that filtered images never enter a pair.
+    landmarks = landmark_table(result.manifest["path"].tolist(), crop_config)
+    dropped = face_filter(landmarks, crop_config.min_confidence)
+    kept = result.manifest
+    if crop_config.filter:
+        kept = result.manifest[~result.manifest["path"].isin(set(dropped["path"]))].reset_index(drop=True)
+        note = f"crop.filter: {len(dropped)} of {len(landmarks)} images dropped (min_confidence {crop_config.min_confidence})"
+    elif crop_config.landmarks == "mtcnn":
+        note = f"crop.filter is off: nothing dropped; {len(dropped)} image(s) shown here would be (min_confidence {crop_config.min_confidence})"
+    else:
+        note = "crop.filter is off and no MTCNN detection ran: nothing dropped"
+        dropped = dropped.iloc[0:0]
+
     manifest, pairs = split_dataset(
-        result.manifest,
+        kept,
         split_config.ratios,
         split_config.seed,
         split_config.by,
         split_config.pair_types,
         split_config.max_genuine_per_identity,
     )
-    args.manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.to_csv(args.manifest, index=False)
-    result.rejected.to_csv(args.rejected, index=False)
-    args.pairs_dir.mkdir(parents=True, exist_ok=True)
+    rejected = result.rejected
+    if crop_config.filter and len(dropped):
+        rejected = pd.concat([rejected, dropped], ignore_index=True).sort_values(["path", "reason"], kind="mergesort", ignore_index=True)
+    write_table(manifest, args.manifest)
+    write_table(rejected, args.rejected)
+    write_csv(landmarks, args.landmarks)
+    filtered_sheet(dropped, landmarks, args.filtered_preview, note)
     for name, table in pairs.items():
-        table.to_csv(args.pairs_dir / f"{name}.csv", index=False)
+        write_csv(table, args.pairs_dir / f"{name}.csv")
+
     report = dict(result.report)
     report["split"] = {
         name: {
@@ -57,6 +81,19 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("train", "val", "test")
     }
     report["pairs"] = {name: {"total": len(table), "genuine": int(table["label"].sum())} for name, table in pairs.items()}
+    sources = landmarks["landmark_source"].value_counts()
+    report["faces"] = {
+        "landmark_source": {str(k): int(v) for k, v in sources.items()},
+        "detection": detection_rates(landmarks, result.manifest["masked"]) if sources.get("mtcnn", 0) else None,
+        "filter": {
+            "enabled": crop_config.filter,
+            "min_confidence": crop_config.min_confidence,
+            "dropped": {reason: int((dropped["reason"] == reason).sum()) for reason in ("no_face", "low_confidence")}
+            if crop_config.filter
+            else {"no_face": 0, "low_confidence": 0},
+            "images_kept": int(len(kept)),
+        },
+    }
     args.data_metrics.parent.mkdir(parents=True, exist_ok=True)
     args.data_metrics.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
 

@@ -31,7 +31,7 @@ def test_ratio_mode_keeps_only_the_top_share():
 
 
 def test_unknown_mode_names_valid_modes():
-    with pytest.raises(ValueError, match="none, ratio"):
+    with pytest.raises(ValueError, match="none, ratio, eyes, mask"):
         crop_face(_gradient(), "lower", 0.5, 30)
 
 
@@ -49,3 +49,95 @@ def test_crop_dataset_writes_arrays_index_and_preview(toy_dataset, tmp_path):
     preview = tmp_path / "preview.png"
     preview_sheet(manifest, out, preview, count=4)
     assert Image.open(preview).size[0] > 100
+
+
+# --------------------------------------------------------------------------- landmarks, modes, preprocess.json
+
+
+def _synthetic_files(tmp_path, count=4, size=120):
+    """Synthetic faces on disk with a landmark table of their true landmarks (and one blank image)."""
+    import pandas as pd
+
+    from maskface.geometry import TABLE_COLUMNS
+    from maskface.synthetic import LANDMARK_COLUMNS, render_face, sample_identity
+
+    rows, table = [], []
+    for i in range(count):
+        image, truth = render_face(sample_identity(np.random.default_rng([9, i])), np.random.default_rng([9, 50 + i]), size, i % 2 == 0, None)
+        path = str(tmp_path / f"face{i}.png")
+        image.save(path)
+        rows.append({"path": path, "identity": f"id{i // 2}", "masked": i % 2 == 0, "split": "test"})
+        entry = {"path": path, "detected": True, "x1": 0.0, "y1": 0.0, "x2": float(size), "y2": float(size)}
+        entry.update(dict(zip(LANDMARK_COLUMNS, truth["landmarks"].reshape(-1))))
+        entry.update({"confidence": 1.0, "padded": 0.0, "landmark_source": "ground_truth"})
+        table.append(entry)
+    blank = str(tmp_path / "blank.png")
+    Image.new("RGB", (size, size), (100, 100, 100)).save(blank)
+    rows.append({"path": blank, "identity": "id9", "masked": False, "split": "test"})
+    table.append({"path": blank, "detected": False, "confidence": np.nan, "padded": 0.3, "landmark_source": "mtcnn"})
+    return pd.DataFrame(rows), pd.DataFrame(table, columns=list(TABLE_COLUMNS))
+
+
+def test_aligned_eyes_crop_writes_output_landmarks_and_matches_preprocess_face(tmp_path):
+    from maskface.crop import preprocess_face
+    from maskface.geometry import TEMPLATES
+    from maskface.synthetic import LANDMARK_COLUMNS
+
+    manifest, table = _synthetic_files(tmp_path)
+    config = CropConfig(mode="eyes", align=True, landmarks="mtcnn", eye_line=0.5)
+    out = tmp_path / "crops"
+    crop_dataset(manifest, config, 80, out, landmarks=table)
+    images, index = open_crops(out)
+    # Oracle from the template fractions: eyes at x = t_x * S; the kept height is the eye
+    # line plus half an eye distance, stretched to S.
+    (lx, ty), (rx, _) = TEMPLATES["facenet"][:2]
+    kept = (ty + 0.5 * (rx - lx)) * 80
+    expected = np.array([[lx * 80 - 0.5, ty * 80 * 80 / kept - 0.5], [rx * 80 - 0.5, ty * 80 * 80 / kept - 0.5]])
+    points = index[list(LANDMARK_COLUMNS)].to_numpy(float).reshape(-1, 5, 2)
+    np.testing.assert_allclose(points[:4, :2], np.broadcast_to(expected, (4, 2, 2)), atol=0.02)
+    assert list(index["landmark_source"]) == ["ground_truth"] * 4 + ["template"]
+    assert list(index["aligned"]) == [True] * 4 + [False]
+    assert np.isfinite(points).all()  # the faceless image gets the template's points
+
+    settings = json.loads((out / "preprocess.json").read_text())
+    assert settings["crop"]["mode"] == "eyes" and settings["crop"]["align"] is True and settings["crop"]["eye_line"] == 0.5
+    assert "blank" not in settings["crop"] and "preview_images" not in settings["crop"]
+    for row in range(4):
+        landmarks = table.loc[row, list(LANDMARK_COLUMNS)].to_numpy(float).reshape(5, 2)
+        face = preprocess_face(Image.open(manifest.at[row, "path"]).convert("RGB"), landmarks, settings)
+        np.testing.assert_array_equal(face, images[row].transpose(1, 2, 0))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["aligned"] == 4 and summary["no_face_fallback"] == 1
+
+
+def test_preprocess_face_detects_landmarks_when_none_are_given(tmp_path):
+    from maskface.crop import crop_details, detect_for_settings, preprocess_face
+
+    manifest, _ = _synthetic_files(tmp_path, count=2)
+    image = Image.open(manifest.at[1, "path"]).convert("RGB")
+    settings = {"input_size": 64, "crop": {"mode": "none", "align": True}}
+    landmarks = detect_for_settings(image, settings["crop"])
+    assert landmarks is not None
+    np.testing.assert_array_equal(preprocess_face(image, None, settings), crop_details(image, landmarks, settings["crop"], 64).image)
+    # Without alignment or a landmark mode, nothing is detected: the old transform.
+    np.testing.assert_array_equal(
+        preprocess_face(image, None, {"input_size": 64, "crop": {"mode": "ratio", "keep_ratio": 0.5}}),
+        crop_face(image, "ratio", 0.5, 64),
+    )
+
+
+def test_skipped_detection_leaves_index_landmarks_empty(tmp_path, toy_dataset):
+    out = tmp_path / "crops"
+    crop_dataset(toy_dataset["manifest"], CropConfig(), 32, out)
+    _, index = open_crops(out)
+    assert index["le_x"].isna().all() and set(index["landmark_source"]) == {"none"} and not index["aligned"].any()
+
+
+def test_preview_shows_every_mode(tmp_path):
+    manifest, table = _synthetic_files(tmp_path)
+    out = tmp_path / "crops"
+    crop_dataset(manifest, CropConfig(mode="mask", align=True, landmarks="mtcnn"), 48, out, landmarks=table)
+    preview = tmp_path / "modes.png"
+    preview_sheet(manifest, out, preview, count=4, landmarks=table)
+    width, height = Image.open(preview).size
+    assert height > width  # one row per mode plus the originals, four columns

@@ -511,3 +511,103 @@ def test_report_minimal_and_single_class_test():
     json.dumps(report, allow_nan=False)
     with pytest.raises(ValueError, match="validation"):
         verification_report(val_scores, np.ones_like(val_labels), scores, labels)
+
+
+# ---------------------------------------------------------------- identification
+
+
+def test_identification_ranks_hand_case_with_ties():
+    # Query 0: true class 1 scores highest -> rank 1.
+    # Query 1: true class 0 (0.5) below class 2 (0.7) -> rank 2.
+    # Query 2: true class 2 ties class 0 at 0.4 -> the tie counts against it: rank 2.
+    # Query 3: every class 0 (KNN with no vote for anyone) -> rank 3 (last).
+    # Query 4: identity not in the gallery (-1) -> rank 0, a miss at every k.
+    scores = np.array(
+        [[0.1, 0.8, 0.1], [0.5, 0.0, 0.7], [0.4, 0.2, 0.4], [0.0, 0.0, 0.0], [0.9, 0.05, 0.05]]
+    )
+    truth = np.array([1, 0, 2, 1, -1])
+    ranks = metrics.identification_ranks(scores, truth)
+    assert ranks.tolist() == [1, 2, 2, 3, 0]
+    assert metrics.rank_k_rate(ranks, 1) == pytest.approx(1 / 5)
+    assert metrics.rank_k_rate(ranks, 2) == pytest.approx(3 / 5)
+    cmc = metrics.cmc_curve(ranks, 4)
+    assert cmc["rate"].tolist() == pytest.approx([0.2, 0.6, 0.8, 0.8])  # never 1: query 4 stays a miss
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_identification_rates_match_sklearn_top_k(seed):
+    from sklearn.metrics import top_k_accuracy_score
+
+    rng = np.random.default_rng(seed)
+    scores = rng.random((200, 15))  # continuous: no ties, where sklearn's tie order does not matter
+    truth = rng.integers(0, 15, 200)
+    scores[np.arange(200), truth] += rng.random(200) * 0.6  # better than chance
+    ranks = metrics.identification_ranks(scores, truth)
+    for k in (1, 3, 5):
+        assert metrics.rank_k_rate(ranks, k) == pytest.approx(top_k_accuracy_score(truth, scores, k=k, labels=range(15)))
+    # Brute force: position of the true class after sorting each row, best first.
+    expected = [int(np.flatnonzero(np.argsort(-row) == t)[0]) + 1 for row, t in zip(scores, truth)]
+    assert ranks.tolist() == expected
+
+
+def test_identification_perfect_and_random_extremes():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 20, 2000)
+    perfect = np.zeros((2000, 20))
+    perfect[np.arange(2000), truth] = 1.0
+    assert metrics.rank_k_rate(metrics.identification_ranks(perfect, truth), 1) == 1.0
+    random_ranks = metrics.identification_ranks(rng.random((2000, 20)), truth)
+    assert metrics.rank_k_rate(random_ranks, 1) == pytest.approx(1 / 20, abs=0.02)
+    assert metrics.rank_k_rate(random_ranks, 5) == pytest.approx(5 / 20, abs=0.03)
+
+
+def test_identification_inputs_are_checked():
+    with pytest.raises(ValueError, match=r"shape \(N, C\)"):
+        metrics.identification_ranks(np.zeros(3), np.zeros(3, dtype=int))
+    with pytest.raises(ValueError, match=r"\[-1, 2\]"):
+        metrics.identification_ranks(np.zeros((2, 3)), np.array([0, 3]))
+    with pytest.raises(ValueError, match="integer"):
+        metrics.identification_ranks(np.zeros((2, 3)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="k must be"):
+        metrics.rank_k_rate([1, 2], 0)
+
+
+def test_bootstrap_mean_interval_equals_explicit_group_resampling():
+    rng = np.random.default_rng(4)
+    groups = rng.integers(0, 12, 90)
+    values = (rng.random(90) < 0.7).astype(float)
+    result = metrics.bootstrap_mean_interval(values, groups, n_resamples=200, seed=9)
+    # Oracle: the same draws, but concatenating every item of each drawn group explicitly.
+    names = np.unique(groups)
+    oracle_rng = np.random.default_rng(9)
+    means = []
+    for _ in range(200):
+        drawn = oracle_rng.integers(0, names.size, size=names.size)
+        means.append(np.concatenate([values[groups == names[d]] for d in drawn]).mean())
+    assert result["low"] == pytest.approx(np.quantile(means, 0.025))
+    assert result["high"] == pytest.approx(np.quantile(means, 0.975))
+    assert result["estimate"] == pytest.approx(values.mean())
+    assert result["n_groups"] == 12 and result["low"] <= result["estimate"] <= result["high"]
+
+
+def test_identification_report_blocks_by_query_type():
+    ranks = np.array([1, 1, 2, 6, 1, 3])
+    groups = np.array(["a", "a", "b", "b", "c", "c"])
+    types = np.array(["masked", "unmasked"] * 3)
+    report = metrics.identification_report(ranks, groups, types, ks=(1, 5), bootstrap=50)
+    assert report["n_queries"] == 6 and report["n_identities"] == 3
+    assert report["rank_1"] == pytest.approx(3 / 6) and report["rank_5"] == pytest.approx(5 / 6)
+    masked = report["by_query_type"]["masked"]  # ranks 1, 2, 1
+    assert masked["rank_1"] == pytest.approx(2 / 3) and masked["rank_5"] == 1.0
+    unmasked = report["by_query_type"]["unmasked"]  # ranks 1, 6, 3
+    assert unmasked["rank_1"] == pytest.approx(1 / 3) and unmasked["rank_5"] == pytest.approx(2 / 3)
+    assert report["bootstrap"]["rank_1"]["low"] <= 0.5 <= report["bootstrap"]["rank_1"]["high"]
+    json.dumps(report, allow_nan=False)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bootstrap_auc_statistic_equals_sklearn(seed):
+    # The report's fast AUC (rank statistic) against roc_auc_score, ties included.
+    for quantise in (False, True):
+        scores, labels = random_pairs(seed, n=300, quantise=quantise)
+        assert metrics._auc_statistic(scores, labels.astype(bool)) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)

@@ -65,7 +65,7 @@ def test_embeddings_are_unit_rows_and_reproducible(trained):
     from maskface.embed import embed_array
 
     images, _ = open_crops(trained["crops"])
-    again = embed_array(model, images, np.arange(5), batch_size=2, progress=False)
+    again = embed_array(model, images, np.arange(5), batch_size=2, progress=False, precision="auto", channels_last=True)
     np.testing.assert_allclose(again, embeddings[:5], atol=1e-5)
 
 
@@ -114,3 +114,16 @@ def test_evaluate_writes_nested_metrics_and_plot_data(trained, toy_dataset, tmp_
     assert ((confusion["actual"] == "same") & (confusion["predicted"] == "same")).sum() == metrics["tp"]
     roc = pd.read_csv(tmp_path / "plots" / "roc" / "alexnet.csv")
     assert list(roc.columns) == ["fpr", "tpr"] and len(roc) <= 20
+
+
+def test_bf16_embeddings_agree_with_fp32(trained):
+    from maskface.crop import open_crops
+    from maskface.embed import embed_array
+
+    model = load_model(trained["root"] / "model")
+    images, _ = open_crops(trained["crops"])
+    rows = np.arange(16)
+    fp32 = embed_array(model, images, rows, batch_size=8, progress=False, precision="fp32")
+    bf16 = embed_array(model, images, rows, batch_size=8, progress=False, precision="bf16", channels_last=True)
+    cosine = np.einsum("ij,ij->i", fp32, bf16)
+    assert cosine.min() > 0.99

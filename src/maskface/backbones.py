@@ -151,6 +151,25 @@ class FaceEmbedder(nn.Module):
         # Normalise in fp32: under bf16 autocast a half-precision norm loses ~3 digits.
         return F.normalize(embedding.float(), dim=1)
 
+    def init_head_identity(self) -> None:
+        """Make the head the identity map, so the embedding is the trunk's own L2-normalised feature.
+
+        The linear layer becomes the identity matrix and the batch norm its fresh state
+        (running mean 0, variance 1, weight 1, bias 0: ``x / sqrt(1 + eps)`` in eval mode,
+        the same direction). Fine-tuning then starts exactly from the pretrained embedding
+        instead of a random projection of it. Needs ``embedding_size == spec.feature_dim``.
+        """
+        linear, norm = self.head[1], self.head[2]
+        if self.embedding_size != self.spec.feature_dim:
+            raise ValueError(
+                f"head_init 'identity' needs embedding_size = {self.spec.feature_dim} (the {self.spec.name} "
+                f"feature size), got {self.embedding_size}; valid: embedding_size {self.spec.feature_dim} "
+                "or head_init 'random'"
+            )
+        with torch.no_grad():
+            linear.weight.copy_(torch.eye(self.embedding_size))
+        norm.reset_parameters()
+
     def configure_training(self, train_layers: str, freeze_bn_stats: bool) -> list[str]:
         """Set requires_grad by the ``train_layers`` policy; returns the trainable group names.
 

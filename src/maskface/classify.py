@@ -1,46 +1,84 @@
-"""Pair classifiers over embeddings: is (a, b) the same person?
+"""Classifiers over embeddings: is (a, b) the same person, and who is this face?
 
-Learned classifiers see symmetric pair features (|a - b| and a * b), so swapping the two
-images never changes the decision. The cosine similarity of every pair is kept beside
-the classifier's score as the field's baseline.
+Verification (every split mode). ``cosine``, the field's standard, accepts a pair when
+the cosine similarity of its two unit embeddings reaches a threshold; the learned
+classifiers (``knn``, ``mlp``, ``lda``) see symmetric pair features ``[|a - b|, a * b]``,
+so swapping the two images never changes the decision, and output the probability of
+"same person". Every classifier's threshold is chosen on the validation pairs. The
+cosine similarity of every pair is kept beside the classifier's score as the baseline.
+
+Closed-set identification (``split.by: image``: test identities also have training
+images): the same classifier, trained on the training images' embeddings, ranks every
+training identity for each test image (``cosine``: the best cosine similarity to any of
+an identity's training images).
+
+The model folder (``classifier.json`` and, for learned classifiers, ``classifier.joblib``)
+holds everything inference needs: :func:`score_pairs` with the unpickled pipeline (None
+for cosine) scores a pair from two embeddings exactly as the val and test pairs were.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import joblib
 import numpy as np
 import pandas as pd
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from maskface.config import PAIR_TYPES, ClassifyConfig, KnnConfig, MlpConfig
-from maskface.metrics import choose_threshold
+from maskface.config import PAIR_TYPES, ClassifyConfig, CosineConfig, KnnConfig, LdaConfig, MlpConfig
+from maskface.metrics import choose_threshold, identification_ranks
 from maskface.split import make_pairs
 
 logger = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.joblib"
 CLASSIFIER_META_FILE = "classifier.json"
+IDENTIFICATION_FILE = "identification.csv"
+META_FORMAT = 1
+PAIR_FEATURES = "abs_diff_product"  # [|a - b|, a * b], see pair_features
+TOP_K = 5
 
-_BUILDERS: dict[str, Callable[..., Pipeline]] = {}
+# A builder returns an unfitted scikit-learn pipeline, or None for a classifier with no
+# learned part (cosine: the threshold is the whole model).
+Builder = Callable[[Any, int], Optional[Pipeline]]
 
 
-def register_classifier(name: str):
-    def decorate(builder):
-        _BUILDERS[name] = builder
+@dataclass(frozen=True)
+class _Registered:
+    builder: Builder
+    config_class: type
+
+
+_REGISTRY: dict[str, _Registered] = {}
+
+
+def register_classifier(name: str, config_class: type):
+    """Register ``builder(config, n_train) -> Pipeline | None`` under ``name`` with its params class."""
+
+    def decorate(builder: Builder) -> Builder:
+        _REGISTRY[name] = _Registered(builder, config_class)
         return builder
 
     return decorate
 
 
-@register_classifier("knn")
+@register_classifier("cosine", CosineConfig)
+def _cosine(config: CosineConfig, n_train: int) -> None:
+    return None
+
+
+@register_classifier("knn", KnnConfig)
 def _knn(config: KnnConfig, n_train: int) -> Pipeline:
     return make_pipeline(
         StandardScaler(),
@@ -48,7 +86,7 @@ def _knn(config: KnnConfig, n_train: int) -> Pipeline:
     )
 
 
-@register_classifier("mlp")
+@register_classifier("mlp", MlpConfig)
 def _mlp(config: MlpConfig, n_train: int) -> Pipeline:
     return make_pipeline(
         StandardScaler(),
@@ -62,13 +100,46 @@ def _mlp(config: MlpConfig, n_train: int) -> Pipeline:
     )
 
 
+@register_classifier("lda", LdaConfig)
+def _lda(config: LdaConfig, n_train: int) -> Pipeline:
+    shrinkage = "auto" if config.shrinkage is None else config.shrinkage
+    return make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage))
+
+
 def available_classifiers() -> list[str]:
-    return list(_BUILDERS)
+    return list(_REGISTRY)
+
+
+def config_class(classifier: str) -> type:
+    """The params dataclass of ``classifier`` (its settings live in the section of that name)."""
+    return _registered(classifier).config_class
+
+
+def _registered(classifier: str) -> _Registered:
+    if classifier not in _REGISTRY:
+        raise ValueError(f"classifier {classifier!r} is invalid; valid: {', '.join(_REGISTRY)}")
+    return _REGISTRY[classifier]
 
 
 def pair_features(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(N, E) x (N, E) -> (N, 2E): [|a - b|, a * b], symmetric in a and b."""
     return np.concatenate([np.abs(a - b), a * b], axis=1)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, E) x (N, E) unit rows -> (N,) cosine similarity in [-1, 1]."""
+    return np.einsum("ij,ij->i", a, b)
+
+
+def score_pairs(model: Optional[Pipeline], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) pair scores, higher = more likely the same person.
+
+    ``model`` None (cosine): the cosine similarity. Otherwise the fitted pipeline's
+    probability of "same" over the symmetric pair features.
+    """
+    if model is None:
+        return cosine_similarity(a, b)
+    return model.predict_proba(pair_features(a, b))[:, 1]
 
 
 def _pair_embeddings(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -94,35 +165,152 @@ def fit_and_score(
     classifier: str,
     classifier_config,
     config: ClassifyConfig,
-) -> tuple[Pipeline, float, pd.DataFrame, pd.DataFrame]:
+) -> tuple[Optional[Pipeline], float, pd.DataFrame, pd.DataFrame]:
     """Train ``classifier`` on training-identity pairs; score val and test pairs.
 
-    Returns the fitted pipeline, the threshold chosen on val, and the val/test pair tables
-    with ``score`` (the classifier's probability of "same") and ``cosine`` columns.
+    Args:
+        embeddings: (N, E) float32 unit rows, row i is ``index`` row i.
+        index: one row per embedding with ``path``, ``identity``, ``masked``, ``split``.
+        val_pairs, test_pairs: pair tables (path_a, path_b, label, ...).
+        classifier: a registered name; ``classifier_config`` its params dataclass.
+
+    Returns:
+        The fitted pipeline (None for ``cosine``), the threshold chosen on val (in score
+        units), and the val/test pair tables with ``score`` (the classifier's
+        probability of "same", or the cosine for ``cosine``) and ``cosine`` columns.
     """
-    if classifier not in _BUILDERS:
-        raise ValueError(f"classifier {classifier!r} is invalid; valid: {', '.join(_BUILDERS)}")
+    registered = _registered(classifier)
     row_of = {path: row for row, path in enumerate(index["path"])}
-    train_pairs = training_pairs(index, config)
-    if train_pairs["label"].nunique() < 2:
-        raise ValueError("the training identities give only one kind of pair; more identities or images are needed")
-    a, b = _pair_embeddings(embeddings, row_of, train_pairs)
-    model = _BUILDERS[classifier](classifier_config, len(train_pairs))
-    model.fit(pair_features(a, b), train_pairs["label"].to_numpy())
-    logger.info("%s trained on %d pairs (%d genuine)", classifier, len(train_pairs), int(train_pairs["label"].sum()))
+    model: Optional[Pipeline] = None
+    if classifier != "cosine":
+        train_pairs = training_pairs(index, config)
+        if train_pairs.empty or train_pairs["label"].nunique() < 2:
+            raise ValueError("the training identities give only one kind of pair; more identities or images are needed")
+        a, b = _pair_embeddings(embeddings, row_of, train_pairs)
+        model = registered.builder(classifier_config, len(train_pairs))
+        model.fit(pair_features(a, b), train_pairs["label"].to_numpy())
+        logger.info("%s trained on %d pairs (%d genuine)", classifier, len(train_pairs), int(train_pairs["label"].sum()))
 
     scored = []
     for pairs in (val_pairs, test_pairs):
         a, b = _pair_embeddings(embeddings, row_of, pairs)
         table = pairs.copy()
-        table["score"] = model.predict_proba(pair_features(a, b))[:, 1]
-        table["cosine"] = np.einsum("ij,ij->i", a, b)
+        table["score"] = score_pairs(model, a, b)
+        table["cosine"] = cosine_similarity(a, b)
         scored.append(table)
     threshold = choose_threshold(scored[0]["score"].to_numpy(), scored[0]["label"].to_numpy())
     return model, threshold, scored[0], scored[1]
 
 
-def save_classifier(model: Pipeline, out_dir: Path, meta: dict) -> None:
+# --------------------------------------------------------------------------- identification
+
+
+def _identity_model(classifier: str, classifier_config, n_train: int) -> Optional[Pipeline]:
+    model = _registered(classifier).builder(classifier_config, n_train)
+    if model is not None:
+        # Early stopping holds out a stratified slice, impossible with one image per identity.
+        model.set_params(**{key: False for key in model.get_params() if key.endswith("__early_stopping")})
+    return model
+
+
+def identify(
+    embeddings: np.ndarray,
+    index: pd.DataFrame,
+    classifier: str,
+    classifier_config,
+    top_k: int = TOP_K,
+) -> pd.DataFrame:
+    """Closed-set identification of every test image among the training identities.
+
+    The classifier is fitted on the training images' embeddings (labels = identities)
+    and ranks all training identities for each test image. ``cosine`` scores an
+    identity by its best cosine similarity to any of that identity's training images.
+
+    Returns:
+        One row per test image: ``path``, ``identity``, ``masked``, ``rank`` (int, 1 =
+        the true identity ranked first, ties counted against it; 0 when the identity
+        has no training image: a miss at every rank), ``predicted`` (top-1 identity), ``score``
+        (its score) and ``top_<k>`` (the k best identities joined by ``|``).
+    """
+    train = index["split"].to_numpy() == "train"
+    test = index["split"].to_numpy() == "test"
+    if not test.any():
+        raise ValueError("identification needs test images; the index has none (check split.ratios)")
+    identities = np.array(sorted(index.loc[train, "identity"].unique()))
+    if identities.size < 2:
+        raise ValueError(f"identification needs at least 2 training identities; found {identities.size}")
+    column_of = {identity: k for k, identity in enumerate(identities)}
+    train_x, test_x = embeddings[train], embeddings[test]
+    train_y = index.loc[train, "identity"].map(column_of).to_numpy()
+
+    model = _identity_model(classifier, classifier_config, int(train.sum()))
+    if model is None:
+        similarity = test_x @ train_x.T
+        class_scores = np.full((test_x.shape[0], identities.size), -np.inf)
+        for column in range(identities.size):
+            class_scores[:, column] = similarity[:, train_y == column].max(axis=1)
+    else:
+        model.fit(train_x, train_y)
+        probabilities = model.predict_proba(test_x)
+        # predict_proba's columns follow model.classes_, which are the identity columns present.
+        class_scores = np.zeros((test_x.shape[0], identities.size))
+        class_scores[:, model.classes_] = probabilities
+    truth = index.loc[test, "identity"].map(column_of).fillna(-1).astype(np.int64).to_numpy()
+    ranks = identification_ranks(class_scores, truth)
+    k = min(int(top_k), identities.size)
+    # Stable sort on the negated scores: among tied identities the alphabetically first leads.
+    order = np.argsort(-class_scores, axis=1, kind="stable")[:, :k]
+    table = index.loc[test, ["path", "identity", "masked"]].reset_index(drop=True)
+    table["rank"] = ranks
+    table["predicted"] = identities[order[:, 0]]
+    table["score"] = class_scores[np.arange(len(table)), order[:, 0]]
+    table[f"top_{k}"] = ["|".join(identities[row]) for row in order]
+    logger.info(
+        "identification (%s): %d test images, %d identities, rank-1 %.4f",
+        classifier, len(table), identities.size, float(np.mean(ranks == 1)),
+    )
+    return table
+
+
+# --------------------------------------------------------------------------- model folder
+
+
+def classifier_metadata(
+    classifier: str,
+    classifier_config,
+    threshold: float,
+    embedding_size: int,
+    identification: bool = False,
+) -> dict:
+    """What ``classifier.json`` says: which classifier and how to score a pair from two embeddings."""
+    learned = classifier != "cosine"
+    return {
+        "format": META_FORMAT,
+        "classifier": classifier,
+        "settings": dataclasses.asdict(classifier_config) if classifier_config is not None else {},
+        "threshold": float(threshold),
+        "embedding_size": int(embedding_size),
+        "score": "probability" if learned else "cosine",
+        "pair_features": PAIR_FEATURES if learned else None,
+        "model_file": CLASSIFIER_FILE if learned else None,
+        "decision": "same person when score >= threshold",
+        "how_to_score": (
+            f"predict_proba(pair_features(a, b))[:, 1] of {CLASSIFIER_FILE}, pair_features = "
+            "[|a - b|, a * b] of the unit embeddings a, b (N, E)"
+            if learned
+            else "cosine similarity sum(a * b) of the unit embeddings a, b (N, E)"
+        ),
+        "identification": bool(identification),
+    }
+
+
+def save_classifier(model: Optional[Pipeline], out_dir: Path, meta: dict) -> None:
+    """Write ``classifier.json`` (``meta``) and, for a learned classifier, ``classifier.joblib``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    joblib.dump(model, out_dir / CLASSIFIER_FILE)
+    joblib_path = out_dir / CLASSIFIER_FILE
+    if model is not None:
+        joblib.dump(model, joblib_path)
+    elif joblib_path.exists():
+        # A stale learned model next to a cosine classifier.json would contradict it.
+        joblib_path.unlink()
     (out_dir / CLASSIFIER_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -17,10 +17,11 @@ from typing import Any, Optional
 import yaml
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
-CROP_MODES = ("none", "ratio")
+CROP_MODES = ("none", "ratio", "eyes", "mask")
 SPLIT_BY = ("identity", "image")
-CLASSIFIERS = ("knn", "mlp")
+CLASSIFIERS = ("cosine", "knn", "mlp", "lda")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 # Every top-level section a stage may read; anything else in params.yaml is a typo.
 TOP_LEVEL_KEYS = (
@@ -35,6 +36,8 @@ TOP_LEVEL_KEYS = (
     "classify",
     "knn",
     "mlp",
+    "lda",
+    "cosine",
     "evaluate",
 )
 
@@ -167,9 +170,45 @@ class SplitConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class CropConfig(_Section):
+    """What the networks see of each face, and how faces are found and aligned.
+
+    Modes (maskface.crop): ``none`` the whole face; ``ratio`` the top ``keep_ratio`` of the
+    height; ``eyes`` everything above a line ``eye_line`` eye distances below the eyes;
+    ``mask`` the whole face with the mask region blanked. Landmarks (maskface.geometry) are
+    found once, in the split stage, unless ``landmarks`` is none; ``align`` and the modes
+    ``eyes`` and ``mask`` need them, the filter needs MTCNN's.
+    """
+
     mode: str = "none"
-    keep_ratio: float = 0.5
+    keep_ratio: float = 0.5  # ratio mode: share of the height kept from the top (0.5 = the study)
     preview_images: int = 8
+    align: bool = False  # similarity-align each face to `template` from its landmarks
+    align_points: str = "eyes"  # eyes | all | auto (all five for unmasked, eyes for masked images)
+    template: str = "facenet"  # facenet (loose, forehead to chin) | arcface (tight, insightface)
+    eye_line: float = 0.4  # eyes mode: the cut, in eye distances below the eye line
+    blank: str = "mean"  # mask mode: fill the mask with the image mean | constant (blank_value)
+    blank_value: int = 0  # mask mode with blank: constant, grey level 0-255
+    blank_without_mask: bool = True  # mask mode, no mask found: blank where a mask would be
+    landmarks: str = "none"  # none (no detection) | mtcnn | ground_truth (synthetic data only)
+    detect_pad: float = 0.3  # border added before detection, fraction of the longer side
+    detect_thresholds: tuple[float, ...] = (0.2, 0.3, 0.3)  # MTCNN P/R/O-Net thresholds
+    detect_min_face: int = 20  # smallest face searched for, pixels
+    detect_batch_size: int = 16
+    detect_device: str = "auto"
+    filter: bool = False  # drop images without a face or below min_confidence (split stage)
+    min_confidence: float = 0.9  # MTCNN face probability a kept image needs when filtering
+
+    # Not fields (no annotation): the valid choices, repeated here so that reading params
+    # never imports the geometry code.
+    ALIGN_POINTS = ("eyes", "all", "auto")
+    TEMPLATES = ("facenet", "arcface")
+    BLANKS = ("mean", "constant")
+    LANDMARK_SOURCES = ("none", "mtcnn", "ground_truth")
+
+    @property
+    def needs_landmarks(self) -> bool:
+        """Whether the split stage finds landmarks (``landmarks`` is not none)."""
+        return self.landmarks != "none"
 
     def validate(self, name: str) -> None:
         if self.mode not in CROP_MODES:
@@ -178,6 +217,37 @@ class CropConfig(_Section):
             raise _fail(f"{name}.keep_ratio", self.keep_ratio, "a number in (0, 1]")
         if self.preview_images < 1:
             raise _fail(f"{name}.preview_images", self.preview_images, "an integer >= 1")
+        if self.align_points not in self.ALIGN_POINTS:
+            raise _fail(f"{name}.align_points", self.align_points, ", ".join(self.ALIGN_POINTS))
+        if self.template not in self.TEMPLATES:
+            raise _fail(f"{name}.template", self.template, ", ".join(self.TEMPLATES))
+        if not 0.1 <= self.eye_line <= 2.0:
+            raise _fail(f"{name}.eye_line", self.eye_line, "a number in [0.1, 2] (eye distances below the eyes)")
+        if self.blank not in self.BLANKS:
+            raise _fail(f"{name}.blank", self.blank, ", ".join(self.BLANKS))
+        if not 0 <= self.blank_value <= 255:
+            raise _fail(f"{name}.blank_value", self.blank_value, "an integer in [0, 255]")
+        if self.landmarks not in self.LANDMARK_SOURCES:
+            raise _fail(f"{name}.landmarks", self.landmarks, ", ".join(self.LANDMARK_SOURCES))
+        if self.filter and self.landmarks != "mtcnn":
+            raise _fail(f"{name}.landmarks", self.landmarks, f"mtcnn while {name}.filter is true (it filters on MTCNN's confidence)")
+        users = [f"{name}.align is true"] if self.align else []
+        if self.mode in ("eyes", "mask"):
+            users.append(f"{name}.mode is {self.mode}")
+        if users and self.landmarks == "none":
+            raise _fail(f"{name}.landmarks", self.landmarks, f"mtcnn or ground_truth (synthetic data) while {' and '.join(users)}")
+        if not 0.0 <= self.detect_pad <= 2.0:
+            raise _fail(f"{name}.detect_pad", self.detect_pad, "a number in [0, 2] (fraction of the image side)")
+        if len(self.detect_thresholds) != 3 or any(not 0.0 < t < 1.0 for t in self.detect_thresholds):
+            raise _fail(f"{name}.detect_thresholds", list(self.detect_thresholds), "three probabilities in (0, 1)")
+        if self.detect_min_face < 12:
+            raise _fail(f"{name}.detect_min_face", self.detect_min_face, "an integer >= 12 (pixels)")
+        if self.detect_batch_size < 1:
+            raise _fail(f"{name}.detect_batch_size", self.detect_batch_size, "an integer >= 1")
+        if self.detect_device not in DEVICES:
+            raise _fail(f"{name}.detect_device", self.detect_device, ", ".join(DEVICES))
+        if not 0.0 <= self.min_confidence < 1.0:
+            raise _fail(f"{name}.min_confidence", self.min_confidence, "a probability in [0, 1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,8 +265,26 @@ class BackboneConfig(_Section):
     train_layers: str = "all"
     # Keep pretrained batch-norm statistics; ignored for weights: none (nothing to keep).
     freeze_bn_stats: bool = True
+    optimizer: str = "adamw"  # adamw | sgd (with momentum, Nesterov)
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0 at the last epoch
+    # identity: the embedding head starts as the identity map (embedding_size must equal the
+    # backbone's feature size), so fine-tuning starts from the pretrained embedding itself.
+    head_init: str = "random"
+
+    # Not fields (no annotation): the valid choices.
+    OPTIMIZERS = ("adamw", "sgd")
+    HEAD_INITS = ("random", "identity")
 
     def validate(self, name: str) -> None:
+        if self.optimizer not in self.OPTIMIZERS:
+            raise _fail(f"{name}.optimizer", self.optimizer, ", ".join(self.OPTIMIZERS))
+        if not 0.0 <= self.momentum < 1.0:
+            raise _fail(f"{name}.momentum", self.momentum, "a number in [0, 1)")
+        if self.warmup_epochs < 0:
+            raise _fail(f"{name}.warmup_epochs", self.warmup_epochs, "a number >= 0 (epochs)")
+        if self.head_init not in self.HEAD_INITS:
+            raise _fail(f"{name}.head_init", self.head_init, ", ".join(self.HEAD_INITS))
         if self.input_size is not None and not 32 <= self.input_size <= 512:
             raise _fail(f"{name}.input_size", self.input_size, "null or an integer in [32, 512]")
         if self.embedding_size < 2:
@@ -234,26 +322,66 @@ class ArcFaceConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig(_Section):
+    """Training settings shared by every backbone (the per-backbone ones are in BackboneConfig)."""
+
     seed: int = 0
     device: str = "auto"
     deterministic: bool = False
+    amp: bool = True  # CUDA only: bf16 autocast where supported, else fp16 with a gradient scaler
     flip_p: float = 0.5
+    # Share of the unmasked training images that get a simulated mask each time they are drawn.
+    mask_augment_p: float = 0.5
+    mask_styles: tuple[str, ...] = ("surgical", "cloth", "n95")
+    # Colour jitter strengths: a factor drawn from [1 - x, 1 + x] per image.
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    grad_clip_norm: float = 5.0  # max global L2 norm of the gradients; 0 = no clipping
+    select_by: str = "auc"  # the validation metric that picks the best epoch: auc | accuracy
+    patience: Optional[int] = None  # stop after this many epochs without a better one; null = never
+    loader_workers: int = 0  # batch-preparing worker processes; 0 = in the training process
+    resume: bool = True  # continue from a checkpoint written with the same settings and data
+
+    # Not fields (no annotation): the valid choices. MASK_STYLES repeats maskface.masks's
+    # so that reading params never imports the drawing code.
+    SELECT_BY = ("auc", "accuracy")
+    MASK_STYLES = ("surgical", "cloth", "n95")
 
     def validate(self, name: str) -> None:
         if self.device not in DEVICES:
             raise _fail(f"{name}.device", self.device, ", ".join(DEVICES))
-        if not 0.0 <= self.flip_p <= 1.0:
-            raise _fail(f"{name}.flip_p", self.flip_p, "a number in [0, 1]")
+        for key in ("flip_p", "mask_augment_p", "brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise _fail(f"{name}.{key}", getattr(self, key), "a number in [0, 1]")
+        if not self.mask_styles:
+            raise _fail(f"{name}.mask_styles", [], ", ".join(self.MASK_STYLES))
+        for style in self.mask_styles:
+            if style not in self.MASK_STYLES:
+                raise _fail(f"{name}.mask_styles", style, ", ".join(self.MASK_STYLES))
+        if self.grad_clip_norm < 0:
+            raise _fail(f"{name}.grad_clip_norm", self.grad_clip_norm, "a number >= 0 (0: no clipping)")
+        if self.select_by not in self.SELECT_BY:
+            raise _fail(f"{name}.select_by", self.select_by, ", ".join(self.SELECT_BY))
+        if self.patience is not None and self.patience < 1:
+            raise _fail(f"{name}.patience", self.patience, "null or an integer >= 1 (epochs)")
+        if self.loader_workers < 0:
+            raise _fail(f"{name}.loader_workers", self.loader_workers, "an integer >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
 class EmbedConfig(_Section):
     batch_size: int = 64
     device: str = "auto"
+    # auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with
+    # AVX512-BF16/AMX), whose embeddings agree with fp32 to cosine >= 0.999 (tested); else fp32.
+    precision: str = "auto"
+    channels_last: bool = True
 
     def validate(self, name: str) -> None:
         if self.batch_size < 1:
             raise _fail(f"{name}.batch_size", self.batch_size, "an integer >= 1")
+        if self.precision not in PRECISIONS:
+            raise _fail(f"{name}.precision", self.precision, ", ".join(PRECISIONS))
         if self.device not in DEVICES:
             raise _fail(f"{name}.device", self.device, ", ".join(DEVICES))
 
@@ -287,6 +415,30 @@ class MlpConfig(_Section):
 
 
 @dataclasses.dataclass(frozen=True)
+class LdaConfig(_Section):
+    """Linear discriminant analysis (lsqr solver) on the pair features, or on embeddings for identities.
+
+    ``shrinkage``: null = Ledoit-Wolf (chosen from the data; stable when features outnumber
+    the samples per class), a number in [0, 1] = that fixed shrinkage (0 = plain LDA).
+    """
+
+    shrinkage: Optional[float] = None
+
+    def validate(self, name: str) -> None:
+        if self.shrinkage is not None and not 0.0 <= self.shrinkage <= 1.0:
+            raise _fail(f"{name}.shrinkage", self.shrinkage, "null (Ledoit-Wolf) or a number in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True)
+class CosineConfig(_Section):
+    """The field's baseline: same person when cosine(a, b) >= the threshold chosen on val.
+
+    Nothing to set: the threshold is the whole model. The section exists so that every
+    classifier is configured the same way (an empty or absent ``cosine:`` is valid).
+    """
+
+
+@dataclasses.dataclass(frozen=True)
 class ClassifyConfig(_Section):
     """How training pairs for the pair classifier are drawn from the training identities."""
 
@@ -300,11 +452,26 @@ class ClassifyConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig(_Section):
+    """Test-set metrics: curve resolution, TAR@FAR levels, bootstrap and the plot details."""
+
     roc_points: int = 200
+    fars: tuple[float, ...] = (1e-2, 1e-3)
+    bootstrap: int = 1000  # resamples over identities for the 95 % intervals; 0 = none
+    seed: int = 0
+    histogram_bins: int = 40
+    worst_pairs: int = 6  # false accepts and false rejects shown on each worst-pairs sheet
 
     def validate(self, name: str) -> None:
         if self.roc_points < 2:
             raise _fail(f"{name}.roc_points", self.roc_points, "an integer >= 2")
+        if not self.fars or any(not 0.0 < far < 1.0 for far in self.fars):
+            raise _fail(f"{name}.fars", list(self.fars), "a non-empty list of rates in (0, 1)")
+        if self.bootstrap < 0:
+            raise _fail(f"{name}.bootstrap", self.bootstrap, "an integer >= 0 (0: no intervals)")
+        if self.histogram_bins < 2:
+            raise _fail(f"{name}.histogram_bins", self.histogram_bins, "an integer >= 2")
+        if self.worst_pairs < 0:
+            raise _fail(f"{name}.worst_pairs", self.worst_pairs, "an integer >= 0 (0: no sheet)")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

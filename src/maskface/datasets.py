@@ -254,7 +254,13 @@ def _file_kind(path: str) -> str:
         mode = os.stat(path).st_mode
     except OSError as error:
         return f"cannot stat: {error}"
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    for test, name in kinds:
         if test(mode):
             return f"{name}, not a regular file"
     return "not a regular file"
@@ -331,7 +337,11 @@ def validate_image(
             width, height = image.size
             mode, fmt = image.mode, image.format or "unknown"
             if width * height > max_pixels:
-                return None, "decompression_bomb", f"{width}x{height} = {width * height} pixels > data.max_pixels = {max_pixels}"
+                return (
+                    None,
+                    "decompression_bomb",
+                    f"{width}x{height} = {width * height} pixels > data.max_pixels = {max_pixels}",
+                )
             try:
                 image.load()
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -417,9 +427,7 @@ def _require_dir(path: str, key: str) -> None:
         raise DatasetError(f"{key} = {path!r} {what} (working directory {os.getcwd()!r})")
 
 
-def _walk_into(
-    collector: _Collector, spec: SourceSpec, root: str, assign, key: str
-) -> None:
+def _walk_into(collector: _Collector, spec: SourceSpec, root: str, assign, key: str) -> None:
     """Scan ``root``; ``assign(parts)`` gives ``(identity, masked)`` or a string saying why not."""
     _require_dir(root, key)
     for entry in scan_files(root):
@@ -523,7 +531,9 @@ def _require_columns(table: pd.DataFrame, needed: Sequence[str], where: str) -> 
 
 def _collect_manifest(collector: _Collector, spec: SourceSpec, key: str) -> None:
     if not os.path.isfile(spec.root):
-        raise DatasetError(f"{key} = {spec.root!r} is not a CSV file (source manifest needs path, identity, masked)")
+        raise DatasetError(
+            f"{key} = {spec.root!r} is not a CSV file (source manifest needs columns path, identity, masked)"
+        )
     try:
         table = _read_table(spec.root)
     except (ValueError, OSError) as error:
@@ -549,7 +559,8 @@ def _collect_manifest(collector: _Collector, spec: SourceSpec, key: str) -> None
             continue
         canonical = os.path.realpath(open_path)
         if canonical in listed:
-            collector.reject(open_path, "listed_twice", f"{where}: already listed on row {listed[canonical]}", spec.label)
+            detail = f"{where}: already listed on row {listed[canonical]}"
+            collector.reject(open_path, "listed_twice", detail, spec.label)
             continue
         listed[canonical] = row_number
         if not os.path.lexists(open_path):
@@ -634,7 +645,16 @@ def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> Man
     """Read every configured source into a manifest, a rejected table and a report.
 
     ``synthetic_dir`` is where the synthetic source (if used) is generated. Raises
-    :class:`DatasetError` when a root is missing or malformed, or when no image survives.
+    :class:`DatasetError` when a root is missing, malformed or overlaps another, or when no
+    image survives.
+
+    Report keys: ``files_seen`` (== ``accepted`` + ``rejected``), ``rejected_by_reason``
+    (every reason, zeros included), ``images`` and ``identity_sides`` ({total, masked,
+    unmasked}), ``identities``, ``by_source`` (per source label: kind, root, files_seen,
+    rejected, images, identities), ``label_noise`` ({images, groups, list of {sha256,
+    identities, paths}}), ``identities_masked_only``, ``identities_unmasked_only``,
+    ``identities_below_min_images`` (with ``min_images_per_identity``). Identities are
+    reported, never dropped: the split decides what to do with them.
     """
     collector = _Collector(os.getcwd())
     specs = source_specs(cfg)

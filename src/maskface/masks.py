@@ -376,7 +376,8 @@ def draw_mask(
     width, height = image.size
     frame = _face_frame(landmarks)
     outline, measures = _style_outline(frame, style)
-    polygon = _clip_to_rect(frame.to_image(outline), float(width), float(height))
+    # Drawn unclipped: clipping would put a half-covered pixel and a hem on the image border.
+    polygon = frame.to_image(outline)
 
     alpha = _supersampled_layer([("polygon", polygon)], image.size)
     edge_width = max(1.0, 0.05 * frame.d)
@@ -407,5 +408,5 @@ def draw_mask(
     pixels = np.asarray(image, dtype=np.float32)
     out = pixels * (1 - straps[..., None]) + strap_colour[None, None, :] * straps[..., None]
     out = out * (1 - alpha[..., None]) + colour * alpha[..., None]
-    result = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
+    result = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
     return result, alpha >= 0.5

@@ -53,6 +53,7 @@ _IRIS_COLOURS = np.array(
     [(60, 36, 20), (104, 66, 34), (70, 110, 160), (90, 130, 90), (120, 140, 150), (140, 100, 50)],
     dtype=np.float64,
 )
+_LIP_TINTS = np.array([(0.9, 0.6, 0.65), (0.92, 0.5, 0.48), (0.75, 0.55, 0.5), (0.8, 0.58, 0.7)])
 _HAIR_STYLES = ("short", "side_part", "long", "buzz")
 
 
@@ -115,14 +116,15 @@ def sample_identity(rng: np.random.Generator) -> FaceIdentity:
     skin = _lerp_palette(_SKIN_TONES, rng.uniform(0, 1)) + rng.normal(0, 6, 3)
     hair = _HAIR_COLOURS[rng.integers(len(_HAIR_COLOURS))] * rng.uniform(0.85, 1.15) + rng.normal(0, 6, 3)
     iris = _IRIS_COLOURS[rng.integers(len(_IRIS_COLOURS))] * rng.uniform(0.8, 1.2) + rng.normal(0, 8, 3)
-    # Lips are a redder, darker version of the skin.
-    lip = skin * np.array([0.86, 0.58, 0.58]) * rng.uniform(0.75, 1.0) + np.array([20, 0, 5]) * rng.uniform(0, 1)
+    # Lips: the skin tinted towards one of a few lip hues (pink, red, brown, mauve).
+    lip_hue = _LIP_TINTS[rng.integers(len(_LIP_TINTS))]
+    lip = skin * lip_hue * rng.uniform(0.7, 1.0)
     eye_spacing = rng.uniform(0.26, 0.33)
     return FaceIdentity(
         skin=_colour(skin),
         eye_spacing=eye_spacing,
-        eye_width=rng.uniform(0.28, 0.38) * eye_spacing,
-        eye_aspect=rng.uniform(0.32, 0.55),
+        eye_width=rng.uniform(0.38, 0.48) * eye_spacing,
+        eye_aspect=rng.uniform(0.34, 0.55),
         eye_tilt=rng.uniform(-8, 8),
         iris=_colour(iris),
         brow_gap=rng.uniform(0.045, 0.075),
@@ -136,16 +138,16 @@ def sample_identity(rng: np.random.Generator) -> FaceIdentity:
         hair_style=_HAIR_STYLES[int(rng.integers(len(_HAIR_STYLES)))],
         hair_volume=rng.uniform(0.005, 0.05),
         face_width=rng.uniform(2.15, 2.45) * eye_spacing,
-        jaw_width=rng.uniform(0.62, 0.9),
-        chin_width=rng.uniform(0.12, 0.42),
+        jaw_width=rng.uniform(0.6, 0.92),
+        chin_width=rng.uniform(0.1, 0.45),
         nose_length=rng.uniform(0.15, 0.21),
-        nose_width=rng.uniform(0.075, 0.12),
-        nose_tip=rng.uniform(0.75, 1.3),
+        nose_width=rng.uniform(0.07, 0.13),
+        nose_tip=rng.uniform(0.7, 1.4),
         mouth_gap=rng.uniform(0.075, 0.11),
-        mouth_width=rng.uniform(0.11, 0.17),
+        mouth_width=rng.uniform(0.1, 0.18),
         lip=_colour(lip),
-        lip_upper=rng.uniform(0.008, 0.018),
-        lip_lower=rng.uniform(0.011, 0.026),
+        lip_upper=rng.uniform(0.007, 0.02),
+        lip_lower=rng.uniform(0.01, 0.028),
         chin_gap=rng.uniform(0.11, 0.16),
         moustache=bool(rng.random() < 0.2),
     )
@@ -298,7 +300,7 @@ def _eye(canvas: _Canvas, f: FaceIdentity, cx: float, cy: float, outer_sign: flo
     """Draw one eye centred (pupil) at (cx, cy); outer_sign is -1 for image-left."""
     ew, eh = f.eye_width, f.eye_width * f.eye_aspect
     tilt = -f.eye_tilt * outer_sign  # image y points down: raise the outer corner
-    canvas.polygon(_ellipse(cx, cy, ew * 0.75, eh * 1.25, tilt), socket)
+    canvas.polygon(_ellipse(cx, cy, ew * 0.68, eh * 1.15, tilt), socket)
     t = np.linspace(-1, 1, 17)
     upper = np.stack([cx + t * ew / 2, cy - eh / 2 * (1 - t**2) ** 0.7], axis=1)
     lower = np.stack([cx - t * ew / 2, cy + eh / 2 * 0.85 * (1 - t**2) ** 0.9], axis=1)
@@ -310,9 +312,10 @@ def _eye(canvas: _Canvas, f: FaceIdentity, cx: float, cy: float, outer_sign: flo
 
     almond = turn(np.concatenate([upper, lower]))
     canvas.polygon(almond, (236, 232, 226))
-    radius = eh * 0.5
+    # Iris ~0.4 of the eye width, as in real eyes; the lids below hide its top and bottom.
+    radius = min(0.2 * ew, 0.62 * eh)
     canvas.polygon(_ellipse(cx, cy, radius, radius, n=28), f.iris)
-    canvas.polygon(_ellipse(cx, cy, radius * 0.5, radius * 0.5, n=20), (14, 12, 12))
+    canvas.polygon(_ellipse(cx, cy, radius * 0.55, radius * 0.55, n=20), (14, 12, 12))
     canvas.polygon(_ellipse(cx + radius * 0.3, cy - radius * 0.3, radius * 0.16, radius * 0.16, n=12), (250, 250, 250))
     # The iris circle overhangs the almond near its top and bottom; cover it with lids.
     lid_top = turn(np.concatenate([upper, upper[::-1] - (0, eh * 0.55)]))
@@ -338,7 +341,11 @@ def _nose(canvas: _Canvas, f: FaceIdentity, lay: _Layout, skin) -> None:
     nw, ny = f.nose_width, lay.nose_y
     for side in (-1.0, 1.0):
         bridge = np.array(
-            [[0.5 + side * nw * 0.22, lay.eye_y + 0.03], [0.5 + side * nw * 0.26, ny - 0.04], [0.5 + side * nw * 0.42, ny - 0.01]]
+            [
+                [0.5 + side * nw * 0.22, lay.eye_y + 0.03],
+                [0.5 + side * nw * 0.26, ny - 0.04],
+                [0.5 + side * nw * 0.42, ny - 0.01],
+            ]
         )
         canvas.line(_catmull_rom(bridge, 6, closed=False), _scaled(skin, 0.88), 0.006)
     canvas.polygon(_ellipse(0.5, ny + nw * 0.2, nw * 0.55, nw * 0.12), _scaled(skin, 0.8))  # shadow under the nose
@@ -346,7 +353,8 @@ def _nose(canvas: _Canvas, f: FaceIdentity, lay: _Layout, skin) -> None:
         canvas.polygon(_ellipse(0.5 + side * nw * 0.36, ny + nw * 0.04, nw * 0.19, nw * 0.16), _scaled(skin, 0.9))
     canvas.polygon(_ellipse(0.5, ny, nw * 0.27 * f.nose_tip, nw * 0.2 * f.nose_tip), _scaled(skin, 1.04))
     for side in (-1.0, 1.0):
-        canvas.polygon(_ellipse(0.5 + side * nw * 0.2, ny + nw * 0.15, nw * 0.09, nw * 0.05, side * 15), _scaled(skin, 0.35))
+        nostril = _ellipse(0.5 + side * nw * 0.2, ny + nw * 0.15, nw * 0.09, nw * 0.05, side * 15)
+        canvas.polygon(nostril, _scaled(skin, 0.35))
 
 
 def _mouth(canvas: _Canvas, f: FaceIdentity, lay: _Layout, smile: float) -> None:
@@ -397,7 +405,7 @@ def render_face(
         size: output side in pixels (square).
         masked: draw a mask over nose, mouth and chin.
         mask_style: one of :data:`maskface.masks.MASK_STYLES`, or None for a random
-            style; ignored when ``masked`` is False.
+            style; ignored when ``masked`` is False (an unknown name is refused either way).
 
     Returns:
         (RGB image size x size, ground truth) where ground truth holds ``landmarks``
@@ -432,14 +440,20 @@ def render_face(
     # Body: shoulders in a per-image shirt colour (clothes are not identity), then neck.
     hw = lay.half_w
     shirt = rng.uniform(20, 230, 3)
-    shoulders = np.array(
-        [[0.5 - 0.5 * hw, lay.chin_y + 0.05], [-0.3, lay.chin_y + 0.2], [-0.3, 2.0], [1.3, 2.0], [1.3, lay.chin_y + 0.2], [0.5 + 0.5 * hw, lay.chin_y + 0.05]]
-    )
+    shoulders = np.array([[0.5 - 0.5 * hw, lay.chin_y + 0.05], [-0.3, lay.chin_y + 0.2], [-0.3, 2.0]])
+    shoulders = np.concatenate([shoulders, _mirror(shoulders)[::-1]])
     canvas.polygon(_catmull_rom(shoulders, 6), shirt)
     back, front = _hair_shapes(f, lay)
     if back is not None:
         canvas.polygon(back, _scaled(f.hair, 0.8))
-    neck = np.array([[0.5 - 0.45 * hw, lay.mouth_y], [0.5 + 0.45 * hw, lay.mouth_y], [0.5 + 0.5 * hw, lay.chin_y + 0.12], [0.5 - 0.5 * hw, lay.chin_y + 0.12]])
+    neck = np.array(
+        [
+            [0.5 - 0.45 * hw, lay.mouth_y],
+            [0.5 + 0.45 * hw, lay.mouth_y],
+            [0.5 + 0.5 * hw, lay.chin_y + 0.12],
+            [0.5 - 0.5 * hw, lay.chin_y + 0.12],
+        ]
+    )
     canvas.polygon(neck, _scaled(skin, 0.78))
     canvas.polygon(np.concatenate([neck[2:], neck[2:][::-1] + (0, 0.3)]), shirt)  # collar line
     for side in (-1.0, 1.0):
@@ -449,7 +463,7 @@ def render_face(
 
     outline = _face_outline(f, lay)
     canvas.polygon(outline, skin)
-    socket = _scaled(skin, 0.92)
+    socket = _scaled(skin, 0.94)
     eyes = np.array([[0.5 - f.eye_spacing / 2, lay.eye_y], [0.5 + f.eye_spacing / 2, lay.eye_y]])
     for (cx, cy), outer_sign in zip(eyes, (-1.0, 1.0)):
         _eye(canvas, f, cx, cy, outer_sign, socket)
@@ -467,7 +481,7 @@ def render_face(
     inside = np.asarray(face_mask, dtype=np.float32) / 255.0
     roundness = np.asarray(blur, dtype=np.float32) / 255.0
     pixels *= (1.0 - inside * 0.25 * (1.0 - roundness))[..., None]
-    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
+    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
     landmarks = canvas.to_output(
         np.array(
@@ -509,14 +523,15 @@ def _photograph(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     direction = rng.uniform(0, 2 * np.pi)
     ramp_x = (np.arange(w, dtype=np.float32) - w / 2) * np.float32(np.cos(direction) / w)
     ramp_y = (np.arange(h, dtype=np.float32) - h / 2) * np.float32(np.sin(direction) / w)
-    gain = np.float32(rng.uniform(0.75, 1.2)) * (1.0 + np.float32(rng.uniform(0.0, 0.5)) * (ramp_y[:, None] + ramp_x[None, :]))
+    ramp = ramp_y[:, None] + ramp_x[None, :]
+    gain = np.float32(rng.uniform(0.75, 1.2)) * (1.0 + np.float32(rng.uniform(0.0, 0.5)) * ramp)
     cast = 1.0 + rng.uniform(-0.05, 0.05, 3).astype(np.float32)
     pixels = pixels * gain[..., None] * cast[None, None, :]
     pixels += rng.normal(0.0, rng.uniform(1.0, 6.0), pixels.shape).astype(np.float32)
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="RGB")
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
 
-def _masked_counts(config: SyntheticConfig) -> int:
+def _masked_per_identity(config: SyntheticConfig) -> int:
     """Masked images per identity: the share, but always >= 2 masked and >= 2 unmasked."""
     n = config.images_per_identity
     return int(min(max(round(config.masked_share * n), 2), n - 2))
@@ -548,7 +563,7 @@ def generate_dataset(out_dir: Path, config: SyntheticConfig) -> pd.DataFrame:
     _clear_owned(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(2, len(str(config.identities - 1)))
-    n_masked = _masked_counts(config)
+    n_masked = _masked_per_identity(config)
     total = config.identities * config.images_per_identity
     rows = []
     with tqdm(total=total, desc="synthetic faces", unit="img") as progress:

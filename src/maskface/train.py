@@ -1,54 +1,294 @@
-"""ArcFace fine-tuning of a registered backbone on the crop stage's arrays."""
+"""ArcFace fine-tuning of a registered backbone on the crop stage's arrays.
+
+One function, :func:`finetune`, runs the same way on a CPU, one GPU, or N GPUs under
+``torchrun --nproc_per_node=N`` (see :mod:`maskface.distributed`):
+
+- batches are read straight from the crop stage's uint8 memory map (optionally in
+  ``loader_workers`` processes) and augmented there (:mod:`maskface.augment`);
+- AdamW or SGD with separate learning rates for the trunk (``lr``) and for the head plus
+  the ArcFace class centres (``head_lr``), linear warm-up then cosine decay, weight decay
+  on weight matrices only, gradient clipping;
+- CUDA: bf16 autocast where supported, else fp16 with a gradient scaler; channels-last;
+- validation pair accuracy and ROC AUC after every epoch (and before the first), the best
+  epoch kept, optional early stopping; curves through DVCLive;
+- a checkpoint after every epoch (model, class centres, optimiser, scaler, RNG states,
+  epoch) in ``checkpoint_dir``; a rerun with the same settings and data resumes from it
+  and, with ``deterministic``, ends with the same weights as an uninterrupted run.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from maskface.augment import augment_batch, crop_landmarks
 from maskface.backbones import FaceEmbedder, create_model
 from maskface.config import ArcFaceConfig, BackboneConfig, FinetuneConfig
-from maskface.crop import PREPROCESS_FILE, open_crops
-from maskface.device import amp_dtype, autocast, resolve_device
+from maskface.crop import IMAGES_FILE, PREPROCESS_FILE, open_crops
+from maskface.device import amp_dtype, autocast
+from maskface.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    distributed_session,
+    epoch_batches,
+    gather_objects,
+    wrap_model,
+)
 from maskface.embed import embed_array, save_model
 from maskface.losses import ArcFaceLoss
 from maskface.metrics import choose_threshold, confusion_at_threshold, roc_auc
 
 logger = logging.getLogger(__name__)
 
+CHECKPOINT_FILE = "last.pt"
+TRAINING_FILE = "training.json"
+# Settings that change how a run executes but not what it computes: a checkpoint written
+# under other values of these is still resumed.
+_EXECUTION_ONLY = ("device", "loader_workers", "resume")
+
 
 @dataclass
 class EpochResult:
+    """One epoch: mean training loss (ArcFace cross entropy, nats), the last learning-rate
+    multiplier of the schedule, validation pair accuracy and ROC AUC, wall time in seconds.
+    Epoch 0 is the model before any training (loss NaN, multiplier 0)."""
+
     epoch: int
     loss: float
+    lr_multiplier: float
     val_accuracy: float
     val_auc: float
+    seconds: float
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
+class StopTraining(Exception):
+    """Raised by an ``on_epoch_end`` callback to stop after a checkpoint (the run stays resumable)."""
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+def seed_everything(seed: int, deterministic: bool) -> dict:
+    """Seed Python, NumPy and torch (all devices); with ``deterministic``, only deterministic kernels.
+
+    Returns the previous global switches, for :func:`restore_determinism`: these are
+    process-wide, and a library call must not leave them changed.
+    """
+    previous = {
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
+        # cuBLAS needs a fixed workspace for reproducible matmuls; read when CUDA first
+        # initialises cuBLAS, so it is set before any CUDA work of this process.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = torch.cuda.is_available()
+    return previous
+
+
+def restore_determinism(previous: dict) -> None:
+    torch.use_deterministic_algorithms(previous["deterministic"], warn_only=previous["warn_only"])
+    torch.backends.cudnn.deterministic = previous["cudnn_deterministic"]
+    torch.backends.cudnn.benchmark = previous["cudnn_benchmark"]
+
+
+def rng_state() -> dict:
+    """Every global RNG this process trains with, as tensors and plain Python values."""
+    version, mt, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        saved = state["cuda"]
+        if len(saved) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(saved)
+        else:
+            logger.warning("checkpoint has CUDA RNG states of %d devices, %d visible: not restored", len(saved), torch.cuda.device_count())
+
+
+# --------------------------------------------------------------------------- schedule, optimiser, precision
 
 
 def cosine_schedule(step: int, total: int, warmup: int) -> float:
-    """LR multiplier: linear warm-up for ``warmup`` steps, then cosine decay to zero."""
+    """LR multiplier at ``step`` (0-based): linear warm-up over ``warmup`` steps, then cosine to 0 at ``total``."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def parameter_groups(model: FaceEmbedder, loss_fn: nn.Module, config: BackboneConfig) -> list[dict]:
+    """Optimiser groups: trunk at ``lr``, head and class centres at ``head_lr`` (``lr`` if null).
+
+    Weight decay applies to weight matrices and kernels only; biases and batch-norm
+    scales (1-d tensors) are exempt, as decaying them only fights the normalisation.
+    """
+    head_lr = config.head_lr if config.head_lr is not None else config.lr
+    parts = (
+        ("trunk", model.trunk_parameters(), config.lr),
+        ("head", model.head_parameters() + [p for p in loss_fn.parameters() if p.requires_grad], head_lr),
+    )
+    groups = []
+    for name, params, lr in parts:
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append(
+                    {
+                        "params": chosen,
+                        "lr": lr,
+                        "base_lr": lr,
+                        "weight_decay": config.weight_decay if decay else 0.0,
+                        "name": f"{name}{'' if decay else '_no_decay'}",
+                    }
+                )
+    return groups
+
+
+def build_optimizer(groups: list[dict], config: BackboneConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum (plain SGD at momentum 0)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.momentum > 0)
+    raise ValueError(f"optimizer {config.optimizer!r} is invalid; valid: adamw, sgd")
+
+
+def training_precision(device: torch.device, amp: bool) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a gradient scaler is needed).
+
+    bf16 where the GPU supports it (no scaler: bf16 has fp32's exponent range), else fp16
+    with a scaler (its 5-bit exponent underflows small gradients); fp32 on CPU and with
+    ``amp`` off.
+    """
+    dtype = amp_dtype(device) if amp else None
+    return dtype, dtype == torch.float16
+
+
+# --------------------------------------------------------------------------- data
+
+
+class BatchSource(Dataset):
+    """Augmented training batches from the crop memmap; item ``k`` is this epoch's batch ``k``.
+
+    Each batch gets its own RNG seeded with (seed, epoch, rank, k), so batches do not
+    depend on which worker process makes them nor on where a resumed run restarted.
+    The memmap is opened lazily in each process (pickling one would copy the array).
+    """
+
+    def __init__(
+        self,
+        images_path: Path,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        masked: np.ndarray,
+        landmarks: np.ndarray,
+        config: FinetuneConfig,
+        rank: int,
+    ):
+        self.images_path = Path(images_path)
+        self.rows = rows
+        self.labels = labels
+        self.masked = masked
+        self.landmarks = landmarks
+        self.augment = {
+            "mask_p": config.mask_augment_p,
+            "mask_styles": tuple(config.mask_styles),
+            "flip_p": config.flip_p,
+            "brightness": config.brightness,
+            "contrast": config.contrast,
+            "saturation": config.saturation,
+        }
+        self.seed = config.seed
+        self.rank = rank
+        self.epoch = 0
+        self.batches: list[np.ndarray] = []
+        self._images: np.ndarray | None = None
+
+    def set_epoch(self, epoch: int, batches: list[np.ndarray]) -> None:
+        """``batches``: positions into ``rows`` (see :func:`maskface.distributed.epoch_batches`)."""
+        self.epoch = epoch
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_images"] = None
+        return state
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (uint8 (B, 3, S, S), int64 (B,) class labels)."""
+        if self._images is None:
+            self._images = np.load(self.images_path, mmap_mode="r")
+        chosen = self.batches[k]
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, k])
+        pixels = augment_batch(
+            np.asarray(self._images[self.rows[chosen]]),
+            self.masked[chosen],
+            self.landmarks[chosen],
+            rng,
+            **self.augment,
+        )
+        return torch.from_numpy(pixels), torch.from_numpy(self.labels[chosen].astype(np.int64))
+
+
+class ArcFaceTrainer(nn.Module):
+    """Embedder and ArcFace loss as one module, so DDP averages the class centres' gradients too."""
+
+    def __init__(self, model: FaceEmbedder, loss_fn: ArcFaceLoss):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model(pixels), labels)
+
+
+# --------------------------------------------------------------------------- validation
 
 
 def pair_scores(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.DataFrame) -> np.ndarray:
@@ -59,9 +299,12 @@ def pair_scores(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.DataFr
 
 
 def validate(model: FaceEmbedder, images: np.ndarray, index: pd.DataFrame, pairs: pd.DataFrame, batch_size: int, device) -> tuple[float, float]:
-    """Val pair accuracy (threshold chosen on the same pairs: a model-selection signal) and AUC."""
+    """Val pair accuracy (threshold chosen on the same pairs: a model-selection signal) and ROC AUC."""
     needed = sorted(set(pairs["path_a"]) | set(pairs["path_b"]))
     row_of_path = {path: row for row, path in enumerate(index["path"])}
+    missing = [p for p in needed if p not in row_of_path]
+    if missing:
+        raise ValueError(f"{len(missing)} validation pair images are not in the crops, e.g. {missing[0]!r}; rerun the crop stage")
     rows = np.array([row_of_path[p] for p in needed])
     embeddings = embed_array(model, images, rows, batch_size=batch_size, device=device, progress=False)
     scores = pair_scores(embeddings, {p: i for i, p in enumerate(needed)}, pairs)
@@ -69,6 +312,70 @@ def validate(model: FaceEmbedder, images: np.ndarray, index: pd.DataFrame, pairs
     threshold = choose_threshold(scores, labels)
     accuracy = confusion_at_threshold(scores, labels, threshold)["accuracy"]
     return float(accuracy), float(roc_auc(scores, labels))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_fingerprint(
+    backbone: str,
+    crops_dir: Path,
+    val_pairs_path: Path,
+    backbone_config: BackboneConfig,
+    arcface: ArcFaceConfig,
+    config: FinetuneConfig,
+    world_size: int,
+) -> str:
+    """SHA-256 of everything that decides the trained weights: settings, crops, pairs, process count."""
+    settings = {k: v for k, v in asdict(config).items() if k not in _EXECUTION_ONLY}
+    payload = {
+        "backbone": backbone,
+        "backbone_config": asdict(backbone_config),
+        "arcface": asdict(arcface),
+        "finetune": settings,
+        "world_size": world_size,
+        "crops": {name: _file_sha256(crops_dir / name) for name in (IMAGES_FILE, "index.csv", PREPROCESS_FILE)},
+        "val_pairs": _file_sha256(val_pairs_path),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file, then an atomic rename: a kill mid-write leaves the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    """The checkpoint at ``path`` if it was written for ``fingerprint``; None (with a log line) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a damaged checkpoint must not stop a fresh run
+        logger.warning("checkpoint %s is unreadable (%s); training from the start", path, error)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        logger.warning("checkpoint %s was written for other settings or data; training from the start", path)
+        return None
+    return state
+
+
+# --------------------------------------------------------------------------- training
 
 
 def finetune(
@@ -80,17 +387,56 @@ def finetune(
     backbone_config: BackboneConfig,
     arcface: ArcFaceConfig,
     config: FinetuneConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_epoch_end: Callable[[EpochResult], None] | None = None,
+    progress: bool = True,
 ) -> dict:
     """Fine-tune ``backbone`` with ArcFace on the training identities; keep the best epoch.
 
-    Writes ``out_dir`` (model.pt, model.json, preprocess.json, training.json) and DVCLive
-    curves to ``live_dir``. Returns the training summary.
-    """
-    from dvclive import Live
+    Args:
+        crops_dir: the crop stage's folder (images.npy uint8 (N, 3, S, S), index.csv, preprocess.json).
+        val_pairs_path: validation pairs (path_a, path_b, label), scored after every epoch.
+        out_dir: receives model.pt, model.json, preprocess.json, training.json (rank 0 only).
+        live_dir: DVCLive curves (``train/loss``, ``train/lr_multiplier``, ``val/accuracy``, ``val/auc``).
+        checkpoint_dir: where ``last.pt`` goes after each epoch; None = no checkpoints. A
+            checkpoint of the same settings and data is resumed (``config.resume``); it is
+            deleted once training completes.
+        on_epoch_end: called on every rank with each epoch's result after its checkpoint;
+            raising :class:`StopTraining` there stops the run, resumably.
 
-    seed_everything(config.seed, config.deterministic)
-    device = resolve_device(config.device)
+    Under ``torchrun`` every process calls this; see :mod:`maskface.distributed`.
+    Returns the training summary (also written as training.json).
+    """
+    previous = seed_everything(config.seed, config.deterministic)
+    try:
+        with distributed_session(config.device) as (context, device):
+            return _finetune(
+                backbone, Path(crops_dir), Path(val_pairs_path), Path(out_dir), Path(live_dir),
+                backbone_config, arcface, config, context, device,
+                None if checkpoint_dir is None else Path(checkpoint_dir), on_epoch_end, progress,
+            )
+    finally:
+        restore_determinism(previous)
+
+
+def _finetune(
+    backbone: str,
+    crops_dir: Path,
+    val_pairs_path: Path,
+    out_dir: Path,
+    live_dir: Path,
+    backbone_config: BackboneConfig,
+    arcface: ArcFaceConfig,
+    config: FinetuneConfig,
+    context: DistributedContext,
+    device: torch.device,
+    checkpoint_dir: Path | None,
+    on_epoch_end: Callable[[EpochResult], None] | None,
+    progress: bool,
+) -> dict:
     images, index = open_crops(crops_dir)
+    preprocess = json.loads((crops_dir / PREPROCESS_FILE).read_text())
     train_rows = np.flatnonzero((index["split"] == "train").to_numpy())
     if len(train_rows) == 0:
         raise ValueError(f"no training images in {crops_dir}; check split.ratios")
@@ -100,6 +446,18 @@ def finetune(
     label_of = {identity: k for k, identity in enumerate(identities)}
     train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
     val_pairs = pd.read_csv(val_pairs_path)
+    batch_size = min(backbone_config.batch_size, len(train_rows))
+    if batch_size < 2 * context.world_size:
+        raise ValueError(
+            f"batch_size {batch_size} gives fewer than 2 images per process on {context.world_size} processes "
+            f"(the head's batch norm needs 2); valid: batch_size >= {2 * context.world_size}"
+        )
+
+    landmarks, sources = crop_landmarks(index.iloc[train_rows].reset_index(drop=True), preprocess.get("crop", {}), images.shape[-1])
+    landmark_sources = {str(name): int(count) for name, count in zip(*np.unique(sources, return_counts=True))}
+    source = BatchSource(
+        crops_dir / IMAGES_FILE, train_rows, train_labels, index["masked"].to_numpy()[train_rows], landmarks, config, context.rank
+    )
 
     model = create_model(
         backbone,
@@ -107,6 +465,8 @@ def finetune(
         embedding_size=backbone_config.embedding_size,
         input_size=images.shape[-1],
     )
+    if backbone_config.head_init == "identity":
+        model.init_head_identity()
     pretrained = backbone_config.weights != "none"
     trainable = model.configure_training(backbone_config.train_layers, backbone_config.freeze_bn_stats and pretrained)
     loss_fn = ArcFaceLoss(backbone_config.embedding_size, len(identities), scale=arcface.scale, margin_rad=arcface.margin_rad)
@@ -114,86 +474,229 @@ def finetune(
     loss_fn.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    head_lr = backbone_config.head_lr or backbone_config.lr
-    groups = [{"params": model.head_parameters() + list(loss_fn.parameters()), "lr": head_lr}]
-    if model.trunk_parameters():
-        groups.append({"params": model.trunk_parameters(), "lr": backbone_config.lr})
-    optimizer = torch.optim.AdamW(groups, weight_decay=backbone_config.weight_decay)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    dtype = amp_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    optimizer = build_optimizer(parameter_groups(model, loss_fn, backbone_config), backbone_config)
+    dtype, use_scaler = training_precision(device, config.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+    trainer = wrap_model(ArcFaceTrainer(model, loss_fn), context, device)
 
-    batch_size = min(backbone_config.batch_size, len(train_rows))
-    steps_per_epoch = max(1, len(train_rows) // batch_size)
+    steps_per_epoch = len(epoch_batches(len(train_rows), batch_size, context, config.seed, 0))
     total_steps = steps_per_epoch * backbone_config.epochs
-    warmup = min(steps_per_epoch, max(1, total_steps // 10))
-    generator = np.random.default_rng(config.seed)
-    logger.info(
-        "%s: %d training images of %d identities, trainable groups %s, device %s",
-        backbone, len(train_rows), len(identities), trainable or "head only", device,
-    )
+    warmup = min(total_steps, round(backbone_config.warmup_epochs * steps_per_epoch))
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if context.is_main:
+        logger.info(
+            "%s: %d training images of %d identities; trainable %s (%d parameters); %d x %d steps of %d images "
+            "on %d process(es), device %s, precision %s; mask landmarks %s",
+            backbone, len(train_rows), len(identities), trainable or "head only", n_trainable,
+            backbone_config.epochs, steps_per_epoch, batch_size, context.world_size, device,
+            _dtype_name(dtype), landmark_sources,
+        )
+
+    fingerprint = None
+    checkpoint_path = None
+    resumed = None
+    if checkpoint_dir is not None:
+        checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
+        if context.is_main:  # hashing the crops once is enough; every rank resumes the same file
+            fingerprint = checkpoint_fingerprint(
+                backbone, crops_dir, val_pairs_path, backbone_config, arcface, config, context.world_size
+            )
+        fingerprint = broadcast_object(fingerprint, context)
+        if config.resume:
+            resumed = load_checkpoint(checkpoint_path, fingerprint)
 
     history: list[EpochResult] = []
-    best: tuple[float, int, dict] | None = None
-    live_dir.mkdir(parents=True, exist_ok=True)
-    with Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None) as live:
-        val_accuracy, val_auc = validate(model, images, index, val_pairs, batch_size, device)
-        logger.info("%s: before fine-tuning val accuracy %.4f auc %.4f", backbone, val_accuracy, val_auc)
-        best = (val_auc, 0, {k: v.detach().clone() for k, v in model.state_dict().items()})
-        step = 0
-        for epoch in range(1, backbone_config.epochs + 1):
-            model.train()
-            order = generator.permutation(len(train_rows))
-            losses = []
-            progress = tqdm(range(steps_per_epoch), desc=f"{backbone} epoch {epoch}", unit="step", leave=False)
-            for batch in progress:
-                chosen = np.sort(order[batch * batch_size : (batch + 1) * batch_size])
-                pixels = torch.from_numpy(np.ascontiguousarray(images[train_rows[chosen]]))
-                labels = torch.from_numpy(train_labels[chosen]).long()
-                flip = torch.from_numpy(generator.random(len(chosen)) < config.flip_p)
-                pixels[flip] = pixels[flip].flip(-1)
+    metric_of = {"auc": lambda r: r.val_auc, "accuracy": lambda r: r.val_accuracy}[config.select_by]
+    start_epoch, step, bad_epochs = 1, 0, 0
+    best_state: dict[str, torch.Tensor]
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        loss_fn.load_state_dict(resumed["loss"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scaler.load_state_dict(resumed["scaler"])
+        rng_states = resumed["rng"]
+        set_rng_state(rng_states[context.rank])
+        history = [EpochResult(**entry) for entry in resumed["history"]]
+        initial = EpochResult(**resumed["initial"])
+        best_score, best_epoch, best_state = resumed["best_score"], resumed["best_epoch"], resumed["best_state"]
+        start_epoch, step, bad_epochs = resumed["epoch"] + 1, resumed["step"], resumed["bad_epochs"]
+        if context.is_main:
+            logger.info("%s: resuming after epoch %d from %s", backbone, resumed["epoch"], checkpoint_path)
+    resumed_from = None if resumed is None else resumed["epoch"]
+    stopped_early = bool(resumed["stopped_early"]) if resumed is not None else False
+    del resumed
+
+    live = None
+    if context.is_main:
+        from dvclive import Live
+
+        live_dir.mkdir(parents=True, exist_ok=True)
+        live = Live(dir=str(live_dir), resume=resumed_from is not None, save_dvc_exp=False, dvcyaml=None, report=None)
+
+    def keep_state() -> dict[str, torch.Tensor]:
+        # Only rank 0 saves; the others need just the score to agree on early stopping.
+        return _cpu_state(model) if context.is_main else {}
+
+    def evaluate_epoch() -> tuple[float, float]:
+        result = None
+        if context.is_main:
+            result = validate(model, images, index, val_pairs, max(batch_size, 32), device)
+        return broadcast_object(result, context)
+
+    try:
+        if resumed_from is None:
+            started = time.perf_counter()
+            accuracy, auc = evaluate_epoch()
+            initial = EpochResult(0, float("nan"), 0.0, accuracy, auc, time.perf_counter() - started)
+            best_score, best_epoch, best_state = metric_of(initial), 0, keep_state()
+            if live is not None:
+                live.step = 0
+                live.log_metric("val/accuracy", accuracy)
+                live.log_metric("val/auc", auc)
+                live.next_step()
+                logger.info("%s: before fine-tuning val accuracy %.4f auc %.4f", backbone, accuracy, auc)
+
+        for epoch in range(start_epoch, backbone_config.epochs + 1):
+            if stopped_early:
+                break
+            started = time.perf_counter()
+            source.set_epoch(epoch, epoch_batches(len(train_rows), batch_size, context, config.seed, epoch))
+            loader = DataLoader(
+                source, batch_size=None, shuffle=False, num_workers=config.loader_workers, pin_memory=device.type == "cuda"
+            )
+            trainer.train()
+            running = torch.zeros((), dtype=torch.float64, device=device)
+            multiplier = 0.0
+            bar = tqdm(loader, desc=f"{backbone} epoch {epoch}", unit="step", leave=False, disable=not (progress and context.is_main))
+            for batch, (pixels, labels) in enumerate(bar):
                 pixels = pixels.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 if device.type == "cuda":
                     pixels = pixels.contiguous(memory_format=torch.channels_last)
                 multiplier = cosine_schedule(step, total_steps, warmup)
-                for group, base in zip(optimizer.param_groups, base_lrs):
-                    group["lr"] = base * multiplier
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * multiplier
                 with autocast(device, dtype):
-                    loss = loss_fn(model(pixels), labels)
+                    loss = trainer(pixels, labels)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=5.0)
+                if config.grad_clip_norm > 0:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainer.parameters(), max_norm=config.grad_clip_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 step += 1
-                losses.append(loss.item())
-                progress.set_postfix(loss=f"{losses[-1]:.3f}")
-            val_accuracy, val_auc = validate(model, images, index, val_pairs, batch_size, device)
-            result = EpochResult(epoch, float(np.mean(losses)), val_accuracy, val_auc)
+                running += loss.detach()
+                if batch % 10 == 0:
+                    bar.set_postfix(loss=f"{loss.item():.3f}")
+            mean_loss = all_reduce_mean(float(running.item()) / max(1, len(source)), context, device)
+            if not math.isfinite(mean_loss):
+                raise ValueError(
+                    f"{backbone}: training loss became {mean_loss} in epoch {epoch}; lower backbones.{backbone}.lr "
+                    f"(now {backbone_config.lr}) or head_lr, or keep finetune.grad_clip_norm > 0"
+                )
+            accuracy, auc = evaluate_epoch()
+            result = EpochResult(epoch, mean_loss, multiplier, accuracy, auc, time.perf_counter() - started)
             history.append(result)
-            live.log_metric("train/loss", result.loss)
-            live.log_metric("val/accuracy", result.val_accuracy)
-            live.log_metric("val/auc", result.val_auc)
-            live.next_step()
-            logger.info("%s epoch %d: loss %.4f val accuracy %.4f auc %.4f", backbone, epoch, result.loss, val_accuracy, val_auc)
-            if val_auc > best[0]:
-                best = (val_auc, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            if metric_of(result) > best_score:
+                best_score, best_epoch, best_state, bad_epochs = metric_of(result), epoch, keep_state(), 0
+            else:
+                bad_epochs += 1
+            stopped_early = config.patience is not None and bad_epochs >= config.patience and epoch < backbone_config.epochs
+            if live is not None:
+                live.step = epoch
+                live.log_metric("train/loss", result.loss)
+                live.log_metric("train/lr_multiplier", multiplier)
+                live.log_metric("val/accuracy", accuracy)
+                live.log_metric("val/auc", auc)
+                live.next_step()
+                logger.info(
+                    "%s epoch %d: loss %.4f val accuracy %.4f auc %.4f (%.0f s)%s",
+                    backbone, epoch, result.loss, accuracy, auc, result.seconds,
+                    f"; no better epoch for {bad_epochs}, stopping" if stopped_early else "",
+                )
+            if checkpoint_path is not None:
+                rng_states = gather_objects(rng_state(), context)
+                if context.is_main:
+                    save_checkpoint(
+                        checkpoint_path,
+                        {
+                            "fingerprint": fingerprint,
+                            "epoch": epoch,
+                            "step": step,
+                            "bad_epochs": bad_epochs,
+                            "stopped_early": stopped_early,
+                            "model": _cpu_state(model),
+                            "loss": _cpu_state(loss_fn),
+                            "optimizer": optimizer.state_dict(),
+                            "scaler": scaler.state_dict(),
+                            "rng": rng_states,
+                            "initial": asdict(initial),
+                            "history": [asdict(h) for h in history],
+                            "best_score": best_score,
+                            "best_epoch": best_epoch,
+                            "best_state": best_state,
+                        },
+                    )
+                barrier(context)
+            if on_epoch_end is not None:
+                on_epoch_end(result)
+    finally:
+        if live is not None:
+            live.end()
 
-    model.load_state_dict(best[2])
-    model.to("cpu").to(memory_format=torch.contiguous_format)
     summary = {
         "backbone": backbone,
         "weights": backbone_config.weights,
-        "best_epoch": best[1],
-        "best_val_auc": best[0],
+        "train_layers": backbone_config.train_layers,
+        "trainable_groups": trainable,
+        "trainable_parameters": n_trainable,
+        "best_epoch": best_epoch,
+        "select_by": config.select_by,
+        "best_val_" + config.select_by: best_score,
+        "stopped_early": stopped_early,
+        "resumed_from_epoch": resumed_from,
+        "before": asdict(initial),
         "epochs": [asdict(h) for h in history],
         "train_images": int(len(train_rows)),
         "train_identities": len(identities),
+        "mask_landmark_sources": landmark_sources,
         "device": str(device),
+        "processes": context.world_size,
+        "precision": _dtype_name(dtype),
+        "settings": {
+            "backbone": asdict(backbone_config),
+            "arcface": asdict(arcface),
+            "finetune": asdict(config),
+        },
     }
-    save_model(model, out_dir, {"weights": backbone_config.weights, "train_layers": backbone_config.train_layers})
-    shutil.copyfile(crops_dir / PREPROCESS_FILE, out_dir / PREPROCESS_FILE)
-    (out_dir / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if context.is_main:
+        model.load_state_dict(best_state)
+        model.to("cpu").to(memory_format=torch.contiguous_format)
+        extra = {"weights": backbone_config.weights, "train_layers": backbone_config.train_layers, "head_init": backbone_config.head_init}
+        save_model(model, out_dir, extra)
+        shutil.copyfile(crops_dir / PREPROCESS_FILE, out_dir / PREPROCESS_FILE)
+        (out_dir / TRAINING_FILE).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+        if checkpoint_path is not None:
+            # A finished run needs no resuming; a stale file would only be refused later.
+            checkpoint_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # only removed when empty
+                checkpoint_path.parent.rmdir()
+        logger.info("%s: kept epoch %d (val %s %.4f) -> %s", backbone, best_epoch, config.select_by, best_score, out_dir)
+    barrier(context)
     return summary
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
+def _json_safe(value):
+    """NaN (epoch 0's loss) -> None, so training.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value

@@ -1,0 +1,111 @@
+"""Figure 1: embedding throughput of the project's path against a naive loop.
+
+The same real images, facenet (InceptionResnetV1, casia-webface weights) at 160 px:
+- naive: for each file, open with PIL, resize, to tensor, one fp32 forward pass;
+- project: the crop stage's decode into a uint8 memory map, then batched embedding with
+  the embed stage's defaults (precision auto, channels-last), whole command against whole loop.
+Also: FLOPs per image (torch.utils.flop_counter), sustained matmul GFLOP/s in fp32 and bf16
+measured in the same run, and the achieved share at each batch size.
+
+    .venv/bin/python benchmarks/embed_throughput.py --images 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from _common import machine, real_face_paths
+from PIL import Image
+
+from maskface.backbones import create_model
+from maskface.config import CropConfig
+from maskface.crop import crop_dataset, open_crops
+from maskface.device import inference_dtype
+from maskface.embed import embed_array
+from maskface.imageio import load_rgb
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
+    a = torch.randn(size, size, dtype=dtype)
+    b = torch.randn(size, size, dtype=dtype)
+    a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * size**3 * count / (time.perf_counter() - start) / 1e9
+
+
+def flops_per_image(model, size: int) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    pixels = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(pixels)
+    return counter.get_total_flops()
+
+
+def naive_loop(model, paths: list[Path], size: int) -> float:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for path in paths:
+            image = Image.open(path).convert("RGB").resize((size, size))
+            pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float()
+            model(pixels)
+    return time.perf_counter() - start
+
+
+def project_path(model, paths: list[Path], size: int, batch_size: int) -> float:
+    manifest = pd.DataFrame({"path": [str(p) for p in paths], "identity": "x", "masked": False, "split": "test"})
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        crop_dataset(manifest, CropConfig(), size, Path(folder))
+        images, _ = open_crops(Path(folder))
+        embed_array(model, images, batch_size=batch_size, progress=False, precision="auto", channels_last=True)
+        return time.perf_counter() - start
+
+
+def model_only(model, size: int, batch_size: int, precision: str, batches: int = 4) -> float:
+    images = np.random.default_rng(0).integers(0, 256, (batch_size * batches, 3, size, size), dtype=np.uint8)
+    embed_array(model, images[:batch_size], batch_size=batch_size, progress=False, precision=precision, channels_last=True)
+    start = time.perf_counter()
+    embed_array(model, images, batch_size=batch_size, progress=False, precision=precision, channels_last=True)
+    return len(images) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    paths = real_face_paths(args.images)
+    model = create_model("facenet", weights="casia-webface", embedding_size=512).eval()
+    size = 160
+    print(f"machine: {machine()}")
+    print(f"images: {len(paths)} real faces (rmfrd-dev, lfw-gray-20), facenet {size} px")
+    naive = naive_loop(model, paths, size)
+    project = project_path(model, paths, size, args.batch_size)
+    print(f"naive loop   : {len(paths) / naive:7.1f} img/s ({naive:.1f} s)")
+    print(f"project path : {len(paths) / project:7.1f} img/s ({project:.1f} s)")
+    print(f"speed-up     : {naive / project:.2f}x (target >= 4x)")
+    flops = flops_per_image(model, size)
+    fp32_peak, bf16_peak = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    print(f"FLOPs/image  : {flops / 1e9:.2f} GFLOP")
+    print(f"matmul peak  : fp32 {fp32_peak:.0f} GFLOP/s, bf16 {bf16_peak:.0f} GFLOP/s")
+    auto = inference_dtype(torch.device("cpu"), "auto")
+    print(f"auto precision on this machine: {auto or torch.float32}")
+    for precision, peak in (("fp32", fp32_peak), ("bf16", bf16_peak)):
+        for batch_size in (1, 16, 64):
+            rate = model_only(model, size, batch_size, precision)
+            share = rate * flops / 1e9 / peak
+            print(f"model only {precision} batch {batch_size:3d}: {rate:7.1f} img/s, {rate * flops / 1e9:6.0f} GFLOP/s = {share:5.1%} of {precision} matmul")
+
+
+if __name__ == "__main__":
+    main()

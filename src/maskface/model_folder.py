@@ -1,0 +1,514 @@
+"""The self-contained model folder: everything inference needs, nothing from params.yaml.
+
+Layout (``models/<backbone>/`` as the pipeline writes it, or a copy made by
+:func:`export_model_folder`)::
+
+    backbone/model.pt          weights (a plain state dict, loaded with weights_only=True)
+    backbone/model.json        backbone name, embedding size, input size, weights it started from
+    backbone/preprocess.json   {"input_size": S, "crop": {mode, keep_ratio, ...}} from the crop stage
+    backbone/training.json     the fine-tuning summary (informative only)
+    classifier/classifier.json {"classifier": name, "settings": {...}, "threshold": t}
+    classifier/classifier.joblib  the fitted pair classifier (absent for "cosine")
+    manifest.json              exported copies only: format version, maskface version, sha256 of every file
+
+Inference preprocesses through :func:`preprocess_image`, which calls the crop stage's own
+transform (:func:`maskface.crop.crop_details`) with the settings the crop stage recorded,
+so a picture reaches the network as exactly the same uint8 tensor in training and in use.
+
+Every user-facing failure here is a :class:`ModelFolderError` or :class:`ImageError`
+(both ``ValueError``) whose message is one line naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from maskface import __version__
+from maskface.imageio import load_rgb, sniff_format, to_rgb
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "maskface-model"
+FORMAT_VERSION = 1
+# Format versions this maskface reads; a folder written by a newer format is refused.
+SUPPORTED_FORMAT_VERSIONS = (1,)
+MANIFEST_FILE = "manifest.json"
+BACKBONE_DIR = "backbone"
+CLASSIFIER_DIR = "classifier"
+MODEL_FILE = "model.pt"
+MODEL_CONFIG_FILE = "model.json"
+PREPROCESS_FILE = "preprocess.json"
+TRAINING_FILE = "training.json"
+CLASSIFIER_FILE = "classifier.joblib"
+CLASSIFIER_META_FILE = "classifier.json"
+# Classifiers that score from the embeddings alone, with no fitted file.
+PARAMETER_FREE_CLASSIFIERS = ("cosine",)
+# classifier.json "format" values and "pair_features" layouts this maskface scores
+# (see maskface.classify.pair_features: [|a - b|, a * b]); absent keys mean the first ones.
+SUPPORTED_CLASSIFIER_FORMATS = (1,)
+SUPPORTED_PAIR_FEATURES = ("abs_diff_product",)
+# The files that decide an embedding: two folders agreeing on these embed identically.
+EMBEDDER_FILES = (
+    f"{BACKBONE_DIR}/{MODEL_FILE}",
+    f"{BACKBONE_DIR}/{MODEL_CONFIG_FILE}",
+    f"{BACKBONE_DIR}/{PREPROCESS_FILE}",
+)
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+class ModelFolderError(ValueError):
+    """A model folder is missing files, corrupt, or from an incompatible version (one-line message)."""
+
+
+class ImageError(ValueError):
+    """One input image cannot be used; ``source`` names it and ``reason`` says why."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- images
+
+
+def read_image(path: Union[str, os.PathLike]) -> Image.Image:
+    """Open one image file as RGB through :func:`maskface.imageio.load_rgb` (the crop stage's reader).
+
+    Raises :class:`ImageError` with reason ``missing``, ``not a file``, ``unreadable``,
+    ``empty file``, ``not an image``, ``truncated or corrupt`` or ``too large``.
+    """
+    name = os.fspath(path)
+    if not os.path.lexists(name):
+        raise ImageError(name, "missing: no such file")
+    if not os.path.exists(name):
+        raise ImageError(name, "unreadable: broken symbolic link")
+    if os.path.isdir(name):
+        raise ImageError(name, "not a file: it is a folder")
+    if not os.path.isfile(name):
+        raise ImageError(name, "not a file: not a regular file")
+    if os.path.getsize(name) == 0:
+        raise ImageError(name, "empty file: 0 bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return load_rgb(name)
+    except PermissionError as error:
+        raise ImageError(name, f"unreadable: {error.strerror or error}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(name, f"too large: {_one_line(error)}") from None
+    except UnidentifiedImageError:
+        with open(name, "rb") as handle:
+            signature = sniff_format(handle.read(16))
+        if signature is None:
+            raise ImageError(name, "not an image: no known image signature") from None
+        raise ImageError(name, f"truncated or corrupt: {signature} signature but the header does not parse") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        # Pillow reports truncated pixel data as OSError ("image file is truncated") and some
+        # malformed headers as SyntaxError/ValueError.
+        raise ImageError(name, f"truncated or corrupt: {_one_line(error)}") from None
+
+
+def describe_input(image: ImageInput, position: Optional[int] = None) -> str:
+    """A name for error messages: the path, or ``image #k (PIL/array)``."""
+    if isinstance(image, (str, os.PathLike)):
+        return os.fspath(image)
+    kind = "PIL image" if isinstance(image, Image.Image) else "array"
+    return f"{kind} #{position}" if position is not None else kind
+
+
+def as_rgb(image: ImageInput, position: Optional[int] = None) -> Image.Image:
+    """A path, a PIL image (any mode) or a uint8 array -> a PIL RGB image.
+
+    Arrays are (H, W) greyscale, (H, W, 3) RGB or (H, W, 4) RGBA, dtype uint8, as
+    ``np.asarray(PIL image)`` gives them; they are converted with the same
+    :func:`maskface.imageio.to_rgb` the pipeline uses.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Image.Image):
+        try:
+            return to_rgb(image)
+        except (OSError, ValueError) as error:
+            raise ImageError(describe_input(image, position), f"cannot convert to RGB: {_one_line(error)}") from None
+    if isinstance(image, np.ndarray):
+        name = describe_input(image, position)
+        if image.dtype != np.uint8:
+            raise ImageError(name, f"dtype {image.dtype} is not supported; valid: uint8 pixels 0-255")
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)):
+            if min(image.shape[:2]) < 1:
+                raise ImageError(name, f"shape {image.shape} has no pixels")
+            return to_rgb(Image.fromarray(np.ascontiguousarray(image)))
+        raise ImageError(name, f"shape {image.shape} is not supported; valid: (H, W), (H, W, 3) RGB, (H, W, 4) RGBA")
+    raise ImageError(
+        describe_input(image, position) if position is not None else type(image).__name__,
+        f"type {type(image).__name__} is not supported; valid: a path, a PIL image or a uint8 array",
+    )
+
+
+def needs_face(settings: Mapping[str, Any]) -> bool:
+    """Whether preprocessing finds the face first: alignment or the ``eyes`` / ``mask`` modes,
+    unless the model was trained without landmarks (``landmarks: none``)."""
+    crop = settings["crop"]
+    uses_landmarks = bool(crop.get("align", False)) or crop.get("mode") in ("eyes", "mask")
+    return uses_landmarks and crop.get("landmarks", "mtcnn") != "none"
+
+
+def preprocess_image(image: ImageInput, settings: Mapping[str, Any]) -> np.ndarray:
+    """An image (path, PIL or array, see :func:`as_rgb`) -> uint8 (3, S, S) network input.
+
+    ``settings`` is preprocess.json: ``{"input_size": S, "crop": {"mode": ..., ...}}``. The
+    transform is the crop stage's own (:func:`maskface.crop.crop_details`, what
+    :func:`maskface.crop.preprocess_face` and :func:`maskface.crop.crop_dataset` run),
+    followed by the same HWC -> CHW transpose, so every crop mode flows through unchanged.
+    Where the settings need the face's landmarks they are found with the settings' own
+    detector (:func:`maskface.crop.detect_for_settings`); a photo without a face is an
+    :class:`ImageError` here, where training fell back to the unaligned photo.
+    """
+    from maskface.crop import crop_details, detect_for_settings
+
+    rgb = as_rgb(image)
+    crop = settings["crop"]
+    landmarks = None
+    if needs_face(settings):
+        landmarks = detect_for_settings(rgb, crop)
+        if landmarks is None:
+            what = "alignment" if crop.get("align") else f"crop mode {crop.get('mode')!r}"
+            raise ImageError(describe_input(image), f"no face found ({what} needs the face's landmarks)")
+    face = crop_details(rgb, landmarks, crop, int(settings["input_size"]))
+    return np.ascontiguousarray(face.image.transpose(2, 0, 1))
+
+
+# --------------------------------------------------------------------------- folder
+
+
+@dataclass
+class ModelFolder:
+    """A checked model folder; ``manifest`` is None for a pipeline folder (no manifest.json)."""
+
+    root: Path
+    model_config: dict
+    preprocess: dict
+    classifier_meta: dict
+    training: Optional[dict] = None
+    manifest: Optional[dict] = None
+    _fingerprint: Optional[str] = field(default=None, repr=False)
+
+    @property
+    def backbone(self) -> str:
+        return str(self.model_config["backbone"])
+
+    @property
+    def classifier(self) -> str:
+        return str(self.classifier_meta["classifier"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.classifier_meta["threshold"])
+
+    @property
+    def input_size(self) -> int:
+        return int(self.preprocess["input_size"])
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def fingerprint(self) -> str:
+        """sha256 over the files that decide an embedding (weights, model.json, preprocess.json).
+
+        Two folders with the same fingerprint turn every image into the same embedding, so a
+        gallery enrolled with one can be searched with the other.
+        """
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for relative in EMBEDDER_FILES:
+                known = (self.manifest or {}).get("files", {}).get(relative)
+                digest.update(f"{relative}\0{known or file_sha256(self.root / relative)}\n".encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def summary(self) -> dict:
+        """JSON-ready description (backbone, sizes, crop, classifier, threshold)."""
+        return {
+            "model_dir": str(self.root),
+            "backbone": self.backbone,
+            "embedding_size": int(self.model_config["embedding_size"]),
+            "input_size": self.input_size,
+            "crop": self.preprocess["crop"],
+            "classifier": self.classifier,
+            "threshold": self.threshold,
+            "format_version": (self.manifest or {}).get("format_version"),
+        }
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ModelFolderError(f"{path}: missing; not a complete maskface model folder")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"{path}: unreadable JSON: {_one_line(error)}") from None
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def _require_keys(data: dict, keys: tuple[str, ...], path: Path) -> None:
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise ModelFolderError(
+            f"{path}: lacks {', '.join(missing)}; this folder is from an incompatible maskface version"
+        )
+
+
+def check_manifest(root: Path) -> Optional[dict]:
+    """Verify manifest.json (format version, every file's sha256); None when there is none."""
+    path = root / MANIFEST_FILE
+    if not path.exists():
+        return None
+    manifest = _read_json(path)
+    if manifest.get("format") != FORMAT_NAME:
+        raise ModelFolderError(f"{path}: format {manifest.get('format')!r} is not {FORMAT_NAME!r}")
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ModelFolderError(
+            f"{path}: format version {version!r} is incompatible with maskface {__version__}, "
+            f"which reads format version {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))} "
+            f"(folder written by maskface {manifest.get('maskface_version', 'unknown')})"
+        )
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ModelFolderError(f"{path}: no file checksums listed")
+    for relative, expected in sorted(files.items()):
+        target = root / relative
+        if Path(relative).is_absolute() or ".." in Path(relative).parts:
+            raise ModelFolderError(f"{path}: lists {relative!r}, which is outside the folder")
+        if not target.is_file():
+            raise ModelFolderError(f"{target}: missing; manifest.json lists it")
+        actual = file_sha256(target)
+        if actual != expected:
+            raise ModelFolderError(
+                f"{target}: checksum mismatch (sha256 {actual[:12]}..., manifest.json says {str(expected)[:12]}...); "
+                "the file is corrupt or was changed after export"
+            )
+    return manifest
+
+
+def _is_parameter_free(meta: Mapping[str, Any]) -> bool:
+    return meta.get("classifier") in PARAMETER_FREE_CLASSIFIERS or meta.get("score") == "cosine"
+
+
+def _model_file(meta: Mapping[str, Any]) -> str:
+    name = meta.get("model_file") or CLASSIFIER_FILE
+    # The file must sit in classifier/ itself: a manifest-free folder is not checksummed.
+    return Path(str(name)).name
+
+
+def read_model_folder(path: Union[str, os.PathLike]) -> ModelFolder:
+    """Check and read a model folder's metadata; loads no weights.
+
+    Raises :class:`ModelFolderError` (one line naming the file) for a missing folder, a
+    missing or malformed file, an incompatible format version or a checksum mismatch.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise ModelFolderError(f"{root}: model folder missing")
+    if not root.is_dir():
+        raise ModelFolderError(f"{root}: not a folder; --model takes a model folder such as models/facenet")
+    if (root / MODEL_CONFIG_FILE).is_file() and not (root / BACKBONE_DIR).is_dir():
+        raise ModelFolderError(f"{root}: is the backbone/ part of a model folder; pass its parent ({root.parent})")
+    manifest = check_manifest(root)
+    backbone_dir = root / BACKBONE_DIR
+    model_config = _read_json(backbone_dir / MODEL_CONFIG_FILE)
+    _require_keys(model_config, ("backbone", "embedding_size", "input_size"), backbone_dir / MODEL_CONFIG_FILE)
+    from maskface.backbones import available_backbones
+
+    if model_config["backbone"] not in available_backbones():
+        raise ModelFolderError(
+            f"{backbone_dir / MODEL_CONFIG_FILE}: backbone {model_config['backbone']!r} is unknown to maskface "
+            f"{__version__}; valid: {', '.join(available_backbones())}"
+        )
+    preprocess = _read_json(backbone_dir / PREPROCESS_FILE)
+    _require_keys(preprocess, ("input_size", "crop"), backbone_dir / PREPROCESS_FILE)
+    if not isinstance(preprocess["crop"], dict) or "mode" not in preprocess["crop"]:
+        raise ModelFolderError(f"{backbone_dir / PREPROCESS_FILE}: crop must be an object with a mode")
+    if int(preprocess["input_size"]) != int(model_config["input_size"]):
+        raise ModelFolderError(
+            f"{backbone_dir / PREPROCESS_FILE}: input_size {preprocess['input_size']} differs from "
+            f"model.json's {model_config['input_size']}; the folder mixes two trainings"
+        )
+    if not (backbone_dir / MODEL_FILE).is_file():
+        raise ModelFolderError(f"{backbone_dir / MODEL_FILE}: missing; not a complete maskface model folder")
+    classifier_dir = root / CLASSIFIER_DIR
+    classifier_meta = _read_json(classifier_dir / CLASSIFIER_META_FILE)
+    _require_keys(classifier_meta, ("classifier", "threshold"), classifier_dir / CLASSIFIER_META_FILE)
+    try:
+        threshold = float(classifier_meta["threshold"])
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not np.isfinite(threshold):
+        raise ModelFolderError(
+            f"{classifier_dir / CLASSIFIER_META_FILE}: threshold {classifier_meta['threshold']!r} is not a finite number"
+        )
+    meta_path = classifier_dir / CLASSIFIER_META_FILE
+    if classifier_meta.get("format", 1) not in SUPPORTED_CLASSIFIER_FORMATS:
+        raise ModelFolderError(
+            f"{meta_path}: classifier format {classifier_meta['format']!r} is incompatible with maskface {__version__} "
+            f"(reads {', '.join(map(str, SUPPORTED_CLASSIFIER_FORMATS))})"
+        )
+    features = classifier_meta.get("pair_features")
+    if features is not None and features not in SUPPORTED_PAIR_FEATURES:
+        raise ModelFolderError(
+            f"{meta_path}: pair features {features!r} are unknown to maskface {__version__}; valid: {', '.join(SUPPORTED_PAIR_FEATURES)}"
+        )
+    if not _is_parameter_free(classifier_meta):
+        fitted = classifier_dir / _model_file(classifier_meta)
+        if not fitted.is_file():
+            raise ModelFolderError(f"{fitted}: missing; classifier {classifier_meta['classifier']!r} needs its fitted file")
+    training_path = backbone_dir / TRAINING_FILE
+    training = _read_json(training_path) if training_path.is_file() else None
+    return ModelFolder(root, model_config, preprocess, classifier_meta, training, manifest)
+
+
+def load_embedder(folder: ModelFolder, device: Any = "cpu"):
+    """The folder's :class:`maskface.backbones.FaceEmbedder` in eval mode on ``device``."""
+    import pickle
+
+    from maskface.embed import load_model
+
+    try:
+        return load_model(folder.root / BACKBONE_DIR, device)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, OSError) as error:
+        raise ModelFolderError(
+            f"{folder.root / BACKBONE_DIR / MODEL_FILE}: cannot load the weights: {_one_line(error)[:300]}"
+        ) from None
+
+
+class PairScorer:
+    """Scores embedding pairs the way the classify stage did: higher = more likely the same person.
+
+    Learned classifiers see :func:`maskface.classify.pair_features` and score
+    ``predict_proba(...)[:, 1]``; ``cosine`` scores the dot product of the unit embeddings.
+    """
+
+    def __init__(self, name: str, threshold: float, model: Any = None):
+        self.name = name
+        self.threshold = float(threshold)
+        self.model = model
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(N, E) x (N, E) unit embeddings -> (N,) float64 scores."""
+        a = np.atleast_2d(np.asarray(a, dtype=np.float32))
+        b = np.atleast_2d(np.asarray(b, dtype=np.float32))
+        if a.shape != b.shape:
+            raise ValueError(f"embedding shapes differ: {a.shape} vs {b.shape}")
+        if len(a) == 0:
+            return np.empty(0, dtype=np.float64)
+        if self.model is None:
+            return np.einsum("ij,ij->i", a, b).astype(np.float64)
+        from maskface.classify import pair_features
+
+        return np.asarray(self.model.predict_proba(pair_features(a, b))[:, 1], dtype=np.float64)
+
+
+def load_pair_scorer(folder: ModelFolder) -> PairScorer:
+    """The folder's pair classifier with its chosen threshold.
+
+    The joblib file is a pickle: load model folders only from sources you trust (the
+    manifest checksums catch corruption, not tampering by whoever wrote the manifest).
+    """
+    if _is_parameter_free(folder.classifier_meta):
+        return PairScorer(folder.classifier, folder.threshold)
+    import joblib
+
+    path = folder.root / CLASSIFIER_DIR / _model_file(folder.classifier_meta)
+    try:
+        model = joblib.load(path)
+    except Exception as error:  # noqa: BLE001 - unpickling can fail in any library's code
+        raise ModelFolderError(f"{path}: cannot load the classifier: {_one_line(error)[:300]}") from None
+    if not hasattr(model, "predict_proba"):
+        raise ModelFolderError(f"{path}: holds a {type(model).__name__}, which has no predict_proba")
+    return PairScorer(folder.classifier, folder.threshold, model)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def folder_files(root: Path) -> list[str]:
+    """The model files under ``root`` (POSIX relative paths, sorted), manifest.json excluded."""
+    files = []
+    for sub in (BACKBONE_DIR, CLASSIFIER_DIR):
+        for path in sorted((root / sub).rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                files.append(path.relative_to(root).as_posix())
+    return files
+
+
+def build_manifest(root: Path, folder: ModelFolder) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "maskface_version": __version__,
+        "backbone": folder.backbone,
+        "classifier": folder.classifier,
+        "threshold": folder.threshold,
+        "files": {relative: file_sha256(root / relative) for relative in folder_files(root)},
+    }
+
+
+def export_model_folder(source: Union[str, os.PathLike], destination: Union[str, os.PathLike], overwrite: bool = False) -> dict:
+    """Copy a model folder to ``destination`` and write its manifest.json; returns the manifest.
+
+    The source is checked first (a corrupt folder is not exported). ``destination`` must
+    not exist unless ``overwrite``; it is written beside itself and renamed into place so
+    a failed export leaves nothing half-written.
+    """
+    folder = read_model_folder(source)
+    destination = Path(destination)
+    if destination.exists() and not overwrite:
+        raise ModelFolderError(f"{destination}: already exists; choose another --out or pass --overwrite")
+    if destination.resolve() == folder.root.resolve():
+        raise ModelFolderError(f"{destination}: is the source folder itself; choose another --out")
+    staging = destination.with_name(f".{destination.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        for relative in folder_files(folder.root):
+            target = staging / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(folder.root / relative, target)
+        manifest = build_manifest(staging, folder)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        if destination.exists():
+            shutil.rmtree(destination)
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("exported %s -> %s (%d files)", folder.root, destination, len(manifest["files"]))
+    return manifest

@@ -1,0 +1,219 @@
+"""maskface.load_model: embed / verify / enroll / identify over a model folder, checked against the pipeline."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskface.api import UNKNOWN, Gallery, GalleryError, expand_paths, load_gallery, load_model
+from maskface.backbones import create_model
+from maskface.classify import fit_and_score, pair_features, save_classifier
+from maskface.config import ClassifyConfig, CropConfig, KnnConfig
+from maskface.crop import PREPROCESS_FILE, crop_dataset, open_crops
+from maskface.embed import embed_array, embed_crops, load_embeddings, save_model
+from maskface.model_folder import ImageError
+from maskface.tables import read_csv
+
+
+def build_model_folder(toy_dataset, root):
+    """The pipeline's writers on the toy data: crop, an (untrained) alexnet, embed, a KNN pair classifier."""
+    crops = root / "crops"
+    crop_dataset(toy_dataset["manifest"], CropConfig(mode="ratio", keep_ratio=0.75), 64, crops)
+    torch.manual_seed(0)
+    network = create_model("alexnet", weights="none", embedding_size=16, input_size=64)
+    folder = root / "model"
+    save_model(network, folder / "backbone", {"weights": "none", "train_layers": "all"})
+    shutil.copyfile(crops / PREPROCESS_FILE, folder / "backbone" / PREPROCESS_FILE)
+    embed_crops(crops, folder / "backbone", root / "embeddings", batch_size=32, device="cpu", precision="fp32")
+    embeddings, index = load_embeddings(root / "embeddings")
+    val = read_csv(toy_dataset["pairs_dir"] / "val.csv")
+    test = read_csv(toy_dataset["pairs_dir"] / "test.csv")
+    classifier, threshold, _, _ = fit_and_score(
+        embeddings, index, val, test, "knn", KnnConfig(n_neighbors=5), ClassifyConfig(train_pairs_per_identity=9)
+    )
+    save_classifier(classifier, folder / "classifier", {"classifier": "knn", "settings": {"n_neighbors": 5}, "threshold": threshold})
+    return folder, crops
+
+
+def as_cosine_folder(folder, target, threshold):
+    shutil.copytree(folder, target)
+    (target / "classifier" / "classifier.joblib").unlink()
+    (target / "classifier" / "classifier.json").write_text(json.dumps({"classifier": "cosine", "settings": {}, "threshold": threshold}))
+    return target
+
+
+@pytest.fixture(scope="module")
+def built(toy_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    folder, crops = build_model_folder(toy_dataset, root)
+    embeddings, index = load_embeddings(root / "embeddings")
+    return {"dir": folder, "crops": crops, "embeddings": embeddings, "index": index, "root": root}
+
+
+@pytest.fixture(scope="module")
+def model(built):
+    return load_model(built["dir"], device="cpu", batch_size=32, precision="fp32")
+
+
+def test_embeddings_equal_the_pipeline_embed_stage(model, built):
+    """Same images, same model: the API reaches the pipeline's embeddings (preprocessing included)."""
+    paths = built["index"]["path"].tolist()
+    vectors = model.embed(paths)
+    assert vectors.shape == (len(paths), 16) and vectors.dtype == np.float32
+    np.testing.assert_allclose(vectors, built["embeddings"], atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)
+
+
+def test_paths_pil_images_and_arrays_embed_alike(model, built):
+    path = built["index"].at[3, "path"]
+    pil = Image.open(path)
+    array = np.asarray(pil.convert("RGB"))
+    together = model.embed([path, pil, array])
+    np.testing.assert_allclose(together, np.repeat(built["embeddings"][3:4], 3, axis=0), atol=1e-5)
+    np.testing.assert_allclose(model.embed(array), together[:1], atol=1e-6)  # one array, one image
+    np.testing.assert_allclose(model.embed(np.stack([array, array])), together[:2], atol=1e-6)  # a stack
+
+
+def test_preprocess_is_the_crop_stage_tensor(model, built):
+    images, index = open_crops(built["crops"])
+    np.testing.assert_array_equal(model.preprocess(index.at[5, "path"]), images[5])
+
+
+def test_verify_scores_with_the_folder_classifier(model, built):
+    import joblib
+
+    index = built["index"]
+    a, b = index.at[0, "path"], index.at[len(index) - 1, "path"]
+    result = model.verify(a, b)
+    ea, eb = built["embeddings"][[0]], built["embeddings"][[len(index) - 1]]
+    classifier = joblib.load(built["dir"] / "classifier" / "classifier.joblib")
+    expected = classifier.predict_proba(pair_features(ea, eb))[:, 1][0]
+    assert result.score == pytest.approx(expected, abs=1e-6)
+    assert result.same == (expected >= model.threshold)
+    assert result.cosine == pytest.approx(float(ea[0] @ eb[0]), abs=1e-5)
+    assert model.verify(b, a).score == pytest.approx(result.score)
+    # An operating point of the caller's own overrides the folder's threshold.
+    assert model.verify(a, b, threshold=expected + 1e-3).same is False
+    assert model.verify(a, b, threshold=expected - 1e-3).same is True
+    with pytest.raises(ValueError, match="threshold nan"):
+        model.verify(a, b, threshold=float("nan"))
+
+
+def test_a_bad_image_raises_naming_it_and_batches_skip_it(model, built, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("shopping list")
+    good = built["index"].at[2, "path"]
+    with pytest.raises(ImageError, match=r"notes\.jpg: not an image"):
+        model.verify(good, bad)
+    result = model.embed_many([good, bad, tmp_path / "gone.png", good])
+    assert result.positions == [0, 3]
+    assert [f.reason.split(":")[0] for f in result.failures] == ["not an image", "missing"]
+    np.testing.assert_allclose(result.embeddings, built["embeddings"][[2, 2]], atol=1e-5)
+
+
+def test_a_failing_crop_is_an_image_error_naming_the_file(model, built, monkeypatch):
+    import maskface.crop
+
+    def no_face(*args, **kwargs):
+        raise ValueError("no face found (alignment on)")
+
+    monkeypatch.setattr(maskface.crop, "crop_details", no_face)
+    with pytest.raises(ImageError, match="preprocessing failed: no face found"):
+        model.embed(built["index"].at[0, "path"])
+
+
+def test_enroll_then_identify_open_set(built, tmp_path):
+    index, embeddings = built["index"], built["embeddings"]
+    gallery_dir = tmp_path / "gallery"
+    enrolled = {}
+    for identity in ("id00", "id01", "id02"):
+        rows = index.index[index["identity"] == identity][:3]
+        (gallery_dir / identity).mkdir(parents=True)
+        for row in rows:
+            target = gallery_dir / identity / f"{row}.png"
+            shutil.copyfile(index.at[row, "path"], target)
+            enrolled[row] = identity
+    # Oracle: cosine scores from the pipeline's own embeddings, best per identity.
+    probe_known = list(enrolled)[4]  # an enrolled picture of id01
+    probe_unknown = int(index.index[index["identity"] == "id09"][0])
+
+    def best_by_identity(row):
+        scores = {}
+        for gallery_row, identity in enrolled.items():
+            scores[identity] = max(scores.get(identity, -2.0), float(embeddings[row] @ embeddings[gallery_row]))
+        return sorted(scores.items(), key=lambda item: -item[1])
+
+    unknown_best = best_by_identity(probe_unknown)[0][1]
+    assert unknown_best < 0.99999  # the threshold below sits between the two probes
+    model = load_model(as_cosine_folder(built["dir"], tmp_path / "cosine", threshold=0.99999), device="cpu", precision="fp32")
+    gallery = model.enroll(gallery_dir)
+    assert len(gallery) == 9 and gallery.identity_names == ["id00", "id01", "id02"]
+    saved = load_gallery(gallery.save(tmp_path / "gallery"))  # .npz appended
+    np.testing.assert_array_equal(saved.embeddings, gallery.embeddings)
+    assert list(saved.identities) == list(gallery.identities)
+
+    known, unknown = model.identify([index.at[probe_known, "path"], index.at[probe_unknown, "path"]], saved, top=2)
+    assert known.identity == "id01" and known.known and known.score == pytest.approx(1.0, abs=1e-5)
+    assert unknown.identity == UNKNOWN and not unknown.known
+    expected = best_by_identity(probe_unknown)[:2]
+    assert [c.identity for c in unknown.candidates] == [name for name, _ in expected]
+    np.testing.assert_allclose([c.score for c in unknown.candidates], [score for _, score in expected], atol=1e-5)
+
+
+def test_a_gallery_from_another_model_is_refused(built, tmp_path):
+    model = load_model(built["dir"], device="cpu")
+    gallery = model.enroll({"x": [built["index"].at[0, "path"]], "y": [built["index"].at[9, "path"]]})
+    other_dir = tmp_path / "retrained"
+    shutil.copytree(built["dir"], other_dir)
+    torch.manual_seed(1)
+    save_model(create_model("alexnet", weights="none", embedding_size=16, input_size=64), other_dir / "backbone", {"weights": "none"})
+    other = load_model(other_dir, device="cpu")
+    with pytest.raises(GalleryError, match="enrolled with another model"):
+        other.identify([built["index"].at[0, "path"]], gallery)
+    path = gallery.save(tmp_path / "g.npz")
+    assert load_gallery(path).meta["model_fingerprint"] == model.folder.fingerprint()
+
+
+def test_gallery_files_are_checked(tmp_path):
+    with pytest.raises(GalleryError, match="missing"):
+        load_gallery(tmp_path / "none.npz")
+    (tmp_path / "text.npz").write_text("a list of names")
+    with pytest.raises(GalleryError, match="not a maskface gallery"):
+        load_gallery(tmp_path / "text.npz")
+    np.savez(tmp_path / "other.npz", values=np.zeros(3))
+    with pytest.raises(GalleryError, match="not a maskface gallery"):
+        load_gallery(tmp_path / "other.npz")
+    Gallery(np.zeros((1, 4)), ["a"], ["a.png"], {"format": "maskface-gallery", "format_version": 9}).save(tmp_path / "new.npz")
+    with pytest.raises(GalleryError, match="format version 9"):
+        load_gallery(tmp_path / "new.npz")
+
+
+def test_expand_paths_walks_folders_for_images_only(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/1.jpg", "a/b/2.PNG", "a/notes.txt", "a/.hidden.jpg"):
+        (tmp_path / name).write_bytes(b"x")
+    found = expand_paths([tmp_path / "a", tmp_path / "absent.jpg"])
+    assert found == [str(tmp_path / "a" / "1.jpg"), str(tmp_path / "a" / "b" / "2.PNG"), str(tmp_path / "absent.jpg")]
+
+
+def test_batch_size_and_precision_are_checked(built):
+    with pytest.raises(ValueError, match="batch_size 0"):
+        load_model(built["dir"], device="cpu", batch_size=0)
+    with pytest.raises(ValueError, match="precision 'fp8' is invalid"):
+        load_model(built["dir"], device="cpu", precision="fp8")
+
+
+def test_embedding_through_the_pipeline_embed_array_is_identical_in_batches(model, built):
+    images, _ = open_crops(built["crops"])
+    direct = embed_array(model.embedder, images, np.arange(10), batch_size=10, progress=False)
+    np.testing.assert_allclose(model.embed(built["index"]["path"][:10].tolist(), batch_size=3), direct, atol=1e-5)
+
+
+def test_package_exposes_load_model_lazily():
+    import maskface
+    from maskface.api import load_model as api_load_model
+
+    assert maskface.load_model is api_load_model

@@ -1,0 +1,420 @@
+"""`maskface` end to end on a toy model folder: outputs, exit codes, and one-line errors on bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from maskface.backbones import create_model
+from maskface.classify import fit_and_score, save_classifier
+from maskface.cli import main
+from maskface.config import ClassifyConfig, CropConfig, KnnConfig
+from maskface.crop import PREPROCESS_FILE, crop_dataset
+from maskface.datasets import read_manifest
+from maskface.embed import embed_crops, load_embeddings, save_model
+from maskface.metrics import confusion_at_threshold, kfold_accuracy, roc_auc
+from maskface.split import make_pairs
+from maskface.tables import read_csv
+
+COMMANDS = ("verify", "embed", "enroll", "identify", "eval", "export", "info", "weights", "simulate-masks")
+
+
+@pytest.fixture(scope="module")
+def built(toy_dataset, tmp_path_factory):
+    """Crop -> (untrained) alexnet -> embed -> KNN pair classifier, with the pipeline's own writers."""
+    root = tmp_path_factory.mktemp("cli")
+    crops = root / "crops"
+    crop_dataset(toy_dataset["manifest"], CropConfig(mode="ratio", keep_ratio=0.75), 64, crops)
+    torch.manual_seed(0)
+    folder = root / "model"
+    save_model(create_model("alexnet", weights="none", embedding_size=16, input_size=64), folder / "backbone", {"weights": "none"})
+    shutil.copyfile(crops / PREPROCESS_FILE, folder / "backbone" / PREPROCESS_FILE)
+    embed_crops(crops, folder / "backbone", root / "embeddings", batch_size=32, device="cpu", precision="fp32")
+    embeddings, index = load_embeddings(root / "embeddings")
+    val = read_csv(toy_dataset["pairs_dir"] / "val.csv")
+    test = read_csv(toy_dataset["pairs_dir"] / "test.csv")
+    classifier, threshold, _, _ = fit_and_score(
+        embeddings, index, val, test, "knn", KnnConfig(n_neighbors=5), ClassifyConfig(train_pairs_per_identity=9)
+    )
+    save_classifier(classifier, folder / "classifier", {"classifier": "knn", "settings": {"n_neighbors": 5}, "threshold": threshold})
+    # Bad inputs of every kind the issue names.
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "text.jpg").write_text("not an image")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8))
+    noise.save(bad / "whole.png")
+    (bad / "truncated.png").write_bytes((bad / "whole.png").read_bytes()[:900])
+    (bad / "whole.png").unlink()
+    return {"dir": folder, "root": root, "embeddings": embeddings, "index": index, "threshold": threshold, "bad": bad}
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(err, *needles):
+    """No traceback; the error is one ``maskface <command>: error: ...`` line holding every needle."""
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert errors and all(line.startswith("maskface ") for line in errors), err
+    assert any(all(n in line for n in needles) for line in errors), err
+
+
+def path_of(built, row):
+    return built["index"].at[row, "path"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(capsys, command):
+    code, out, _ = run(capsys, command, "--help")
+    assert code == 0 and out.startswith(f"usage: maskface {command}")
+
+
+def test_verify_prints_the_decision_and_json(capsys, built):
+    a, b = path_of(built, 0), path_of(built, 40)
+    code, out, err = run(capsys, "verify", a, b, "--model", built["dir"], "--json", "--device", "cpu", "--precision", "fp32")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["threshold"] == pytest.approx(built["threshold"])
+    assert result["same"] == (result["score"] >= result["threshold"])
+    # Oracle: the embed stage's own vectors.
+    assert result["cosine"] == pytest.approx(float(built["embeddings"][0] @ built["embeddings"][40]), abs=1e-5)
+    code, out, _ = run(capsys, "verify", a, a, "--model", built["dir"])
+    assert code == 0 and out.startswith(("same person: score", "different people: score")) and "threshold" in out
+
+
+@pytest.mark.parametrize(
+    "name, reason",
+    [("missing.png", "missing"), ("text.jpg", "not an image"), ("truncated.png", "truncated or corrupt")],
+)
+def test_verify_bad_image_is_one_line_exit_2(capsys, built, name, reason):
+    code, out, err = run(capsys, "verify", path_of(built, 0), built["bad"] / name, "--model", built["dir"])
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "maskface verify: error:", name, reason)
+
+
+def test_verify_image_without_a_face_is_one_line_exit_2(capsys, built, tmp_path):
+    """A model trained with alignment: MTCNN finds no face in a colour-block toy image."""
+    aligned = tmp_path / "aligned"
+    shutil.copytree(built["dir"], aligned)
+    settings = {"input_size": 64, "crop": {"mode": "none", "keep_ratio": 0.5, "align": True, "align_points": "eyes",
+                                           "template": "facenet", "landmarks": "mtcnn", "detect_device": "cpu"}}
+    (aligned / "backbone" / "preprocess.json").write_text(json.dumps(settings))
+    code, out, err = run(capsys, "verify", path_of(built, 0), path_of(built, 1), "--model", aligned)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, Path(path_of(built, 0)).name, "no face found (alignment needs the face's landmarks)")
+
+
+def test_bad_model_folders_are_one_line_exit_2(capsys, built, tmp_path):
+    exported = tmp_path / "exported"
+    assert run(capsys, "export", "--model", built["dir"], "--out", exported)[0] == 0
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(exported, corrupt)
+    with open(corrupt / "classifier" / "classifier.json", "a") as handle:
+        handle.write(" ")
+    newer = tmp_path / "newer"
+    shutil.copytree(exported, newer)
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "format_version": 2}))
+    cases = [
+        (corrupt, "classifier.json: checksum mismatch"),
+        (newer, "format version 2 is incompatible"),
+        (tmp_path / "nowhere", "model folder missing"),
+    ]
+    for folder, message in cases:
+        code, out, err = run(capsys, "verify", path_of(built, 0), path_of(built, 1), "--model", folder)
+        assert code == 2 and out == ""
+        assert_one_line_error(err, str(folder), message)
+
+
+def test_embed_writes_npy_and_index_and_lists_failures(capsys, built, tmp_path):
+    folder = tmp_path / "faces"
+    shutil.copytree(Path(path_of(built, 0)).parent, folder)
+    inputs = [folder, built["bad"] / "text.jpg", tmp_path / "gone.jpg", built["bad"] / "truncated.png", path_of(built, 30)]
+    out = tmp_path / "vectors.npy"
+    code, stdout, err = run(capsys, "embed", *inputs, "--model", built["dir"], "--out", out, "--json", "--batch-size", "4", "--precision", "fp32")
+    assert code == 2  # failures listed, the rest written
+    result = json.loads(stdout)
+    index = read_csv(tmp_path / "vectors.csv")
+    vectors = np.load(out)
+    expected_paths = sorted(str(p) for p in folder.iterdir()) + [path_of(built, 30)]
+    assert index["path"].tolist() == expected_paths and index["row"].tolist() == list(range(len(expected_paths)))
+    assert result["embedded"] == len(expected_paths) == len(vectors)
+    assert sorted(Path(f["source"]).name for f in result["failed"]) == ["gone.jpg", "text.jpg", "truncated.png"]
+    for name in ("gone.jpg", "text.jpg", "truncated.png"):
+        assert_one_line_error(err, "maskface embed: error:", name)
+    # Oracle: the embed stage's rows for the same files.
+    row_of = {p: r for r, p in enumerate(built["index"]["path"])}
+    np.testing.assert_allclose(vectors[-1], built["embeddings"][row_of[path_of(built, 30)]], atol=1e-5)
+    code, stdout, _ = run(capsys, "embed", path_of(built, 1), "--model", built["dir"], "--out", tmp_path / "one.npy")
+    assert code == 0 and "wrote 1 embeddings" in stdout
+
+
+def test_embed_parquet(capsys, built, tmp_path):
+    out = tmp_path / "vectors.parquet"
+    code, _, err = run(capsys, "embed", path_of(built, 1), path_of(built, 2), "--model", built["dir"], "--out", out, "--precision", "fp32")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        assert code == 2 and not out.exists()
+        assert_one_line_error(err, "needs pyarrow or fastparquet")
+        return
+    assert code == 0
+    table = pd.read_parquet(out)
+    assert table["path"].tolist() == [path_of(built, 1), path_of(built, 2)]
+    np.testing.assert_allclose(np.stack(table["embedding"]), built["embeddings"][[1, 2]], atol=1e-5)
+
+
+def test_embed_refuses_an_unknown_output_format(capsys, built, tmp_path):
+    code, _, err = run(capsys, "embed", path_of(built, 1), "--model", built["dir"], "--out", tmp_path / "v.txt")
+    assert code == 2
+    assert_one_line_error(err, "v.txt", ".npy", ".parquet")
+
+
+def _cosine_model(built, target, threshold):
+    shutil.copytree(built["dir"], target)
+    (target / "classifier" / "classifier.joblib").unlink()
+    (target / "classifier" / "classifier.json").write_text(json.dumps({"classifier": "cosine", "settings": {}, "threshold": threshold}))
+    return target
+
+
+def test_enroll_and_identify_with_unknowns(capsys, built, tmp_path):
+    index = built["index"]
+    gallery_dir = tmp_path / "gallery"
+    for identity in ("id03", "id04"):
+        (gallery_dir / identity).mkdir(parents=True)
+        for row in index.index[index["identity"] == identity][:2]:
+            shutil.copyfile(path_of(built, row), gallery_dir / identity / f"{row}.png")
+    shutil.copyfile(built["bad"] / "text.jpg", gallery_dir / "id04" / "broken.jpg")
+    model = _cosine_model(built, tmp_path / "cosine", threshold=0.99999)
+    gallery = tmp_path / "people.npz"
+    code, out, err = run(capsys, "enroll", gallery_dir, "--model", model, "--out", gallery, "--json", "--precision", "fp32")
+    assert code == 2  # one failure, four enrolled
+    enrolled = json.loads(out)
+    assert enrolled["images"] == 4 and enrolled["images_per_identity"] == {"id03": 2, "id04": 2}
+    assert_one_line_error(err, "broken.jpg", "not an image")
+
+    known = path_of(built, int(index.index[index["identity"] == "id04"][1]))
+    stranger = path_of(built, int(index.index[index["identity"] == "id10"][0]))
+    code, out, err = run(capsys, "identify", known, stranger, "--gallery", gallery, "--top", "2", "--json", "--precision", "fp32")
+    assert code == 0, err
+    results = json.loads(out)["results"]
+    assert results[0]["identity"] == "id04" and results[0]["known"]
+    assert results[1]["identity"] == "unknown" and len(results[1]["candidates"]) == 2
+    # Oracle for the stranger: best cosine per gallery identity from the embed stage's vectors.
+    vectors, rows = built["embeddings"], {p: r for r, p in enumerate(index["path"])}
+    best = {
+        identity: max(float(vectors[rows[stranger]] @ vectors[r]) for r in index.index[index["identity"] == identity][:2])
+        for identity in ("id03", "id04")
+    }
+    top = sorted(best, key=lambda k: -best[k])
+    assert [c["identity"] for c in results[1]["candidates"]] == top
+    assert results[1]["score"] == pytest.approx(best[top[0]], abs=1e-5)
+    code, out, _ = run(capsys, "identify", stranger, "--gallery", gallery, "--precision", "fp32")
+    assert code == 0 and "unknown (best score" in out
+    # Below the stranger's best score, the same probe is taken for that identity.
+    code, out, _ = run(
+        capsys, "identify", stranger, "--gallery", gallery, "--threshold", str(best[top[0]] - 1e-3), "--json", "--precision", "fp32"
+    )
+    assert code == 0 and json.loads(out)["results"][0]["identity"] == top[0]
+
+
+def test_identify_refuses_a_gallery_of_another_model(capsys, built, tmp_path):
+    gallery = tmp_path / "g.npz"
+    assert run(capsys, "enroll", Path(path_of(built, 0)).parent, "--model", built["dir"], "--out", gallery)[0] == 0
+    other = tmp_path / "other"
+    shutil.copytree(built["dir"], other)
+    torch.manual_seed(5)
+    save_model(create_model("alexnet", weights="none", embedding_size=16, input_size=64), other / "backbone", {"weights": "none"})
+    code, out, err = run(capsys, "identify", path_of(built, 0), "--gallery", gallery, "--model", other)
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "enrolled with another model")
+    code, _, err = run(capsys, "identify", path_of(built, 0), "--gallery", tmp_path / "none.npz")
+    assert code == 2
+    assert_one_line_error(err, "none.npz", "gallery file missing")
+
+
+def test_eval_on_a_folder_dataset_writes_the_evaluate_metrics(capsys, built, toy_dataset, tmp_path):
+    out = tmp_path / "eval"
+    # The toy images marked masked carry "mask" in their folder for the folder layout.
+    data = tmp_path / "data"
+    manifest = toy_dataset["manifest"]
+    for path, identity, masked in manifest[["path", "identity", "masked"]].itertuples(index=False):
+        target = data / identity / ("mask" if masked else "plain") / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    code, stdout, err = run(capsys, "eval", "--model", built["dir"], "--data", data, "--source", "folder", "--out", out, "--json", "--workers", "1", "--bootstrap", "20")
+    assert code == 0, err
+    report = json.loads(stdout)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert report["threshold"] == saved["threshold"] == pytest.approx(built["threshold"])
+    pairs = read_csv(out / "pairs.csv")
+    # Pair rules of the split stage over every identity (no train/val/test split here).
+    expected = make_pairs(read_manifest(out / "manifest.csv"), ["masked-unmasked"], 20, 0)
+    assert pairs[["path_a", "path_b", "label", "fold"]].equals(expected[["path_a", "path_b", "label", "fold"]])
+    assert {name.split("/")[-1] for name in pairs["identity_a"]} == set(manifest["identity"])  # "folder/id00"
+    # Metrics recomputed from the written scores with the metrics module directly.
+    scores, labels = pairs["score"].to_numpy(), pairs["label"].to_numpy()
+    at = confusion_at_threshold(scores, labels, built["threshold"])
+    for key in ("tp", "fp", "tn", "fn", "accuracy"):
+        assert saved[key] == pytest.approx(at[key])
+    assert saved["roc_auc"] == pytest.approx(roc_auc(scores, labels))
+    assert saved["kfold"]["mean"] == pytest.approx(kfold_accuracy(scores, labels, pairs["fold"].to_numpy())["mean"])
+    assert saved["n_genuine"] == int(labels.sum()) and saved["dataset"]["identities"] == 12
+    assert set(saved["by_pair_type"]) == {"masked-unmasked"}
+    confusion = read_csv(out / "confusion.csv")
+    assert ((confusion["actual"] == "same") & (confusion["predicted"] == "same")).sum() == saved["tp"]
+    roc = read_csv(out / "roc.csv")
+    assert list(roc.columns) == ["fpr", "tpr"] and roc["fpr"].iloc[0] == 0 and roc["tpr"].iloc[-1] == 1
+    assert saved["bootstrap"]["accuracy"]["n_used"] + saved["bootstrap"]["accuracy"]["n_skipped"] == 20
+    det = read_csv(out / "det.csv")
+    np.testing.assert_allclose(det["fnr"], 1 - roc["tpr"], atol=1e-5)  # CSVs hold 6 digits
+    for figure in ("curves.png", "worst_pairs.png"):
+        assert Image.open(out / figure).size[0] > 100
+    # A second run refuses to mix its files into the first's folder.
+    code, _, err = run(capsys, "eval", "--model", built["dir"], "--data", data, "--source", "folder", "--out", out)
+    assert code == 2
+    assert_one_line_error(err, "already holds files", "--overwrite")
+
+
+def test_eval_with_a_masked_copy_shows_each_photo_once(capsys, built, toy_dataset, tmp_path):
+    """--masked-copy (the output of simulate-masks): half of each identity's photos are swapped for their copy."""
+    data, copy = tmp_path / "plain", tmp_path / "copy"
+    rows = []
+    for path, identity in toy_dataset["manifest"][["path", "identity"]].itertuples(index=False):
+        relative = f"{identity}/{Path(path).name}"
+        (data / identity).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, data / relative)
+        pixels = np.asarray(Image.open(path).convert("RGB")).copy()
+        pixels[pixels.shape[0] // 2 :] = (200, 220, 240)  # a crude "mask" over the lower half
+        (copy / identity).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(copy / relative)
+        rows.append({"path": relative, "identity": identity, "masked": True})
+    pd.DataFrame(rows).to_csv(copy / "manifest.csv", index=False)
+    out = tmp_path / "eval"
+    code, stdout, err = run(
+        capsys, "eval", "--model", built["dir"], "--data", data, "--source", "folder", "--out", out,
+        "--masked-copy", copy, "--bootstrap", "0", "--worst-pairs", "0", "--json",
+    )
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["dataset"]["pair_types"] == ["masked-unmasked"] and report["dataset"]["masked_images"] == 36
+    manifest = read_manifest(out / "manifest.csv")
+    for _, group in manifest.groupby("identity"):
+        assert group["masked"].sum() == 3 and len(group) == 6
+        assert all(p.startswith(str(copy)) == m for p, m in zip(group["path"], group["masked"]))
+        assert group["path"].map(lambda p: Path(p).name).is_unique  # no photo both masked and unmasked
+    assert not (out / "worst_pairs.png").exists()
+    code, _, err = run(capsys, "eval", "--model", built["dir"], "--data", data, "--source", "folder", "--out", tmp_path / "e2", "--masked-copy", data)
+    assert code == 2
+    assert_one_line_error(err, "manifest.csv: missing", "simulate-masks")
+
+
+def test_eval_bad_dataset_is_one_line_exit_2(capsys, built, tmp_path):
+    code, _, err = run(capsys, "eval", "--model", built["dir"], "--data", tmp_path / "none", "--source", "lfw", "--out", tmp_path / "o")
+    assert code == 2
+    assert_one_line_error(err, "maskface eval: error:", "does not exist")
+    code, _, err = run(capsys, "eval", "--model", built["dir"], "--data", tmp_path, "--source", "casia")
+    assert code == 2 and "invalid choice: 'casia'" in err
+
+
+def test_export_and_info(capsys, built, tmp_path):
+    out = tmp_path / "shipped"
+    code, stdout, _ = run(capsys, "export", "--model", built["dir"], "--out", out, "--json")
+    assert code == 0 and json.loads(stdout)["format_version"] == 1
+    code, stdout, _ = run(capsys, "info", "--model", out, "--json")
+    info = json.loads(stdout)
+    assert code == 0 and info["checksums"] == "verified" and info["backbone"] == "alexnet"
+    assert info["crop"] == {"mode": "ratio", "keep_ratio": 0.75}
+    code, _, err = run(capsys, "export", "--model", built["dir"], "--out", out)
+    assert code == 2
+    assert_one_line_error(err, "already exists")
+
+
+def test_weights_are_wired_under_the_same_command(capsys):
+    code, out, _ = run(capsys, "weights", "list")
+    assert code == 0 and "facenet:vggface2" in out
+
+
+def test_usage_errors_exit_2(capsys, built):
+    code, _, err = run(capsys, "identify", "x.png")
+    assert code == 2 and "--gallery" in err
+    code, _, err = run(capsys, "embed", "x.png", "--model", built["dir"], "--out", "o.npy", "--batch-size", "0")
+    assert code == 2 and "--batch-size" in err
+
+
+def test_console_script_end_to_end(built, tmp_path):
+    """The installed `maskface` entry point: a one-line error and status 2, no traceback (one run: torch imports are slow)."""
+    script = Path(sys.executable).parent / "maskface"
+    if not script.exists():
+        pytest.skip("the maskface console script is not installed in this environment")
+    bad = subprocess.run(
+        [str(script), "verify", path_of(built, 0), str(built["bad"] / "truncated.png"), "--model", str(built["dir"])],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert_one_line_error(bad.stderr, "truncated.png", "truncated or corrupt")
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_eval_crosses_from_rmfrd_dev_to_lfw(datasets_root, tmp_path, capsys):
+    """A model trained on rmfrd-dev (small: alexnet 64 px, one epoch) evaluated on an LFW subset with simulated masks.
+
+    The full-size run (facenet, all of lfw-gray-20) is the documented command in the README.
+    """
+    from maskface.config import ArcFaceConfig, BackboneConfig, FinetuneConfig
+    from maskface.datasets import DataConfig, build_manifest
+    from maskface.split import split_dataset
+    from maskface.tables import write_csv
+    from maskface.train import finetune
+
+    manifest = build_manifest(DataConfig(source="rmfrd", root=str(datasets_root / "rmfrd-dev")), None).manifest
+    manifest, pairs = split_dataset(manifest, (0.7, 0.1, 0.2), 0, "identity", ["masked-unmasked"], 20)
+    for name, table in pairs.items():
+        write_csv(table, tmp_path / f"{name}.csv")
+    crop_dataset(manifest, CropConfig(mode="none"), 64, tmp_path / "crops")
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        finetune(
+            "alexnet", tmp_path / "crops", tmp_path / "val.csv", tmp_path / "model" / "backbone", tmp_path / "live",
+            BackboneConfig(epochs=1, embedding_size=32, batch_size=64), ArcFaceConfig(), FinetuneConfig(seed=0, device="cpu"),
+        )
+    finally:
+        os.chdir(previous)
+    embed_crops(tmp_path / "crops", tmp_path / "model" / "backbone", tmp_path / "embeddings", batch_size=64, device="cpu", precision="fp32")
+    embeddings, index = load_embeddings(tmp_path / "embeddings")
+    classifier, threshold, _, _ = fit_and_score(
+        embeddings, index, read_csv(tmp_path / "val.csv"), read_csv(tmp_path / "test.csv"), "knn", KnnConfig(), ClassifyConfig()
+    )
+    save_classifier(classifier, tmp_path / "model" / "classifier", {"classifier": "knn", "settings": {}, "threshold": threshold})
+
+    out = tmp_path / "eval"
+    code, stdout, err = run(
+        capsys, "eval", "--model", tmp_path / "model", "--data", datasets_root / "lfw-gray-20", "--source", "lfw",
+        "--out", out, "--max-identities", "6", "--max-images-per-identity", "6", "--simulate-masks",
+        "--bootstrap", "0", "--worst-pairs", "0", "--json",
+    )
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["dataset"]["identities"] == 6 and report["dataset"]["images"] == 36
+    # LFW has no masks: MTCNN landmarks + simulated masks on half of each identity's photos.
+    assert report["dataset"]["pair_types"] == ["masked-unmasked"]
+    assert 6 <= report["dataset"]["masked_images"] <= 18
+    masked = read_manifest(out / "manifest.csv").query("masked")["path"]
+    assert masked.str.startswith(str(out / "masked-copy")).all()
+    assert report["threshold"] == pytest.approx(threshold)
+    scored = read_csv(out / "pairs.csv")
+    assert report["n_pairs"] == len(scored) > 0 and 0 < report["n_genuine"] < report["n_pairs"]
+    assert report["roc_auc"] == pytest.approx(roc_auc(scored["score"].to_numpy(), scored["label"].to_numpy()))

@@ -1,0 +1,267 @@
+"""The self-contained model folder: checks, export/manifest, image reading, preprocessing parity."""
+
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskface.classify import fit_and_score, pair_features, save_classifier
+from maskface.config import ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, FinetuneConfig, KnnConfig
+from maskface.crop import crop_dataset, open_crops
+from maskface.embed import embed_crops, load_embeddings
+from maskface.imageio import load_rgb
+from maskface.model_folder import (
+    MANIFEST_FILE,
+    ImageError,
+    ModelFolderError,
+    PairScorer,
+    as_rgb,
+    export_model_folder,
+    load_pair_scorer,
+    preprocess_image,
+    read_image,
+    read_model_folder,
+)
+from maskface.tables import read_csv
+
+
+@pytest.fixture(scope="module")
+def folder(toy_dataset, tmp_path_factory):
+    """A model folder written by the pipeline's own functions (finetune with 0 epochs: no training wait)."""
+    from maskface.train import finetune
+
+    root = tmp_path_factory.mktemp("model_folder")
+    crops = root / "crops"
+    crop_dataset(toy_dataset["manifest"], CropConfig(mode="ratio", keep_ratio=0.75), 64, crops)
+    previous = os.getcwd()
+    os.chdir(root)  # outside any repository DVCLive only writes files
+    try:
+        finetune(
+            "alexnet", crops, toy_dataset["pairs_dir"] / "val.csv", root / "model" / "backbone", root / "live",
+            BackboneConfig(epochs=0, embedding_size=16), ArcFaceConfig(), FinetuneConfig(seed=0, device="cpu"),
+        )
+    finally:
+        os.chdir(previous)
+    embed_crops(crops, root / "model" / "backbone", root / "embeddings", batch_size=32, device="cpu", precision="fp32")
+    embeddings, index = load_embeddings(root / "embeddings")
+    val = read_csv(toy_dataset["pairs_dir"] / "val.csv")
+    test = read_csv(toy_dataset["pairs_dir"] / "test.csv")
+    classifier, threshold, _, _ = fit_and_score(
+        embeddings, index, val, test, "knn", KnnConfig(n_neighbors=5), ClassifyConfig(train_pairs_per_identity=9)
+    )
+    save_classifier(classifier, root / "model" / "classifier", {"classifier": "knn", "settings": {"n_neighbors": 5}, "threshold": threshold})
+    return {"dir": root / "model", "crops": crops, "threshold": threshold, "root": root}
+
+
+def _copy(folder, tmp_path, name="copy"):
+    target = tmp_path / name
+    shutil.copytree(folder["dir"], target)
+    return target
+
+
+def test_folder_reads_without_params_and_reports_its_settings(folder):
+    model = read_model_folder(folder["dir"])
+    assert model.backbone == "alexnet" and model.classifier == "knn"
+    assert model.threshold == pytest.approx(folder["threshold"])
+    assert model.input_size == 64
+    assert model.preprocess == {"input_size": 64, "crop": {"mode": "ratio", "keep_ratio": 0.75}}
+    assert model.manifest is None and model.training["best_epoch"] == 0
+    summary = model.summary()
+    assert summary["crop"] == {"mode": "ratio", "keep_ratio": 0.75} and summary["embedding_size"] == 16
+
+
+def test_preprocessing_is_the_crop_stage_transform_byte_for_byte(folder, toy_dataset):
+    images, index = open_crops(folder["crops"])
+    settings = read_model_folder(folder["dir"]).preprocess
+    for row in (0, 17, len(index) - 1):
+        path = index.at[row, "path"]
+        # The same file three ways in: a path, a PIL image, a uint8 array.
+        for given in (path, Image.open(path), np.asarray(load_rgb(path))):
+            tensor = preprocess_image(given, settings)
+            assert tensor.dtype == np.uint8 and tensor.shape == (3, 64, 64)
+            np.testing.assert_array_equal(tensor, images[row])
+
+
+def test_preprocessing_matches_for_greyscale_and_transparent_files(tmp_path):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    grey = tmp_path / "grey.png"
+    Image.fromarray(rng.integers(0, 256, (50, 40), dtype=np.uint8), mode="L").save(grey)
+    rgba = tmp_path / "rgba.png"
+    Image.fromarray(rng.integers(0, 256, (50, 40, 4), dtype=np.uint8), mode="RGBA").save(rgba)
+    manifest = pd.DataFrame({"path": [str(grey), str(rgba)], "identity": ["a", "b"], "masked": [False, True], "split": ["test"] * 2})
+    crop_dataset(manifest, CropConfig(mode="none"), 32, tmp_path / "crops")
+    images, _ = open_crops(tmp_path / "crops")
+    settings = json.loads((tmp_path / "crops" / "preprocess.json").read_text())
+    np.testing.assert_array_equal(preprocess_image(str(grey), settings), images[0])
+    np.testing.assert_array_equal(preprocess_image(str(rgba), settings), images[1])
+    # A 2-D greyscale array is the same picture as the greyscale file.
+    np.testing.assert_array_equal(preprocess_image(np.asarray(Image.open(grey)), settings), images[0])
+
+
+def test_export_writes_verifiable_checksums_and_keeps_the_fingerprint(folder, tmp_path):
+    out = tmp_path / "exported"
+    manifest = export_model_folder(folder["dir"], out)
+    on_disk = json.loads((out / MANIFEST_FILE).read_text())
+    assert on_disk == manifest and on_disk["format_version"] == 1
+    assert set(on_disk["files"]) == {
+        "backbone/model.pt", "backbone/model.json", "backbone/preprocess.json", "backbone/training.json",
+        "classifier/classifier.joblib", "classifier/classifier.json",
+    }
+    for relative, digest in on_disk["files"].items():
+        assert hashlib.sha256((out / relative).read_bytes()).hexdigest() == digest
+    exported = read_model_folder(out)
+    assert exported.manifest == on_disk
+    assert exported.fingerprint() == read_model_folder(folder["dir"]).fingerprint()
+    with pytest.raises(ModelFolderError, match="already exists"):
+        export_model_folder(folder["dir"], out)
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_changed_file_fails_its_checksum_naming_the_file(folder, tmp_path):
+    out = tmp_path / "exported"
+    export_model_folder(folder["dir"], out)
+    weights = out / "backbone" / "model.pt"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelFolderError, match=r"model\.pt: checksum mismatch") as caught:
+        read_model_folder(out)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_incompatible_format_version_is_refused(folder, tmp_path):
+    out = tmp_path / "exported"
+    export_model_folder(folder["dir"], out)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["format_version"] = 99
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ModelFolderError, match="format version 99 is incompatible"):
+        read_model_folder(out)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: (d / "backbone" / "model.json").unlink(), r"model\.json: missing"),
+        (lambda d: (d / "classifier" / "classifier.joblib").unlink(), r"classifier\.joblib: missing"),
+        (lambda d: (d / "backbone" / "preprocess.json").write_text("{not json"), r"preprocess\.json: unreadable JSON"),
+        (lambda d: (d / "backbone" / "model.json").write_text('{"backbone": "alexnet"}'), "incompatible maskface version"),
+        (lambda d: (d / "backbone" / "preprocess.json").write_text('{"input_size": 80, "crop": {"mode": "none"}}'), "differs from model.json"),
+        (lambda d: (d / "backbone" / "model.json").write_text('{"backbone": "resnet", "embedding_size": 16, "input_size": 64}'), "valid: .*alexnet"),
+        (lambda d: (d / "classifier" / "classifier.json").write_text('{"classifier": "knn", "threshold": "high"}'), "not a finite number"),
+        (lambda d: (d / "classifier" / "classifier.json").write_text('{"format": 3, "classifier": "knn", "threshold": 0.5}'), "classifier format 3 is incompatible"),
+        (
+            lambda d: (d / "classifier" / "classifier.json").write_text('{"classifier": "knn", "threshold": 0.5, "pair_features": "concat"}'),
+            "pair features 'concat' are unknown",
+        ),
+    ],
+)
+def test_broken_folders_fail_with_one_line_naming_the_file(folder, tmp_path, change, message):
+    broken = _copy(folder, tmp_path)
+    change(broken)
+    with pytest.raises(ModelFolderError, match=message) as caught:
+        read_model_folder(broken)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_backbone_subfolder_is_refused_with_a_hint(folder):
+    with pytest.raises(ModelFolderError, match="pass its parent"):
+        read_model_folder(folder["dir"] / "backbone")
+
+
+def test_learned_scorer_is_predict_proba_of_pair_features_and_cosine_is_the_dot(folder):
+    import joblib
+
+    scorer = load_pair_scorer(read_model_folder(folder["dir"]))
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(6, 16)).astype(np.float32)
+    b = rng.normal(size=(6, 16)).astype(np.float32)
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+    oracle = joblib.load(folder["dir"] / "classifier" / "classifier.joblib").predict_proba(pair_features(a, b))[:, 1]
+    np.testing.assert_allclose(scorer.score(a, b), oracle)
+    np.testing.assert_allclose(scorer.score(b, a), oracle)  # symmetric features
+    cosine = PairScorer("cosine", 0.5)
+    np.testing.assert_allclose(cosine.score(a, b), (a * b).sum(axis=1), rtol=1e-6)
+
+
+def test_a_cosine_folder_needs_no_fitted_file(folder, tmp_path):
+    copy = _copy(folder, tmp_path)
+    (copy / "classifier" / "classifier.joblib").unlink()
+    (copy / "classifier" / "classifier.json").write_text('{"classifier": "cosine", "settings": {}, "threshold": 0.4}')
+    scorer = load_pair_scorer(read_model_folder(copy))
+    assert scorer.name == "cosine" and scorer.threshold == 0.4 and scorer.model is None
+
+
+def test_read_image_names_the_reason(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((20, 20), 128, np.uint8), mode="L").save(good)
+    assert read_image(good).mode == "RGB"
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not a picture at all")
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    for suffix in ("png", "jpg"):
+        whole = tmp_path / f"whole.{suffix}"
+        noise.save(whole)
+        (tmp_path / f"cut.{suffix}").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cases = {
+        "missing.png": "missing",
+        "empty.jpg": "empty file",
+        "text.jpg": "not an image",
+        "cut.png": "truncated or corrupt",
+        "cut.jpg": "truncated or corrupt",
+        ".": "not a file",
+    }
+    for name, reason in cases.items():
+        with pytest.raises(ImageError) as caught:
+            read_image(tmp_path / name)
+        assert caught.value.reason.startswith(reason), (name, caught.value.reason)
+        assert str(caught.value).startswith(str(tmp_path / name))
+
+
+def test_arrays_must_be_uint8_images():
+    with pytest.raises(ImageError, match="dtype float64"):
+        as_rgb(np.zeros((8, 8, 3)), 0)
+    with pytest.raises(ImageError, match=r"shape \(8, 8, 2\)"):
+        as_rgb(np.zeros((8, 8, 2), np.uint8), 3)
+    with pytest.raises(ImageError, match="type int"):
+        as_rgb(5, 1)
+    assert as_rgb(np.zeros((8, 9), np.uint8)).size == (9, 8)
+
+
+ALIGNED = {"mode": "none", "align": True, "landmarks": "mtcnn", "detect_device": "cpu"}
+
+
+def test_a_photo_without_a_face_is_refused_where_alignment_is_on(toy_dataset):
+    path = toy_dataset["manifest"]["path"].iloc[0]  # coloured blocks: MTCNN finds no face
+    with pytest.raises(ImageError, match="no face found") as caught:
+        preprocess_image(path, {"input_size": 64, "crop": ALIGNED})
+    assert caught.value.source == path
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="maskface.geometry.FaceDetector.detect batches images of different sizes on one padded canvas, "
+    "which changes MTCNN's pyramid: the crop stage's batched landmarks differ from detect_one's by pixels",
+)
+def test_aligned_preprocessing_matches_the_crop_stage(tmp_path):
+    import pandas as pd
+
+    from maskface.config import SyntheticConfig
+    from maskface.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "faces", SyntheticConfig(identities=2, images_per_identity=4, min_size=112, max_size=128))
+    paths = sorted(str(p) for p in (tmp_path / "faces").rglob("*.png"))[:3]
+    manifest = pd.DataFrame({"path": paths, "identity": "a", "masked": False, "split": "test"})
+    crop_dataset(manifest, CropConfig(**ALIGNED), 64, tmp_path / "crops")
+    images, index = open_crops(tmp_path / "crops")
+    assert index["aligned"].all()
+    settings = json.loads((tmp_path / "crops" / "preprocess.json").read_text())
+    for row, path in enumerate(paths):
+        np.testing.assert_array_equal(preprocess_image(path, settings), images[row])
