@@ -73,6 +73,17 @@ def test_segmentation_agrees_with_the_true_mask_region(masked_faces):
     assert np.mean(ious) > np.mean(priors)
 
 
+def test_segmentation_is_deterministic_whatever_ran_before(masked_faces):
+    """GrabCut's k-means draws from OpenCV's global generator: another OpenCV call in
+    between must not change the result (training and inference must agree)."""
+    import cv2
+
+    image, truth = masked_faces[0]
+    first = segment_mask(np.asarray(image), truth["landmarks"]).region
+    cv2.kmeans(np.random.default_rng(0).random((50, 2), dtype=np.float32), 3, None, (3, 10, 1.0), 1, cv2.KMEANS_PP_CENTERS)
+    np.testing.assert_array_equal(segment_mask(np.asarray(image), truth["landmarks"]).region, first)
+
+
 def test_segmentation_with_detected_landmarks(masked_faces):
     """End to end: MTCNN landmarks (with the border), then segmentation; mean IoU above 0.8."""
     images = [image for image, _ in masked_faces[::2]]

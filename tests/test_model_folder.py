@@ -245,11 +245,6 @@ def test_a_photo_without_a_face_is_refused_where_alignment_is_on(toy_dataset):
     assert caught.value.source == path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="maskface.geometry.FaceDetector.detect batches images of different sizes on one padded canvas, "
-    "which changes MTCNN's pyramid: the crop stage's batched landmarks differ from detect_one's by pixels",
-)
 def test_aligned_preprocessing_matches_the_crop_stage(tmp_path):
     import pandas as pd
 

@@ -61,10 +61,11 @@ def map_through_crop(points: np.ndarray, source_size: tuple[int, int], crop: dic
     mode = crop.get("mode", "none")
     if mode == "ratio":
         kept = max(1, round(height * float(crop["keep_ratio"])))
-    elif mode == "none":
+    elif mode in ("none", "mask"):
+        # mask mode blanks pixels in place: the geometry is that of the whole face.
         kept = height
     else:
-        raise ValueError(f"crop mode {mode!r} is invalid; valid: none, ratio")
+        raise ValueError(f"crop mode {mode!r} has no landmark mapping here; valid: none, ratio, mask")
     points = np.asarray(points, dtype=np.float64)
     x = (points[..., 0] + 0.5) * size / width - 0.5
     y = (points[..., 1] + 0.5) * size / kept - 0.5
@@ -121,7 +122,8 @@ def crop_landmarks(index: pd.DataFrame, crop: dict, size: int) -> tuple[np.ndarr
     # The template describes a whole face filling the crop: it goes through the crop
     # mode like source landmarks (a half-crop stretches it downwards).
     rest = sources == "template"
-    landmarks[rest] = map_through_crop(template_landmarks(size), (size, size), crop, size)
+    if rest.any():
+        landmarks[rest] = map_through_crop(template_landmarks(size), (size, size), crop, size)
     return landmarks, sources.astype(str)
 
 

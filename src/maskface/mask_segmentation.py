@@ -272,7 +272,7 @@ def segment_mask(image: np.ndarray, landmarks: np.ndarray) -> MaskSegmentation:
     distance = np.sqrt((weights * ((features - centre) / spread) ** 2).sum(axis=-1))
     texture = _texture(image, d)
     skin_texture = float(np.median(texture[sample]))
-    not_skin = (distance > SKIN_DISTANCE) | (texture > max(3.0 * skin_texture, 6.0)) & (distance > 0.5 * SKIN_DISTANCE)
+    not_skin = (distance > SKIN_DISTANCE) | ((texture > max(3.0 * skin_texture, 6.0)) & (distance > 0.5 * SKIN_DISTANCE))
     candidate = (not_skin & search).astype(np.uint8)
     small = max(1, int(round(0.04 * d)))
     small_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * small + 1, 2 * small + 1))
@@ -307,6 +307,10 @@ def _grabcut(image: np.ndarray, region: np.ndarray, core: np.ndarray, search: np
         return region
     background = np.zeros((1, 65), np.float64)
     foreground = np.zeros((1, 65), np.float64)
+    # GrabCut seeds its colour models by k-means on OpenCV's per-thread generator, whose
+    # state depends on every earlier call: fix it so a face segments the same in training
+    # and at inference.
+    cv2.setRNGSeed(0)
     cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), labels, None, background, foreground, 4, cv2.GC_INIT_WITH_MASK)
     cut = np.isin(labels, (cv2.GC_FGD, cv2.GC_PR_FGD))
     count, components = cv2.connectedComponents(cut.astype(np.uint8), connectivity=8)
