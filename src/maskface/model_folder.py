@@ -429,11 +429,10 @@ class PairScorer:
             raise ValueError(f"embedding shapes differ: {a.shape} vs {b.shape}")
         if len(a) == 0:
             return np.empty(0, dtype=np.float64)
-        if self.model is None:
-            return np.einsum("ij,ij->i", a, b).astype(np.float64)
-        from maskface.classify import pair_features
+        # The classify stage's own scoring function, so inference cannot drift from it.
+        from maskface.classify import score_pairs
 
-        return np.asarray(self.model.predict_proba(pair_features(a, b))[:, 1], dtype=np.float64)
+        return np.asarray(score_pairs(self.model, a, b), dtype=np.float64)
 
 
 def load_pair_scorer(folder: ModelFolder) -> PairScorer:
