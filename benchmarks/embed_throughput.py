@@ -28,7 +28,6 @@ from maskface.config import CropConfig
 from maskface.crop import crop_dataset, open_crops
 from maskface.device import inference_dtype
 from maskface.embed import embed_array
-from maskface.imageio import load_rgb
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:

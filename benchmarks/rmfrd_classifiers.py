@@ -36,7 +36,8 @@ from maskface.classify import config_class, fit_and_score
 from maskface.config import PAIR_TYPES, ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, EvaluateConfig, FinetuneConfig
 from maskface.crop import crop_dataset
 from maskface.datasets import DataConfig, build_manifest
-from maskface.embed import embed_crops, load_embeddings
+from maskface.artifacts import load_embeddings
+from maskface.embed import embed_crops
 from maskface.evaluate import evaluate_backbone
 from maskface.report import kfold_cell, number, tar_cell, with_interval
 from maskface.split import split_dataset

@@ -4,7 +4,8 @@ Same model, same batches, same optimiser step; only where the pixels come from d
 - memmap: uint8 (N, 3, S, S) rows of data/crops/<b>/images.npy (what finetune does);
 - decode: open, convert and resize each image file for every batch (what a naive
   Dataset over image paths does every epoch).
-The share of step time spent loading shows whether loading is the bottleneck.
+The share of step time spent loading shows whether loading is the bottleneck; CPU
+utilisation (process CPU time over wall time and cores) shows whether both cores stay busy.
 
     .venv/bin/python benchmarks/train_loading.py --images 256 --backbone alexnet --size 112
 """
@@ -12,6 +13,7 @@ The share of step time spent loading shows whether loading is the bottleneck.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -48,16 +50,17 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    def run(load) -> tuple[float, float]:
+    def run(load) -> tuple[float, float, float]:
         model.train()
         loading = 0.0
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for begin in range(0, len(paths), args.batch_size):
             tick = time.perf_counter()
             pixels = load(begin, min(begin + args.batch_size, len(paths)))
             loading += time.perf_counter() - tick
             step(pixels, labels[begin : begin + len(pixels)])
-        return time.perf_counter() - start, loading
+        wall = time.perf_counter() - start
+        return wall, loading, (time.process_time() - cpu) / wall / (os.cpu_count() or 1)
 
     with tempfile.TemporaryDirectory() as folder:
         crop_dataset(manifest, CropConfig(), args.size, Path(folder))
@@ -74,12 +77,12 @@ def main() -> None:
             return torch.from_numpy(np.stack(batch))
 
         run(from_memmap)  # warm-up: first-touch allocations and oneDNN kernel selection
-        memmap_time, memmap_loading = run(from_memmap)
-        decode_time, decode_loading = run(from_files)
+        memmap_time, memmap_loading, memmap_cpu = run(from_memmap)
+        decode_time, decode_loading, decode_cpu = run(from_files)
     print(f"machine: {machine()}")
     print(f"{args.backbone} {args.size} px, {len(paths)} real images, batch {args.batch_size}, one epoch each")
-    print(f"memmap : {len(paths) / memmap_time:6.1f} img/s, loading {memmap_loading / memmap_time:5.1%} of the epoch")
-    print(f"decode : {len(paths) / decode_time:6.1f} img/s, loading {decode_loading / decode_time:5.1%} of the epoch")
+    print(f"memmap : {len(paths) / memmap_time:6.1f} img/s, loading {memmap_loading / memmap_time:5.1%} of the epoch, CPU {memmap_cpu:.0%}")
+    print(f"decode : {len(paths) / decode_time:6.1f} img/s, loading {decode_loading / decode_time:5.1%} of the epoch, CPU {decode_cpu:.0%}")
     print(f"ratio  : {decode_time / memmap_time:.2f}x faster from the crop stage's arrays")
 
 

@@ -6,21 +6,11 @@ import logging
 import sys
 from collections.abc import Callable
 
-from tqdm.auto import tqdm
-
-
-class _TqdmHandler(logging.StreamHandler):
-    """Log lines through tqdm.write so progress bars stay intact."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never take the stage down
-            self.handleError(record)
+from maskface.logs import TqdmLogHandler
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    handler = _TqdmHandler()
+    handler = TqdmLogHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
 

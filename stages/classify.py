@@ -8,9 +8,8 @@ from pathlib import Path
 import _common
 import pandas as pd
 
+from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE, load_embeddings
 from maskface.classify import (
-    CLASSIFIER_META_FILE,
-    IDENTIFICATION_FILE,
     classifier_metadata,
     config_class,
     fit_and_score,
@@ -18,7 +17,6 @@ from maskface.classify import (
     save_classifier,
 )
 from maskface.config import ClassifyConfig, SplitConfig, classifier_name, load_params, section
-from maskface.embed import load_embeddings
 
 
 def main(argv: list[str] | None = None) -> None:

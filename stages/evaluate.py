@@ -8,7 +8,7 @@ from pathlib import Path
 
 import _common
 
-from maskface.config import CropConfig, EvaluateConfig, backbone_configs, load_params, section
+from maskface.config import CropConfig, EvaluateConfig, backbone_settings, load_params, section
 from maskface.evaluate import evaluate
 
 
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
-    backbones = backbone_configs(params)
+    backbones = backbone_settings(params)
     crop = section(params, CropConfig, "crop")
     links = {}
     for name in backbones:

@@ -61,3 +61,46 @@ def toy_dataset(tmp_path_factory):
     for name, table in pairs.items():
         table.to_csv(pairs_dir / f"{name}.csv", index=False)
     return {"root": root, "manifest": manifest, "pairs_dir": pairs_dir}
+
+
+@pytest.fixture(scope="session")
+def build_toy_model_folder(toy_dataset):
+    """A function ``root -> dict`` that builds a model folder with the pipeline's own writers.
+
+    Crop -> an (untrained) alexnet -> embed -> a KNN pair classifier, in ``root``. A
+    function rather than one shared folder: test modules that damage files get their own.
+    Returns ``dir`` (the model folder), ``crops``, ``root``, ``embeddings``, ``index``,
+    ``threshold``.
+    """
+    import shutil
+
+    import torch
+
+    from maskface.artifacts import load_embeddings
+    from maskface.backbones import create_model
+    from maskface.classify import fit_and_score, save_classifier
+    from maskface.config import ClassifyConfig, CropConfig, KnnConfig
+    from maskface.crop import PREPROCESS_FILE, crop_dataset
+    from maskface.embed import embed_crops, save_model
+    from maskface.tables import read_csv
+
+    def build(root: Path) -> dict:
+        crops = root / "crops"
+        crop_dataset(toy_dataset["manifest"], CropConfig(mode="ratio", keep_ratio=0.75), 64, crops)
+        torch.manual_seed(0)
+        network = create_model("alexnet", weights="none", embedding_size=16, input_size=64)
+        folder = root / "model"
+        save_model(network, folder / "backbone", {"weights": "none", "train_layers": "all"})
+        shutil.copyfile(crops / PREPROCESS_FILE, folder / "backbone" / PREPROCESS_FILE)
+        embed_crops(crops, folder / "backbone", root / "embeddings", batch_size=32, device="cpu", precision="fp32")
+        embeddings, index = load_embeddings(root / "embeddings")
+        val = read_csv(toy_dataset["pairs_dir"] / "val.csv")
+        test = read_csv(toy_dataset["pairs_dir"] / "test.csv")
+        classifier, threshold, _, _ = fit_and_score(
+            embeddings, index, val, test, "knn", KnnConfig(n_neighbors=5), ClassifyConfig(train_pairs_per_identity=9)
+        )
+        meta = {"classifier": "knn", "settings": {"n_neighbors": 5}, "threshold": threshold}
+        save_classifier(classifier, folder / "classifier", meta)
+        return {"dir": folder, "crops": crops, "root": root, "embeddings": embeddings, "index": index, "threshold": threshold}
+
+    return build

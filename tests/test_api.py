@@ -10,32 +10,10 @@ from PIL import Image
 
 from maskface.api import UNKNOWN, Gallery, GalleryError, expand_paths, load_gallery, load_model
 from maskface.backbones import create_model
-from maskface.classify import fit_and_score, pair_features, save_classifier
-from maskface.config import ClassifyConfig, CropConfig, KnnConfig
-from maskface.crop import PREPROCESS_FILE, crop_dataset, open_crops
-from maskface.embed import embed_array, embed_crops, load_embeddings, save_model
+from maskface.classify import pair_features
+from maskface.crop import open_crops
+from maskface.embed import embed_array, save_model
 from maskface.model_folder import ImageError
-from maskface.tables import read_csv
-
-
-def build_model_folder(toy_dataset, root):
-    """The pipeline's writers on the toy data: crop, an (untrained) alexnet, embed, a KNN pair classifier."""
-    crops = root / "crops"
-    crop_dataset(toy_dataset["manifest"], CropConfig(mode="ratio", keep_ratio=0.75), 64, crops)
-    torch.manual_seed(0)
-    network = create_model("alexnet", weights="none", embedding_size=16, input_size=64)
-    folder = root / "model"
-    save_model(network, folder / "backbone", {"weights": "none", "train_layers": "all"})
-    shutil.copyfile(crops / PREPROCESS_FILE, folder / "backbone" / PREPROCESS_FILE)
-    embed_crops(crops, folder / "backbone", root / "embeddings", batch_size=32, device="cpu", precision="fp32")
-    embeddings, index = load_embeddings(root / "embeddings")
-    val = read_csv(toy_dataset["pairs_dir"] / "val.csv")
-    test = read_csv(toy_dataset["pairs_dir"] / "test.csv")
-    classifier, threshold, _, _ = fit_and_score(
-        embeddings, index, val, test, "knn", KnnConfig(n_neighbors=5), ClassifyConfig(train_pairs_per_identity=9)
-    )
-    save_classifier(classifier, folder / "classifier", {"classifier": "knn", "settings": {"n_neighbors": 5}, "threshold": threshold})
-    return folder, crops
 
 
 def as_cosine_folder(folder, target, threshold):
@@ -46,11 +24,8 @@ def as_cosine_folder(folder, target, threshold):
 
 
 @pytest.fixture(scope="module")
-def built(toy_dataset, tmp_path_factory):
-    root = tmp_path_factory.mktemp("api")
-    folder, crops = build_model_folder(toy_dataset, root)
-    embeddings, index = load_embeddings(root / "embeddings")
-    return {"dir": folder, "crops": crops, "embeddings": embeddings, "index": index, "root": root}
+def built(build_toy_model_folder, tmp_path_factory):
+    return build_toy_model_folder(tmp_path_factory.mktemp("api"))
 
 
 @pytest.fixture(scope="module")

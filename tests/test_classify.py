@@ -14,10 +14,9 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.metrics import top_k_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE
 from maskface.classify import (
     CLASSIFIER_FILE,
-    CLASSIFIER_META_FILE,
-    IDENTIFICATION_FILE,
     available_classifiers,
     classifier_metadata,
     config_class,

@@ -17,9 +17,10 @@ from maskface.backbones import create_model
 from maskface.classify import fit_and_score, save_classifier
 from maskface.cli import main
 from maskface.config import ClassifyConfig, CropConfig, KnnConfig
-from maskface.crop import PREPROCESS_FILE, crop_dataset
+from maskface.crop import crop_dataset
 from maskface.datasets import read_manifest
-from maskface.embed import embed_crops, load_embeddings, save_model
+from maskface.artifacts import load_embeddings
+from maskface.embed import embed_crops, save_model
 from maskface.metrics import confusion_at_threshold, kfold_accuracy, roc_auc
 from maskface.split import make_pairs
 from maskface.tables import read_csv
@@ -28,23 +29,10 @@ COMMANDS = ("verify", "embed", "enroll", "identify", "eval", "export", "info", "
 
 
 @pytest.fixture(scope="module")
-def built(toy_dataset, tmp_path_factory):
-    """Crop -> (untrained) alexnet -> embed -> KNN pair classifier, with the pipeline's own writers."""
-    root = tmp_path_factory.mktemp("cli")
-    crops = root / "crops"
-    crop_dataset(toy_dataset["manifest"], CropConfig(mode="ratio", keep_ratio=0.75), 64, crops)
-    torch.manual_seed(0)
-    folder = root / "model"
-    save_model(create_model("alexnet", weights="none", embedding_size=16, input_size=64), folder / "backbone", {"weights": "none"})
-    shutil.copyfile(crops / PREPROCESS_FILE, folder / "backbone" / PREPROCESS_FILE)
-    embed_crops(crops, folder / "backbone", root / "embeddings", batch_size=32, device="cpu", precision="fp32")
-    embeddings, index = load_embeddings(root / "embeddings")
-    val = read_csv(toy_dataset["pairs_dir"] / "val.csv")
-    test = read_csv(toy_dataset["pairs_dir"] / "test.csv")
-    classifier, threshold, _, _ = fit_and_score(
-        embeddings, index, val, test, "knn", KnnConfig(n_neighbors=5), ClassifyConfig(train_pairs_per_identity=9)
-    )
-    save_classifier(classifier, folder / "classifier", {"classifier": "knn", "settings": {"n_neighbors": 5}, "threshold": threshold})
+def built(build_toy_model_folder, tmp_path_factory):
+    """The toy model folder (see conftest) plus bad inputs of every kind."""
+    built = build_toy_model_folder(tmp_path_factory.mktemp("cli"))
+    root = built["root"]
     # Bad inputs of every kind the issue names.
     bad = root / "bad"
     bad.mkdir()
@@ -53,7 +41,7 @@ def built(toy_dataset, tmp_path_factory):
     noise.save(bad / "whole.png")
     (bad / "truncated.png").write_bytes((bad / "whole.png").read_bytes()[:900])
     (bad / "whole.png").unlink()
-    return {"dir": folder, "root": root, "embeddings": embeddings, "index": index, "threshold": threshold, "bad": bad}
+    return {**built, "bad": bad}
 
 
 def run(capsys, *argv):

@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from maskface.classify import CLASSIFIER_META_FILE, IDENTIFICATION_FILE, classifier_metadata
+from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE
+from maskface.classify import classifier_metadata
 from maskface.config import CosineConfig, EvaluateConfig, MlpConfig
 from maskface.evaluate import PLOT_KINDS, evaluate, evaluate_backbone
 from maskface.metrics import choose_threshold

@@ -610,4 +610,41 @@ def test_bootstrap_auc_statistic_equals_sklearn(seed):
     # The report's fast AUC (rank statistic) against roc_auc_score, ties included.
     for quantise in (False, True):
         scores, labels = random_pairs(seed, n=300, quantise=quantise)
-        assert metrics._auc_statistic(scores, labels.astype(bool)) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+        assert metrics.AucStatistic()(scores, labels.astype(bool)) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_weighted_statistics_equal_sklearn_with_sample_weights(seed):
+    # A row of multiplicities is the pairs repeated: sklearn's sample_weight is the oracle.
+    for quantise in (False, True):
+        scores, labels = random_pairs(seed, n=200, quantise=quantise)
+        weights = np.random.default_rng(seed).integers(0, 4, size=(5, scores.size)).astype(float)
+        y = labels.astype(bool)
+        aucs = metrics.AucStatistic().weighted(scores, y, weights)
+        accuracies = metrics.AccuracyStatistic(0.3).weighted(scores, y, weights)
+        for row, auc, accuracy in zip(weights, aucs, accuracies):
+            assert auc == pytest.approx(roc_auc_score(y, scores, sample_weight=row), abs=1e-12)
+            assert accuracy == pytest.approx(np.average((scores >= 0.3) == y, weights=row), abs=1e-12)
+
+
+@pytest.mark.parametrize("statistic", [metrics.AucStatistic(), metrics.AccuracyStatistic(0.5)], ids=["auc", "accuracy"])
+def test_vectorised_bootstrap_equals_resampling_loop(statistic, monkeypatch):
+    # A plain function hides `weighted`, forcing the one-resample-at-a-time path: the oracle.
+    scores, labels, groups = grouped_pairs(12, 5, 3)
+    plain = lambda s, y: statistic(s, y)  # noqa: E731
+    # A small block size makes the vectorised path cross several blocks.
+    monkeypatch.setattr(metrics, "_BOOTSTRAP_BLOCK_ELEMENTS", 7 * labels.size)
+    fast = bootstrap_interval(scores, labels, groups, statistic, n_resamples=300, seed=11)
+    slow = bootstrap_interval(scores, labels, groups, plain, n_resamples=300, seed=11)
+    assert fast["n_used"] == slow["n_used"] and fast["n_skipped"] == slow["n_skipped"]
+    for key in ("estimate", "low", "high"):
+        assert fast[key] == pytest.approx(slow[key], abs=1e-12)
+
+
+def test_vectorised_bootstrap_skips_degenerate_resamples_like_the_loop():
+    scores = np.array([0.9, 0.8, 0.2, 0.1])
+    labels = np.array([1, 1, 0, 0])
+    groups = np.array(["a", "a", "b", "b"])
+    fast = bootstrap_interval(scores, labels, groups, metrics.AucStatistic(), n_resamples=400, seed=5)
+    slow = bootstrap_interval(scores, labels, groups, auc_statistic, n_resamples=400, seed=5)
+    assert fast == slow

@@ -12,7 +12,8 @@ from PIL import Image
 from maskface.classify import fit_and_score, pair_features, save_classifier
 from maskface.config import ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, FinetuneConfig, KnnConfig
 from maskface.crop import crop_dataset, open_crops
-from maskface.embed import embed_crops, load_embeddings
+from maskface.artifacts import load_embeddings
+from maskface.embed import embed_crops
 from maskface.imageio import load_rgb
 from maskface.model_folder import (
     MANIFEST_FILE,

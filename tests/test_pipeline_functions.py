@@ -10,7 +10,8 @@ import pytest
 from maskface.classify import fit_and_score, pair_features
 from maskface.config import ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, EvaluateConfig, FinetuneConfig, KnnConfig, MlpConfig
 from maskface.crop import crop_dataset
-from maskface.embed import embed_crops, load_embeddings, load_model
+from maskface.artifacts import load_embeddings
+from maskface.embed import embed_crops, load_model
 from maskface.evaluate import evaluate
 from maskface.metrics import roc_auc
 

@@ -90,6 +90,12 @@ def test_simulate_masks_keeps_the_layout_and_writes_a_usable_manifest(lfw_like, 
     pd.testing.assert_frame_equal(manifest.drop(columns="source_path"), again.drop(columns="source_path"))
     for path in sources:
         np.testing.assert_array_equal(np.asarray(Image.open(dst / path)), np.asarray(Image.open(tmp_path / "again" / path)))
+    masked_paths = other.loc[other["masked"], "path"].tolist()
+    assert masked_paths
+    assert any(
+        not np.array_equal(np.asarray(Image.open(dst / path)), np.asarray(Image.open(tmp_path / "other" / path)))
+        for path in masked_paths
+    )
     assert any(
         not np.array_equal(np.asarray(Image.open(dst / p)), np.asarray(Image.open(tmp_path / "other" / p))) for p in sources
     )

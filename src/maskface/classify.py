@@ -36,6 +36,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from maskface.artifacts import CLASSIFIER_META_FILE
 from maskface.config import PAIR_TYPES, ClassifyConfig, CosineConfig, KnnConfig, LdaConfig, MlpConfig
 from maskface.metrics import choose_threshold, identification_ranks
 from maskface.split import make_pairs
@@ -43,8 +44,6 @@ from maskface.split import make_pairs
 logger = logging.getLogger(__name__)
 
 CLASSIFIER_FILE = "classifier.joblib"
-CLASSIFIER_META_FILE = "classifier.json"
-IDENTIFICATION_FILE = "identification.csv"
 META_FORMAT = 1
 PAIR_FEATURES = "abs_diff_product"  # [|a - b|, a * b], see pair_features
 TOP_K = 5

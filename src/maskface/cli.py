@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from maskface import __version__
+from maskface.logs import TqdmLogHandler
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +40,6 @@ CONTRIBUTED_COMMANDS = (
     ("maskface.weights", "add_weights_parser"),
     ("maskface.simulate", "add_simulate_masks_parser"),
 )
-
-
-class _TqdmHandler(logging.StreamHandler):
-    """Log lines through tqdm.write so progress bars on stderr stay intact."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        from tqdm.auto import tqdm
-
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never take the command down
-            self.handleError(record)
 
 
 def _one_line(error: BaseException | str) -> str:
@@ -297,8 +286,6 @@ def _simulated_copy(args: argparse.Namespace, manifest) -> Path:
     same relative paths, so face detection runs on those alone. Reused when
     OUT/masked-copy already holds a manifest.
     """
-    import os
-
     from maskface.crosseval import choose_masked
     from maskface.simulate import MANIFEST_FILE, simulate_masks
 
@@ -510,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _setup_logging(verbosity: int) -> tuple[logging.Handler, int]:
     """Route log records to stderr for this run; returns what :func:`_restore_logging` undoes."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = _TqdmHandler()
+    handler = TqdmLogHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     handler.setLevel(level)
     root = logging.getLogger()

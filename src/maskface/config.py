@@ -506,6 +506,19 @@ def classifier_name(params: Mapping) -> str:
     return name
 
 
+def backbone_settings(params: Mapping) -> dict[str, BackboneConfig]:
+    """All entries of ``backbones`` parsed into strict configs, names not checked.
+
+    For stages that only report on backbones other stages built (evaluate): checking
+    names needs the registry, which imports torch, and torch's start-up would be most of
+    such a stage's run time. The stages that build models use :func:`backbone_configs`.
+    """
+    raw = params.get("backbones")
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(f"params: backbones must map backbone names to settings; got {raw!r}")
+    return {name: section(params, BackboneConfig, f"backbones.{name}") for name in raw}
+
+
 def backbone_configs(params: Mapping) -> dict[str, BackboneConfig]:
     """All entries of ``backbones``, each checked against the backbone registry."""
     from maskface.backbones import available_backbones
@@ -515,12 +528,10 @@ def backbone_configs(params: Mapping) -> dict[str, BackboneConfig]:
         raise ConfigError(
             f"params: backbones must map backbone names to settings; valid names: {', '.join(available_backbones())}"
         )
-    configs = {}
     for name in raw:
         if name not in available_backbones():
             raise _fail("backbones", name, ", ".join(available_backbones()))
-        configs[name] = section(params, BackboneConfig, f"backbones.{name}")
-    return configs
+    return backbone_settings(params)
 
 
 def backbone_config(params: Mapping, name: str) -> BackboneConfig:

@@ -34,6 +34,8 @@ import pandas as pd
 
 from maskface.config import PAIR_TYPES
 from maskface.metrics import (
+    AccuracyStatistic,
+    AucStatistic,
     bootstrap_interval,
     choose_threshold,
     confusion_at_threshold,
@@ -200,17 +202,6 @@ def build_pairs(manifest: pd.DataFrame, pair_types: Sequence[str], max_genuine_p
     return pairs
 
 
-def _accuracy_at(threshold: float):
-    def statistic(scores: np.ndarray, labels: np.ndarray) -> float:
-        return float(np.mean((scores >= threshold) == labels))
-
-    return statistic
-
-
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    return roc_auc(scores, labels)
-
-
 def fixed_threshold_report(
     scores: np.ndarray,
     labels: np.ndarray,
@@ -245,8 +236,8 @@ def fixed_threshold_report(
         block["kfold"] = kfold_accuracy(scores, labels, folds)
     if bootstrap > 0 and groups is not None:
         block["bootstrap"] = {
-            "accuracy": bootstrap_interval(scores, labels, groups, _accuracy_at(threshold), bootstrap, seed=seed),
-            "roc_auc": bootstrap_interval(scores, labels, groups, _auc, bootstrap, seed=seed),
+            "accuracy": bootstrap_interval(scores, labels, groups, AccuracyStatistic(threshold), bootstrap, seed=seed),
+            "roc_auc": bootstrap_interval(scores, labels, groups, AucStatistic(), bootstrap, seed=seed),
         }
     return block
 

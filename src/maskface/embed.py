@@ -14,12 +14,10 @@ from tqdm.auto import tqdm
 from maskface.backbones import FaceEmbedder, create_model
 from maskface.crop import open_crops
 from maskface.device import autocast, inference_dtype, resolve_device
-from maskface.tables import read_csv, write_csv
+from maskface.artifacts import save_embeddings
 
 logger = logging.getLogger(__name__)
 
-EMBEDDINGS_FILE = "embeddings.npy"
-INDEX_FILE = "index.csv"
 MODEL_FILE = "model.pt"
 MODEL_CONFIG_FILE = "model.json"
 
@@ -107,15 +105,7 @@ def embed_crops(
         model, images, batch_size=batch_size, device=torch_device, precision=precision, channels_last=channels_last
     )
     logger.info("embedding precision %s (%s requested)", inference_dtype(torch_device, precision) or torch.float32, precision)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.save(out_dir / EMBEDDINGS_FILE, embeddings)
-    write_csv(index, out_dir / INDEX_FILE)
+    save_embeddings(embeddings, index, out_dir)
     logger.info("embedded %d images -> %s", len(index), out_dir)
     return index
 
-
-def load_embeddings(embeddings_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    embeddings = np.load(embeddings_dir / EMBEDDINGS_FILE)
-    index = read_csv(embeddings_dir / INDEX_FILE)
-    index["masked"] = index["masked"].astype(str).str.lower().isin(["true", "1"])
-    return embeddings, index

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from maskface.classify import CLASSIFIER_META_FILE, IDENTIFICATION_FILE
+from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE
 from maskface.config import EvaluateConfig
 from maskface.imageio import load_rgb
 from maskface.metrics import cmc_curve, identification_report, verification_report

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,20 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 Statistic = Callable[[np.ndarray, np.ndarray], float]
+
+
+@runtime_checkable
+class WeightedStatistic(Protocol):
+    """A statistic that can also take many resamples at once as pair multiplicities.
+
+    ``weighted(s (N,), y (N,) bool, weights (B, N)) -> (B,)`` gives, per row, the value the
+    plain call would give on the pairs repeated as often as the row's weights say. The
+    bootstrap uses it to evaluate all its resamples in a few array operations.
+    """
+
+    def __call__(self, s: np.ndarray, y: np.ndarray) -> float: ...
+
+    def weighted(self, s: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
 
 
 # --------------------------------------------------------------------------- inputs
@@ -351,6 +365,80 @@ def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict:
     }
 
 
+# Elements of one (resamples x pairs) weight block: bounds the vectorised bootstrap's memory
+# to a few tens of MiB whatever the number of pairs.
+_BOOTSTRAP_BLOCK_ELEMENTS = 1 << 22
+
+
+def _looped_bootstrap(
+    s: np.ndarray,
+    y: np.ndarray,
+    group_index: np.ndarray,
+    n_groups: int,
+    statistic: Statistic,
+    n_resamples: int,
+    rng: np.random.Generator,
+) -> tuple[list[float], int]:
+    """One call of an arbitrary ``statistic`` per resample, on the concatenated pairs."""
+    order = np.argsort(group_index, kind="stable")
+    sizes = np.bincount(group_index, minlength=n_groups)
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    values: list[float] = []
+    skipped = 0
+    for _ in tqdm(range(n_resamples), desc="bootstrap", leave=False, disable=None):
+        drawn = rng.integers(0, n_groups, size=n_groups)
+        lengths = sizes[drawn]
+        # Concatenated aranges: position j of drawn group d maps to order[starts[d] + j].
+        offsets = np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths)
+        index = order[offsets + np.arange(int(lengths.sum()))]
+        ys = y[index]
+        if ys.all() or not ys.any():
+            skipped += 1
+            continue
+        value = float(statistic(s[index], ys))
+        if not math.isfinite(value):
+            skipped += 1
+            continue
+        values.append(value)
+    return values, skipped
+
+
+def _weighted_bootstrap(
+    s: np.ndarray,
+    y: np.ndarray,
+    group_index: np.ndarray,
+    n_groups: int,
+    statistic: WeightedStatistic,
+    n_resamples: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """All resamples at once as pair multiplicities; NaN marks a degenerate resample.
+
+    A group drawn k times contributes each of its pairs k times, so a resample is the
+    full pair set weighted by its group's draw count. Draws come from ``rng`` in the same
+    order as :func:`_looped_bootstrap`'s, so both paths give the same interval.
+    """
+    block = max(1, min(n_resamples, _BOOTSTRAP_BLOCK_ELEMENTS // max(s.size, n_groups)))
+    values = np.empty(n_resamples)
+    done = 0
+    with tqdm(total=n_resamples, desc="bootstrap", leave=False, disable=None) as progress:
+        while done < n_resamples:
+            count = min(block, n_resamples - done)
+            drawn = rng.integers(0, n_groups, size=(count, n_groups))
+            # Row-wise bincount: offset each row's group ids into a range of its own.
+            times = np.bincount((drawn + n_groups * np.arange(count)[:, None]).ravel(), minlength=count * n_groups)
+            weights = times.reshape(count, n_groups)[:, group_index].astype(np.float64)
+            genuine_weight = weights @ y
+            degenerate = (genuine_weight == 0) | (genuine_weight == weights.sum(axis=1))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                chunk = np.asarray(statistic.weighted(s, y, weights), dtype=np.float64)
+            chunk[degenerate] = np.nan
+            values[done : done + count] = chunk
+            done += count
+            progress.update(count)
+    return values
+
+
 def bootstrap_interval(
     scores: Any,
     labels: Any,
@@ -370,7 +458,9 @@ def bootstrap_interval(
     Args:
         scores, labels: (N,) as everywhere.
         groups: (N,) group id per pair (e.g. the identity of the pair's first image).
-        statistic: ``f(scores (M,), labels (M,) bool) -> float``.
+        statistic: ``f(scores (M,), labels (M,) bool) -> float``; a
+            :class:`WeightedStatistic` (:class:`AccuracyStatistic`, :class:`AucStatistic`)
+            is evaluated on all resamples at once, with the same result, ~10x faster.
         n_resamples: bootstrap resamples drawn (>= 1).
         confidence: interval coverage in (0, 1).
         seed: seed of the numpy Generator; same inputs and seed give the same result.
@@ -387,29 +477,16 @@ def bootstrap_interval(
         raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
 
     _, group_index = np.unique(g, return_inverse=True)
-    order = np.argsort(group_index, kind="stable")
-    sizes = np.bincount(group_index)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    n_groups = int(sizes.size)
+    n_groups = int(group_index.max()) + 1
 
     rng = np.random.default_rng(seed)
-    values: list[float] = []
-    skipped = 0
-    for _ in tqdm(range(int(n_resamples)), desc="bootstrap", leave=False, disable=None):
-        drawn = rng.integers(0, n_groups, size=n_groups)
-        lengths = sizes[drawn]
-        # Concatenated aranges: position j of drawn group d maps to order[starts[d] + j].
-        offsets = np.repeat(starts[drawn] - (np.cumsum(lengths) - lengths), lengths)
-        index = order[offsets + np.arange(int(lengths.sum()))]
-        ys = y[index]
-        if ys.all() or not ys.any():
-            skipped += 1
-            continue
-        value = float(statistic(s[index], ys))
-        if not math.isfinite(value):
-            skipped += 1
-            continue
-        values.append(value)
+    if isinstance(statistic, WeightedStatistic):
+        values_array = _weighted_bootstrap(s, y, group_index, n_groups, statistic, int(n_resamples), rng)
+        usable = np.isfinite(values_array)
+        values = values_array[usable].tolist()
+        skipped = int(values_array.size - usable.sum())
+    else:
+        values, skipped = _looped_bootstrap(s, y, group_index, n_groups, statistic, int(n_resamples), rng)
 
     estimate = float(statistic(s, y))
     if skipped:
@@ -445,25 +522,47 @@ def far_key(far: float) -> str:
     return f"tar_at_far_{far!r}"
 
 
-def _accuracy_statistic(threshold: float) -> Statistic:
-    def accuracy(s: np.ndarray, y: np.ndarray) -> float:
-        return float(np.mean((s >= threshold) == y))
+class AccuracyStatistic:
+    """Accuracy at a fixed threshold (score >= threshold means same person)."""
 
-    return accuracy
+    def __init__(self, threshold: float) -> None:
+        self.threshold = float(threshold)
+
+    def __call__(self, s: np.ndarray, y: np.ndarray) -> float:
+        return float(np.mean((s >= self.threshold) == y))
+
+    def weighted(self, s: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        correct = ((s >= self.threshold) == y).astype(np.float64)
+        return weights @ correct / weights.sum(axis=1)
 
 
-def _auc_statistic(s: np.ndarray, y: np.ndarray) -> float:
-    """ROC AUC as the Mann-Whitney U statistic (ties count half, as roc_auc_score).
+class AucStatistic:
+    """ROC AUC as the Mann-Whitney U statistic (ties count half, as ``roc_auc_score``).
 
     Equal to ``roc_auc_score(y, s)`` but several times faster, which matters for the
     thousands of calls a bootstrap makes.
     """
-    from scipy.stats import rankdata
 
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    ranks = rankdata(s)  # average ranks for tied scores
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    def __call__(self, s: np.ndarray, y: np.ndarray) -> float:
+        from scipy.stats import rankdata
+
+        n_pos = int(y.sum())
+        n_neg = y.size - n_pos
+        ranks = rankdata(s)  # average ranks for tied scores
+        return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+    def weighted(self, s: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        # Sort once for every resample; pairs with equal scores pool into one tie block.
+        order = np.argsort(s, kind="stable")
+        ordered = s[order]
+        tie_starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        w = weights[:, order]
+        genuine = y[order]
+        positive = np.add.reduceat(np.where(genuine, w, 0.0), tie_starts, axis=1)
+        negative = np.add.reduceat(np.where(genuine, 0.0, w), tie_starts, axis=1)
+        negative_below = np.cumsum(negative, axis=1) - negative
+        wins = (positive * (negative_below + 0.5 * negative)).sum(axis=1)
+        return wins / (positive.sum(axis=1) * negative.sum(axis=1))
 
 
 def _test_block(
@@ -492,8 +591,8 @@ def _test_block(
             block.setdefault("notes", []).append("k-fold skipped: fewer than 2 folds in these pairs")
     if bootstrap > 0 and groups is not None:
         block["bootstrap"] = {
-            "accuracy": bootstrap_interval(s, y, groups, _accuracy_statistic(threshold), bootstrap, seed=seed),
-            "roc_auc": bootstrap_interval(s, y, groups, _auc_statistic, bootstrap, seed=seed),
+            "accuracy": bootstrap_interval(s, y, groups, AccuracyStatistic(threshold), bootstrap, seed=seed),
+            "roc_auc": bootstrap_interval(s, y, groups, AucStatistic(), bootstrap, seed=seed),
         }
     return block
 

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from maskface import __version__
+from maskface.artifacts import CLASSIFIER_META_FILE
 from maskface.imageio import load_rgb, sniff_format, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,6 @@ MODEL_CONFIG_FILE = "model.json"
 PREPROCESS_FILE = "preprocess.json"
 TRAINING_FILE = "training.json"
 CLASSIFIER_FILE = "classifier.joblib"
-CLASSIFIER_META_FILE = "classifier.json"
 # Classifiers that score from the embeddings alone, with no fitted file.
 PARAMETER_FREE_CLASSIFIERS = ("cosine",)
 # classifier.json "format" values and "pair_features" layouts this maskface scores

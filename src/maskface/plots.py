@@ -220,26 +220,38 @@ def worst_pairs_sheet(
     plt = _pyplot()
     accepts, rejects = worst_pairs(test, threshold, count)
     columns = max(len(accepts), len(rejects), 1)
-    figure, axes = plt.subplots(4, columns, figsize=(1.9 * columns, 10.4), squeeze=False)
-    for axis in axes.ravel():
-        axis.set_xticks([])
-        axis.set_yticks([])
-        for spine in axis.spines.values():
-            spine.set_visible(False)
+    # One mosaic in one axes: a grid of 4 x columns axes cost ~1 s a sheet in layout alone,
+    # most of the evaluate stage a classifier experiment reruns (benchmarks, figure 3).
+    cell = thumbnail + 24
+    title_band, label_band, pair_band = 46, 14, 30
+    block_height = title_band + thumbnail + label_band + thumbnail + pair_band
+    width, height = columns * cell, 2 * block_height
+    mosaic = np.full((height, width, 3), 255, dtype=np.uint8)
+    texts: list[tuple[float, float, str, str, int]] = []  # x, y, text, colour, font size
     for block, (table, kind) in enumerate(((accepts, "false accept"), (rejects, "false reject"))):
+        top = block * block_height
         for column, row in enumerate(table.itertuples(index=False)):
-            top, bottom = axes[2 * block, column], axes[2 * block + 1, column]
-            top.imshow(_thumbnail(row.path_a, loader, thumbnail))
-            bottom.imshow(_thumbnail(row.path_b, loader, thumbnail))
+            left = column * cell + (cell - thumbnail) // 2
+            image_a, image_b = top + title_band, top + title_band + thumbnail + label_band
+            mosaic[image_a : image_a + thumbnail, left : left + thumbnail] = _thumbnail(row.path_a, loader, thumbnail)
+            mosaic[image_b : image_b + thumbnail, left : left + thumbnail] = _thumbnail(row.path_b, loader, thumbnail)
+            centre = column * cell + cell / 2
             verdict = kind if row.error else "correct"
             colour = "tab:red" if row.error else "tab:green"
-            top.set_title(f"{verdict}\nscore {row.score:.4g}", fontsize=8, color=colour)
-            top.set_xlabel(str(row.identity_a)[-18:], fontsize=7)
-            bottom.set_xlabel(f"{str(row.identity_b)[-18:]}\n{row.pair_type}", fontsize=7)
-        axes[2 * block, 0].set_ylabel(f"{kind}s\nimage a", fontsize=8)
-        axes[2 * block + 1, 0].set_ylabel("image b", fontsize=8)
-    figure.suptitle(f"worst pairs at threshold {threshold:.4g} (accepted when score >= threshold)", fontsize=10)
-    figure.tight_layout(h_pad=3.0)
+            texts.append((centre, image_a - 3, f"{verdict}\nscore {row.score:.4g}", colour, 8))
+            texts.append((centre, image_b - 2, str(row.identity_a)[-18:], "black", 7))
+            texts.append((centre, image_b + thumbnail + pair_band - 3, f"{str(row.identity_b)[-18:]}\n{row.pair_type}", "black", 7))
+        if table.empty:
+            texts.append((width / 2, top + block_height / 2, f"no {kind}s to show", "grey", 9))
+    figure = plt.figure(figsize=(max(width, 300) / 80, (height + 40) / 80), dpi=80)
+    axis = figure.add_axes((0.0, 0.0, 1.0, height / (height + 40)))
+    axis.imshow(mosaic, interpolation="nearest", extent=(0, width, height, 0))
+    axis.set_axis_off()
+    for x, y, text, colour, size in texts:
+        axis.text(x, y, text, ha="center", va="bottom", fontsize=size, color=colour, linespacing=1.1)
+    for block, kind in enumerate(("false accepts", "false rejects")):
+        axis.text(2, block * block_height + 2, kind, ha="left", va="top", fontsize=8, weight="bold")
+    figure.suptitle(f"worst pairs at threshold {threshold:.4g} (accepted when score >= threshold)", fontsize=10, y=0.995)
     destination.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(destination, dpi=80)
     plt.close(figure)

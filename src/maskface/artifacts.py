@@ -1,0 +1,38 @@
+"""File names and readers of the artifacts one stage hands to the next.
+
+Kept free of torch and scikit-learn on purpose: ``classify`` and ``evaluate`` are the
+stages an experiment on the classifier reruns, and importing torch alone costs them
+1-2 s of start-up each (benchmarks/incremental.py, figure 3 in benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from maskface.tables import read_csv, write_csv
+
+EMBEDDINGS_FILE = "embeddings.npy"
+EMBEDDINGS_INDEX_FILE = "index.csv"
+CLASSIFIER_META_FILE = "classifier.json"
+IDENTIFICATION_FILE = "identification.csv"
+
+
+def save_embeddings(embeddings: np.ndarray, index: pd.DataFrame, out_dir: Path) -> None:
+    """``embeddings.npy`` (N, E) float32 and its row index ``index.csv``."""
+    if len(embeddings) != len(index):
+        raise ValueError(f"{len(embeddings)} embeddings but {len(index)} index rows for {out_dir}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.save(out_dir / EMBEDDINGS_FILE, np.asarray(embeddings, dtype=np.float32))
+    write_csv(index, out_dir / EMBEDDINGS_INDEX_FILE)
+
+
+def load_embeddings(embeddings_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    embeddings_dir = Path(embeddings_dir)
+    embeddings = np.load(embeddings_dir / EMBEDDINGS_FILE)
+    index = read_csv(embeddings_dir / EMBEDDINGS_INDEX_FILE)
+    index["masked"] = index["masked"].astype(str).str.lower().isin(["true", "1"])
+    return embeddings, index
