@@ -9,6 +9,7 @@ from maskface.config import (
     CropConfig,
     SplitConfig,
     backbone_configs,
+    backbone_settings,
     classifier_name,
     load_params,
     parse_section,
@@ -54,6 +55,16 @@ def test_unknown_pair_type_lists_valid_ones():
 def test_unknown_backbone_lists_registry():
     with pytest.raises(ConfigError, match=r"resnet.*facenet, vggface, alexnet"):
         backbone_configs({"backbones": {"resnet": {}}})
+
+
+def test_backbone_settings_parse_strictly_but_leave_names_to_the_registry():
+    # The evaluate stage's reader: no registry (no torch), but each entry is still a strict config.
+    settings = backbone_settings({"backbones": {"resnet": {"epochs": 2}}})
+    assert settings["resnet"].epochs == 2
+    with pytest.raises(ConfigError, match=r"backbones\.resnet.*epoch"):
+        backbone_settings({"backbones": {"resnet": {"epoch": 2}}})
+    with pytest.raises(ConfigError, match="backbones must map backbone names"):
+        backbone_settings({"backbones": []})
 
 
 def test_unknown_classifier_lists_choices():

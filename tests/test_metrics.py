@@ -614,25 +614,36 @@ def test_bootstrap_auc_statistic_equals_sklearn(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_weighted_statistics_equal_sklearn_with_sample_weights(seed):
-    # A row of multiplicities is the pairs repeated: sklearn's sample_weight is the oracle.
+def test_resampled_statistics_equal_sklearn_with_sample_weights(seed):
+    # One group per pair: a row of draw counts is a row of sample weights, sklearn's oracle.
     for quantise in (False, True):
         scores, labels = random_pairs(seed, n=200, quantise=quantise)
-        weights = np.random.default_rng(seed).integers(0, 4, size=(5, scores.size)).astype(float)
         y = labels.astype(bool)
-        aucs = metrics.AucStatistic().weighted(scores, y, weights)
-        accuracies = metrics.AccuracyStatistic(0.3).weighted(scores, y, weights)
-        for row, auc, accuracy in zip(weights, aucs, accuracies):
+        times = np.random.default_rng(seed).integers(0, 4, size=(5, scores.size)).astype(float)
+        pair_groups = np.arange(scores.size)
+        aucs = metrics.AucStatistic().resampled(scores, y, pair_groups, times)
+        accuracies = metrics.AccuracyStatistic(0.3).resampled(scores, y, pair_groups, times)
+        for row, auc, accuracy in zip(times, aucs, accuracies):
             assert auc == pytest.approx(roc_auc_score(y, scores, sample_weight=row), abs=1e-12)
             assert accuracy == pytest.approx(np.average((scores >= 0.3) == y, weights=row), abs=1e-12)
 
 
+def uneven_tied_groups(seed: int):
+    """Groups of 1 to 12 pairs, scores on a coarse grid (many ties), correlated within a group."""
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(15), rng.integers(1, 13, 15))
+    labels = rng.random(groups.size) < 0.4
+    scores = np.round(rng.normal(0.0, 1.0, groups.size) + labels + rng.normal(0.0, 0.5, 15)[groups], 1)
+    return scores, labels.astype(int), groups
+
+
 @pytest.mark.parametrize("statistic", [metrics.AucStatistic(), metrics.AccuracyStatistic(0.5)], ids=["auc", "accuracy"])
-def test_vectorised_bootstrap_equals_resampling_loop(statistic, monkeypatch):
-    # A plain function hides `weighted`, forcing the one-resample-at-a-time path: the oracle.
-    scores, labels, groups = grouped_pairs(12, 5, 3)
+@pytest.mark.parametrize("data", [lambda: grouped_pairs(12, 5, 3), lambda: uneven_tied_groups(4)], ids=["even", "uneven-tied"])
+def test_vectorised_bootstrap_equals_resampling_loop(statistic, data, monkeypatch):
+    # A plain function hides `resampled`, forcing the one-resample-at-a-time path: the oracle.
+    scores, labels, groups = data()
     plain = lambda s, y: statistic(s, y)  # noqa: E731
-    # A small block size makes the vectorised path cross several blocks.
+    # A small block that does not divide the resample count: several blocks, a ragged last one.
     monkeypatch.setattr(metrics, "_BOOTSTRAP_BLOCK_ELEMENTS", 7 * labels.size)
     fast = bootstrap_interval(scores, labels, groups, statistic, n_resamples=300, seed=11)
     slow = bootstrap_interval(scores, labels, groups, plain, n_resamples=300, seed=11)

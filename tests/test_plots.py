@@ -122,6 +122,31 @@ def test_worst_pairs_sheet_loads_images_and_survives_a_missing_one(tmp_path):
         assert image.size[0] > image.size[1] / 4 and image.size[1] > 500
 
 
+def test_worst_pairs_sheet_draws_unreadable_images_blank_whatever_the_failure(tmp_path):
+    # A lazy loader (Image.open) only fails when pixels are read: truncated data must be caught
+    # there too. One pair of each kind: the sheet is still wide enough for its title.
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(good)
+    truncated = tmp_path / "truncated.png"
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:600])
+    test = scored_pairs(n=2, paths=[str(truncated), str(good)])
+    destination = tmp_path / "one.png"
+    accepts, rejects = worst_pairs_sheet(test, 0.5, destination, count=1, loader=Image.open)
+    assert len(accepts) == len(rejects) == 1
+    with Image.open(destination) as image:
+        assert image.size[0] >= 480
+
+
+def test_worst_pairs_sheet_with_no_pairs_of_a_kind(tmp_path):
+    test = scored_pairs(n=40)
+    only_impostors = test[test["label"] == 0]
+    accepts, rejects = worst_pairs_sheet(only_impostors, 0.5, tmp_path / "half.png", count=4, loader=lambda p: Image.new("RGB", (8, 8)))
+    assert len(accepts) == 4 and rejects.empty
+    assert (tmp_path / "half.png").stat().st_size > 0
+
+
 def test_curves_figure_adds_a_cmc_panel(tmp_path):
     test = scored_pairs(seed=3)
     curves_figure(test, 0.5, tmp_path / "three.png", "t")

@@ -11,10 +11,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from maskface.artifacts import save_embeddings
 from maskface.backbones import FaceEmbedder, create_model
 from maskface.crop import open_crops
 from maskface.device import autocast, inference_dtype, resolve_device
-from maskface.artifacts import save_embeddings
 
 logger = logging.getLogger(__name__)
 

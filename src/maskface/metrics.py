@@ -32,17 +32,19 @@ Statistic = Callable[[np.ndarray, np.ndarray], float]
 
 
 @runtime_checkable
-class WeightedStatistic(Protocol):
-    """A statistic that can also take many resamples at once as pair multiplicities.
+class ResampledStatistic(Protocol):
+    """A statistic that evaluates many cluster-bootstrap resamples in one call.
 
-    ``weighted(s (N,), y (N,) bool, weights (B, N)) -> (B,)`` gives, per row, the value the
-    plain call would give on the pairs repeated as often as the row's weights say. The
-    bootstrap uses it to evaluate all its resamples in a few array operations.
+    ``resampled(s (N,), y (N,) bool, group_index (N,), times (B, G)) -> (B,)``: pairs come
+    sorted by score, ``group_index`` holds each pair's group in ``0..G-1`` and row b of
+    ``times`` how often resample b drew each group; the result is, per row, what the plain
+    call gives on the pairs of group g repeated ``times[b, g]`` times. The statistic must not
+    depend on the order of pairs (the bootstrap sorts them by score).
     """
 
     def __call__(self, s: np.ndarray, y: np.ndarray) -> float: ...
 
-    def weighted(self, s: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray: ...
+    def resampled(self, s: np.ndarray, y: np.ndarray, group_index: np.ndarray, times: np.ndarray) -> np.ndarray: ...
 
 
 # --------------------------------------------------------------------------- inputs
@@ -365,9 +367,9 @@ def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict:
     }
 
 
-# Elements of one (resamples x pairs) weight block: bounds the vectorised bootstrap's memory
-# to a few tens of MiB whatever the number of pairs.
-_BOOTSTRAP_BLOCK_ELEMENTS = 1 << 22
+# Elements of one (resamples x pairs) block: AUC keeps ~5 float64 arrays of this size, so the
+# vectorised bootstrap's working memory stays under ~100 MiB whatever the number of pairs.
+_BOOTSTRAP_BLOCK_ELEMENTS = 1 << 21
 
 
 def _looped_bootstrap(
@@ -403,21 +405,25 @@ def _looped_bootstrap(
     return values, skipped
 
 
-def _weighted_bootstrap(
+def _vectorised_bootstrap(
     s: np.ndarray,
     y: np.ndarray,
     group_index: np.ndarray,
     n_groups: int,
-    statistic: WeightedStatistic,
+    statistic: ResampledStatistic,
     n_resamples: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """All resamples at once as pair multiplicities; NaN marks a degenerate resample.
+    """All resamples in blocks, as group draw counts; NaN marks a degenerate resample.
 
-    A group drawn k times contributes each of its pairs k times, so a resample is the
-    full pair set weighted by its group's draw count. Draws come from ``rng`` in the same
-    order as :func:`_looped_bootstrap`'s, so both paths give the same interval.
+    A group drawn k times contributes each of its pairs k times, so a resample is fully
+    described by its row of draw counts. Draws come from ``rng`` in the same order as
+    :func:`_looped_bootstrap`'s, so both paths give the same interval.
     """
+    by_score = np.argsort(s, kind="stable")
+    s, y, group_index = s[by_score], y[by_score], group_index[by_score]
+    genuine_per_group = np.bincount(group_index, weights=y, minlength=n_groups)
+    pairs_per_group = np.bincount(group_index, minlength=n_groups).astype(np.float64)
     block = max(1, min(n_resamples, _BOOTSTRAP_BLOCK_ELEMENTS // max(s.size, n_groups)))
     values = np.empty(n_resamples)
     done = 0
@@ -427,11 +433,11 @@ def _weighted_bootstrap(
             drawn = rng.integers(0, n_groups, size=(count, n_groups))
             # Row-wise bincount: offset each row's group ids into a range of its own.
             times = np.bincount((drawn + n_groups * np.arange(count)[:, None]).ravel(), minlength=count * n_groups)
-            weights = times.reshape(count, n_groups)[:, group_index].astype(np.float64)
-            genuine_weight = weights @ y
-            degenerate = (genuine_weight == 0) | (genuine_weight == weights.sum(axis=1))
+            times = times.reshape(count, n_groups).astype(np.float64)
+            genuine = times @ genuine_per_group
+            degenerate = (genuine == 0) | (genuine == times @ pairs_per_group)
             with np.errstate(divide="ignore", invalid="ignore"):
-                chunk = np.asarray(statistic.weighted(s, y, weights), dtype=np.float64)
+                chunk = np.asarray(statistic.resampled(s, y, group_index, times), dtype=np.float64)
             chunk[degenerate] = np.nan
             values[done : done + count] = chunk
             done += count
@@ -459,8 +465,9 @@ def bootstrap_interval(
         scores, labels: (N,) as everywhere.
         groups: (N,) group id per pair (e.g. the identity of the pair's first image).
         statistic: ``f(scores (M,), labels (M,) bool) -> float``; a
-            :class:`WeightedStatistic` (:class:`AccuracyStatistic`, :class:`AucStatistic`)
-            is evaluated on all resamples at once, with the same result, ~10x faster.
+            :class:`ResampledStatistic` (:class:`AccuracyStatistic`, :class:`AucStatistic`)
+            is evaluated on blocks of resamples at once, with the same result: ~10x faster
+            than the loop for accuracy, 3-7x for AUC (6,000 to 60,000 pairs).
         n_resamples: bootstrap resamples drawn (>= 1).
         confidence: interval coverage in (0, 1).
         seed: seed of the numpy Generator; same inputs and seed give the same result.
@@ -480,8 +487,8 @@ def bootstrap_interval(
     n_groups = int(group_index.max()) + 1
 
     rng = np.random.default_rng(seed)
-    if isinstance(statistic, WeightedStatistic):
-        values_array = _weighted_bootstrap(s, y, group_index, n_groups, statistic, int(n_resamples), rng)
+    if isinstance(statistic, ResampledStatistic):
+        values_array = _vectorised_bootstrap(s, y, group_index, n_groups, statistic, int(n_resamples), rng)
         usable = np.isfinite(values_array)
         values = values_array[usable].tolist()
         skipped = int(values_array.size - usable.sum())
@@ -531,9 +538,12 @@ class AccuracyStatistic:
     def __call__(self, s: np.ndarray, y: np.ndarray) -> float:
         return float(np.mean((s >= self.threshold) == y))
 
-    def weighted(self, s: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        correct = ((s >= self.threshold) == y).astype(np.float64)
-        return weights @ correct / weights.sum(axis=1)
+    def resampled(self, s: np.ndarray, y: np.ndarray, group_index: np.ndarray, times: np.ndarray) -> np.ndarray:
+        # Accuracy is a mean: per-group sums suffice, no per-pair weights.
+        n_groups = times.shape[1]
+        correct = np.bincount(group_index, weights=(s >= self.threshold) == y, minlength=n_groups)
+        pairs = np.bincount(group_index, minlength=n_groups).astype(np.float64)
+        return times @ correct / (times @ pairs)
 
 
 class AucStatistic:
@@ -551,17 +561,21 @@ class AucStatistic:
         ranks = rankdata(s)  # average ranks for tied scores
         return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
-    def weighted(self, s: np.ndarray, y: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        # Sort once for every resample; pairs with equal scores pool into one tie block.
-        order = np.argsort(s, kind="stable")
-        ordered = s[order]
-        tie_starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-        w = weights[:, order]
-        genuine = y[order]
-        positive = np.add.reduceat(np.where(genuine, w, 0.0), tie_starts, axis=1)
-        negative = np.add.reduceat(np.where(genuine, 0.0, w), tie_starts, axis=1)
-        negative_below = np.cumsum(negative, axis=1) - negative
-        wins = (positive * (negative_below + 0.5 * negative)).sum(axis=1)
+    def resampled(self, s: np.ndarray, y: np.ndarray, group_index: np.ndarray, times: np.ndarray) -> np.ndarray:
+        if s.size > 1 and np.any(s[1:] < s[:-1]):  # the bootstrap sorts; other callers may not
+            order = np.argsort(s, kind="stable")
+            s, y, group_index = s[order], y[order], group_index[order]
+        weights = times[:, group_index]  # (B, N): each pair as often as its group was drawn
+        positive = weights * y
+        negative = weights - positive
+        tie_starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+        if tie_starts.size < s.size:  # pool equal scores: a tie counts half a win
+            positive = np.add.reduceat(positive, tie_starts, axis=1)
+            negative = np.add.reduceat(negative, tie_starts, axis=1)
+        negative_below = np.cumsum(negative, axis=1)
+        negative_below -= negative
+        negative_below += 0.5 * negative
+        wins = np.einsum("ij,ij->i", positive, negative_below)
         return wins / (positive.sum(axis=1) * negative.sum(axis=1))
 
 
