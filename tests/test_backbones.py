@@ -1,7 +1,10 @@
+import copy
+
 import pytest
 import torch
 
 from maskface.backbones import available_backbones, create_model, get_spec
+from maskface.embed import load_model, save_model
 
 # Small inputs keep the registry-wide tests fast on CPU; every trunk pools adaptively.
 TEST_SIZE = {"facenet": 96, "vggface": 64, "alexnet": 96}
@@ -111,3 +114,53 @@ def test_vgg_face_dag_tensors_land_in_the_right_layers():
     torch.testing.assert_close(trunk.fc7[0].weight, state["fc7.weight"])
     with pytest.raises(ValueError, match="fc7.weight"):
         trunk.load_vgg_face_dag({k: v for k, v in state.items() if k != "fc7.weight"})
+
+
+def _randomise_batch_norms(model, seed=0):
+    # Fresh batch norms are the identity up to eps; real running statistics make folding visible.
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            size = module.num_features
+            module.running_mean.copy_(torch.randn(size, generator=generator) * 0.3)
+            module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.randn(size, generator=generator) * 0.2)
+
+
+@pytest.mark.parametrize("name", available_backbones())
+def test_folding_batch_norms_keeps_the_embeddings(name):
+    model = create_model(name, embedding_size=32, input_size=TEST_SIZE[name])
+    _randomise_batch_norms(model)
+    model.eval()
+    pixels = torch.randint(0, 256, (4, 3, TEST_SIZE[name], TEST_SIZE[name]), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = model(pixels)
+        folded = copy.deepcopy(model).fold_batch_norm()
+        got = folded(pixels)
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+    left = [m for m in folded.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert left == [], f"{name}: {len(left)} batch norms not folded"
+    assert folded.batch_norm_folded and not model.batch_norm_folded
+
+
+def test_a_folded_model_refuses_to_train_or_be_saved(tmp_path):
+    model = create_model("alexnet", embedding_size=16, input_size=64)
+    with pytest.raises(ValueError, match="eval"):
+        model.fold_batch_norm()  # still in training mode
+    folded = model.eval().fold_batch_norm()
+    with pytest.raises(ValueError, match="cannot train"):
+        folded.train()
+    folded.eval()  # eval stays allowed: embed_array restores the mode it found
+    with pytest.raises(ValueError, match="folded"):
+        save_model(folded, tmp_path / "m", {})
+
+
+def test_load_model_folds_unless_asked_not_to(tmp_path):
+    model = create_model("facenet", embedding_size=16, input_size=96)
+    _randomise_batch_norms(model, seed=3)
+    save_model(model.eval(), tmp_path / "m", {})
+    assert load_model(tmp_path / "m").batch_norm_folded
+    unfolded = load_model(tmp_path / "m", fold_batch_norm=False)
+    assert not unfolded.batch_norm_folded
+    unfolded.train()  # still trainable

@@ -406,3 +406,13 @@ def test_eval_crosses_from_rmfrd_dev_to_lfw(datasets_root, tmp_path, capsys):
     scored = read_csv(out / "pairs.csv")
     assert report["n_pairs"] == len(scored) > 0 and 0 < report["n_genuine"] < report["n_pairs"]
     assert report["roc_auc"] == pytest.approx(roc_auc(scored["score"].to_numpy(), scored["label"].to_numpy()))
+
+
+def test_help_and_the_parser_start_without_torch_or_scikit_learn():
+    # `maskface --help` and argument errors must answer at once: torch alone costs ~1.5 s.
+    probe = (
+        "import json, sys, maskface.cli; maskface.cli.build_parser(); "
+        "print(json.dumps(sorted(m for m in ('torch', 'torchvision', 'sklearn', 'matplotlib') if m in sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout) == []

@@ -56,6 +56,55 @@ class Trunk(nn.Module):
     def load_pretrained(self, weights: str) -> None:
         raise NotImplementedError(f"{type(self).__name__} has no pretrained weights loader for {weights!r}")
 
+    def fold_batch_norm(self) -> int:
+        """Fold eval-mode batch norms into the layer before them (see :func:`fold_batch_norms`).
+
+        Trunks whose own ``forward`` puts a batch norm after a layer override this to fold
+        that pair too. Returns how many were folded.
+        """
+        return fold_batch_norms(self)
+
+
+def _fused(layer: nn.Module, norm: nn.Module) -> nn.Module | None:
+    """``layer`` with ``norm`` (eval mode, running statistics) folded into its weights, or None."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
+
+    if not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.running_mean is None:
+        return None
+    if isinstance(layer, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+        return fuse_conv_bn_eval(layer, norm)
+    if isinstance(layer, nn.Linear) and isinstance(norm, nn.BatchNorm1d):
+        return fuse_linear_bn_eval(layer, norm)
+    return None
+
+
+def fold_batch_norms(module: nn.Module) -> int:
+    """Fold every batch norm into the conv or linear layer before it, where that order is certain.
+
+    Certain means: consecutive entries of an ``nn.Sequential``, and facenet-pytorch's
+    ``BasicConv2d`` (conv -> bn -> relu). The norm becomes ``nn.Identity``. Same function up
+    to float rounding, one kernel fewer per layer (~7 % faster CPU embedding). For eval-mode
+    models only: the folded layers no longer learn as the pair did. Returns the count.
+    """
+    from facenet_pytorch.models.inception_resnet_v1 import BasicConv2d
+
+    folded = 0
+    if isinstance(module, nn.Sequential):
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            fused = _fused(module._modules[first], module._modules[second])
+            if fused is not None:
+                module._modules[first], module._modules[second] = fused, nn.Identity()
+                folded += 1
+    elif isinstance(module, BasicConv2d):
+        fused = _fused(module.conv, module.bn)
+        if fused is not None:
+            module.conv, module.bn = fused, nn.Identity()
+            folded += 1
+    for child in module.children():
+        folded += fold_batch_norms(child)
+    return folded
+
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
@@ -142,6 +191,7 @@ class FaceEmbedder(nn.Module):
             nn.BatchNorm1d(embedding_size),
         )
         self.frozen_bn_stats = False
+        self.batch_norm_folded = False
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.trunk(self.normalize(pixels))
@@ -203,7 +253,25 @@ class FaceEmbedder(nn.Module):
         self.train(self.training)
         return trainable
 
+    def fold_batch_norm(self) -> FaceEmbedder:
+        """Make this eval-mode model inference-only and faster: batch norms folded into the layers.
+
+        Embeddings stay the same up to float rounding (tested); the model can no longer be
+        trained or saved as a checkpoint (rebuild it from its weights for that).
+        """
+        if self.training:
+            raise ValueError("fold_batch_norm needs an eval-mode model; call model.eval() first")
+        folded = self.trunk.fold_batch_norm() + fold_batch_norms(self.head)
+        self.batch_norm_folded = True
+        logger.debug("%s: folded %d batch norms for inference", self.spec.name, folded)
+        return self
+
     def train(self, mode: bool = True) -> FaceEmbedder:
+        if mode and self.batch_norm_folded:
+            raise ValueError(
+                f"this {self.spec.name} model has its batch norms folded for inference and cannot train; "
+                "rebuild it from its weights (maskface.embed.load_model(..., fold_batch_norm=False))"
+            )
         super().train(mode)
         if mode and self.frozen_bn_stats:
             for module in self.trunk.modules():
@@ -292,6 +360,15 @@ class FaceNetTrunk(Trunk):
         x = net.dropout(x)
         x = net.last_linear(x.flatten(1))
         return net.last_bn(x)
+
+    def fold_batch_norm(self) -> int:
+        folded = fold_batch_norms(self)
+        # forward() above applies last_bn right after last_linear.
+        fused = _fused(self.net.last_linear, self.net.last_bn)
+        if fused is not None:
+            self.net.last_linear, self.net.last_bn = fused, nn.Identity()
+            folded += 1
+        return folded
 
     def load_pretrained(self, weights: str) -> None:
         from maskface.weights import load_state_dict, resolve_weights

@@ -356,7 +356,7 @@ def _common() -> argparse.ArgumentParser:
 def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--model", type=Path, required=required, metavar="DIR", help="model folder (models/<backbone> or an exported copy)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the network runs (default: auto)")
-    parser.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="images per forward pass (default: 32)")
+    parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="images per forward pass (default: 64, as the embed stage)")
     parser.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16"),
         help="network arithmetic; auto = as the embed stage: bf16 on GPUs and CPUs with native bf16, else fp32",
@@ -372,7 +372,9 @@ def _threshold_option(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from maskface.config import PAIR_TYPES, EvaluateConfig
-    from maskface.crosseval import EVAL_SOURCES
+    # The datasets module's list, not crosseval's: crosseval pulls in scikit-learn and
+    # matplotlib, a second of start-up for every command.
+    from maskface.datasets import EXTRA_SOURCES as EVAL_SOURCES
 
     common = _common()
     parser = argparse.ArgumentParser(

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from maskface.config import PAIR_TYPES
+from maskface.datasets import EXTRA_SOURCES
 from maskface.metrics import (
     AccuracyStatistic,
     AucStatistic,
@@ -51,7 +52,7 @@ from maskface.tables import read_csv, write_csv
 
 logger = logging.getLogger(__name__)
 
-EVAL_SOURCES = ("rmfrd", "smfrd", "lfw", "folder", "manifest")
+EVAL_SOURCES = EXTRA_SOURCES  # every data source but the synthetic demo
 DEFAULT_FARS = (1e-2, 1e-3)
 
 

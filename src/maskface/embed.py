@@ -60,6 +60,8 @@ def embed_array(
 
 def save_model(model: FaceEmbedder, out_dir: Path, extra: dict) -> None:
     """Weights plus everything needed to rebuild the model without params.yaml."""
+    if model.batch_norm_folded:
+        raise ValueError("cannot save a model whose batch norms are folded for inference: its weights no longer match the backbone's layers")
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out_dir / MODEL_FILE)
     config = {
@@ -71,8 +73,12 @@ def save_model(model: FaceEmbedder, out_dir: Path, extra: dict) -> None:
     (out_dir / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def load_model(model_dir: Path, device: torch.device | str = "cpu") -> FaceEmbedder:
-    """Rebuild a model saved by :func:`save_model` (weights loaded with weights_only=True)."""
+def load_model(model_dir: Path, device: torch.device | str = "cpu", fold_batch_norm: bool = True) -> FaceEmbedder:
+    """Rebuild a model saved by :func:`save_model` for inference (weights loaded with weights_only=True).
+
+    ``fold_batch_norm``: fold the batch norms into the layers before them (same embeddings
+    up to float rounding, faster); False keeps a model that can be trained further.
+    """
     config_path = model_dir / MODEL_CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: {model_dir} is not a maskface model folder")
@@ -81,7 +87,8 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu") -> FaceEmbed
     model = create_model(config["backbone"], weights="none", embedding_size=config["embedding_size"], input_size=config["input_size"])
     state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    return model.fold_batch_norm() if fold_batch_norm else model
 
 
 def embed_crops(

@@ -39,7 +39,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +124,8 @@ class WeightSource:
             return Path(cache_dir).expanduser()
         if self.cache_subdir == "hub/checkpoints":
             # torchvision goes through torch.hub.get_dir(), which also honours torch.hub.set_dir().
+            import torch
+
             return Path(torch.hub.get_dir()) / "checkpoints"
         return torch_home() / self.cache_subdir
 
@@ -159,7 +160,9 @@ _OPENCV_FILENAME = "casia-webface-from-opencv.pt"
 
 @functools.cache
 def _registry() -> dict[str, WeightSource]:
-    # torchvision is imported here, not at module import, so that `maskface --help` stays fast.
+    # torch and torchvision are imported here, not at module import: the CLI builds its parser
+    # from this module, and torch alone would add ~1.5 s to every command, `--help` included.
+    import torch
     from torchvision.models import AlexNet_Weights
 
     alexnet_url = AlexNet_Weights.IMAGENET1K_V1.url
@@ -428,6 +431,8 @@ def resolve_weights(spec: str, cache_dir: Optional[Path] = None, download: bool 
 
 def load_state_dict(path: Path) -> dict:
     """Load a state dict on the CPU without executing pickled code (``weights_only=True``)."""
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
