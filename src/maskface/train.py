@@ -656,8 +656,8 @@ def _finetune(
         "best_val_" + config.select_by: best_score,
         "stopped_early": stopped_early,
         "resumed_from_epoch": resumed_from,
-        "before": asdict(initial),
-        "epochs": [asdict(h) for h in history],
+        "before": _without_wall_time(initial),
+        "epochs": [_without_wall_time(h) for h in history],
         "train_images": int(len(train_rows)),
         "train_identities": len(identities),
         "mask_landmark_sources": landmark_sources,
@@ -685,6 +685,15 @@ def _finetune(
         logger.info("%s: kept epoch %d (val %s %.4f) -> %s", backbone, best_epoch, config.select_by, best_score, out_dir)
     barrier(context)
     return summary
+
+
+def _without_wall_time(result: EpochResult) -> dict:
+    """An epoch for training.json: wall time stays in the log, not in the model folder.
+
+    The same code, data and settings give bit-identical weights; with timings inside,
+    every rerun would still give the model folder a new hash, and DVC a "changed" model.
+    """
+    return {key: value for key, value in asdict(result).items() if key != "seconds"}
 
 
 def _dtype_name(dtype: torch.dtype | None) -> str:
