@@ -7,6 +7,7 @@ stages an experiment on the classifier reruns, and importing torch alone costs t
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ EMBEDDINGS_FILE = "embeddings.npy"
 EMBEDDINGS_INDEX_FILE = "index.csv"
 CLASSIFIER_META_FILE = "classifier.json"
 IDENTIFICATION_FILE = "identification.csv"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Lowercase hex SHA-256 of a file, read in 1 MiB chunks (weights, model folders, checkpoints)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def save_embeddings(embeddings: np.ndarray, index: pd.DataFrame, out_dir: Path) -> None:

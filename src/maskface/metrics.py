@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -372,6 +372,30 @@ def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict:
 _BOOTSTRAP_BLOCK_ELEMENTS = 1 << 21
 
 
+def _check_resampling(n_resamples: Any, confidence: Any) -> None:
+    if int(n_resamples) < 1:
+        raise ValueError(f"n_resamples must be an integer >= 1; got {n_resamples!r}")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
+
+
+def _draw_count_blocks(rng: np.random.Generator, n_groups: int, n_resamples: int, block: int) -> Iterator[np.ndarray]:
+    """Cluster-bootstrap resamples in blocks: (count, n_groups) float64, how often each group was drawn.
+
+    Each resample draws ``n_groups`` groups with replacement. The draws leave ``rng`` in the
+    same order as one ``rng.integers(0, n_groups, size=n_groups)`` call per resample, so a
+    block size never changes the result.
+    """
+    done = 0
+    while done < n_resamples:
+        count = min(block, n_resamples - done)
+        drawn = rng.integers(0, n_groups, size=(count, n_groups))
+        # Row-wise bincount: offset each row's group ids into a range of its own.
+        times = np.bincount((drawn + n_groups * np.arange(count)[:, None]).ravel(), minlength=count * n_groups)
+        yield times.reshape(count, n_groups).astype(np.float64)
+        done += count
+
+
 def _looped_bootstrap(
     s: np.ndarray,
     y: np.ndarray,
@@ -428,20 +452,15 @@ def _vectorised_bootstrap(
     values = np.empty(n_resamples)
     done = 0
     with tqdm(total=n_resamples, desc="bootstrap", leave=False, disable=None) as progress:
-        while done < n_resamples:
-            count = min(block, n_resamples - done)
-            drawn = rng.integers(0, n_groups, size=(count, n_groups))
-            # Row-wise bincount: offset each row's group ids into a range of its own.
-            times = np.bincount((drawn + n_groups * np.arange(count)[:, None]).ravel(), minlength=count * n_groups)
-            times = times.reshape(count, n_groups).astype(np.float64)
+        for times in _draw_count_blocks(rng, n_groups, n_resamples, block):
             genuine = times @ genuine_per_group
             degenerate = (genuine == 0) | (genuine == times @ pairs_per_group)
             with np.errstate(divide="ignore", invalid="ignore"):
                 chunk = np.asarray(statistic.resampled(s, y, group_index, times), dtype=np.float64)
             chunk[degenerate] = np.nan
-            values[done : done + count] = chunk
-            done += count
-            progress.update(count)
+            values[done : done + len(times)] = chunk
+            done += len(times)
+            progress.update(len(times))
     return values
 
 
@@ -478,10 +497,7 @@ def bootstrap_interval(
     """
     s, y = _as_scores_labels(scores, labels)
     g = _as_per_pair(groups, s.size, "groups")
-    if int(n_resamples) < 1:
-        raise ValueError(f"n_resamples must be an integer >= 1; got {n_resamples!r}")
-    if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
+    _check_resampling(n_resamples, confidence)
 
     _, group_index = np.unique(g, return_inverse=True)
     n_groups = int(group_index.max()) + 1
@@ -801,19 +817,16 @@ def bootstrap_mean_interval(
     if not np.all(np.isfinite(v)):
         raise ValueError("values contain non-finite entries (NaN or inf); all must be finite")
     g = _as_per_pair(groups, v.size, "groups")
-    if int(n_resamples) < 1:
-        raise ValueError(f"n_resamples must be an integer >= 1; got {n_resamples!r}")
-    if not 0.0 < float(confidence) < 1.0:
-        raise ValueError(f"confidence must be in (0, 1); got {confidence!r}")
+    _check_resampling(n_resamples, confidence)
     _, group_index = np.unique(g, return_inverse=True)
     sums = np.bincount(group_index, weights=v)
     counts = np.bincount(group_index).astype(np.float64)
     n_groups = sums.size
     rng = np.random.default_rng(seed)
-    means = np.empty(int(n_resamples))
-    for i in range(int(n_resamples)):
-        times = np.bincount(rng.integers(0, n_groups, size=n_groups), minlength=n_groups)
-        means[i] = times @ sums / (times @ counts)
+    block = max(1, _BOOTSTRAP_BLOCK_ELEMENTS // n_groups)
+    means = np.concatenate(
+        [times @ sums / (times @ counts) for times in _draw_count_blocks(rng, n_groups, int(n_resamples), block)]
+    )
     alpha = (1.0 - float(confidence)) / 2
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return _plain(

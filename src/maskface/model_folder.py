@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from maskface import __version__
-from maskface.artifacts import CLASSIFIER_META_FILE
+from maskface.artifacts import CLASSIFIER_META_FILE, file_sha256
 from maskface.imageio import load_rgb, sniff_format, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -84,14 +84,6 @@ class ImageError(ValueError):
 
 def _one_line(text: Any) -> str:
     return " ".join(str(text).split())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- images

@@ -38,6 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from maskface.artifacts import file_sha256
 from maskface.augment import augment_batch, crop_landmarks
 from maskface.backbones import FaceEmbedder, create_model
 from maskface.config import ArcFaceConfig, BackboneConfig, FinetuneConfig
@@ -317,14 +318,6 @@ def validate(model: FaceEmbedder, images: np.ndarray, index: pd.DataFrame, pairs
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checkpoint_fingerprint(
     backbone: str,
     crops_dir: Path,
@@ -342,8 +335,8 @@ def checkpoint_fingerprint(
         "arcface": asdict(arcface),
         "finetune": settings,
         "world_size": world_size,
-        "crops": {name: _file_sha256(crops_dir / name) for name in (IMAGES_FILE, "index.csv", PREPROCESS_FILE)},
-        "val_pairs": _file_sha256(val_pairs_path),
+        "crops": {name: file_sha256(crops_dir / name) for name in (IMAGES_FILE, "index.csv", PREPROCESS_FILE)},
+        "val_pairs": file_sha256(val_pairs_path),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
 

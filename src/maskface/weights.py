@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import importlib
 import logging
 import os
@@ -39,6 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from maskface.artifacts import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -246,15 +246,6 @@ def get_source(spec: str) -> WeightSource:
         what = "weights name" if backbone in backbones else "backbone"
         raise UnknownWeightsError(f"unknown {what} in weights spec {spec!r}; valid: {valid}")
     return registry[spec]
-
-
-def file_sha256(path: Path) -> str:
-    """Lowercase hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def verify_file(source: WeightSource, path: Path) -> str:
