@@ -8,7 +8,7 @@ from pathlib import Path
 import _common
 import pandas as pd
 
-from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE, load_embeddings
+from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE, load_embeddings, read_embed_settings
 from maskface.classify import (
     classifier_metadata,
     config_class,
@@ -47,6 +47,9 @@ def main(argv: list[str] | None = None) -> None:
             args.scores / IDENTIFICATION_FILE, index=False, float_format="%.8g"
         )
     meta = classifier_metadata(name, classifier_config, threshold, embeddings.shape[1], identification=closed_set)
+    # How the embeddings were made (flip TTA, the weights the network started from): the
+    # threshold holds only for embeddings made the same way, so inference reads it from here.
+    meta["embedding"] = read_embed_settings(args.embeddings)
     save_classifier(model, args.model, meta)
     # evaluate reads which classifier made these scores from beside them (no dependency on models/).
     (args.scores / CLASSIFIER_META_FILE).write_text((args.model / CLASSIFIER_META_FILE).read_text())

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
 
     params = load_params(args.params)
     crop_config = section(params, CropConfig, "crop")
-    input_size = backbone_config(params, args.backbone).input_size or get_spec(args.backbone).input_size
+    spec = get_spec(args.backbone)
+    input_size = backbone_config(params, args.backbone).input_size or spec.input_size
 
     manifest = read_manifest(args.manifest)
     landmarks = read_landmark_table(args.landmarks)
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.landmarks} has no landmarks (the split stage skipped detection) but crop settings need them; "
             "rerun the split stage (dvc repro split) with the same crop params"
         )
-    crop_dataset(manifest, crop_config, input_size, args.out, landmarks=landmarks)
+    crop_dataset(manifest, crop_config, input_size, args.out, landmarks=landmarks, template=spec.template)
     preview_sheet(manifest, args.out, args.preview, crop_config.preview_images, landmarks=landmarks)
 
 

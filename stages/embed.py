@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     config = section(load_params(args.params), EmbedConfig, "embed")
-    embed_crops(args.crops, args.model, args.out, config.batch_size, config.device, config.precision, config.channels_last)
+    embed_crops(args.crops, args.model, args.out, config.batch_size, config.device, config.precision, config.channels_last, config.flip)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     data_config = section(params, DataConfig, "data")
     split_config = section(params, SplitConfig, "split")
-    crop_config = section(params, CropConfig, "crop")
+    crop_config = section(params, CropConfig, "crop").for_source(data_config.source)
 
     result = build_manifest(data_config, args.synthetic_dir)
     if not args.synthetic_dir.exists():

@@ -7,7 +7,7 @@ from maskface.backbones import available_backbones, create_model, get_spec
 from maskface.embed import load_model, save_model
 
 # Small inputs keep the registry-wide tests fast on CPU; every trunk pools adaptively.
-TEST_SIZE = {"facenet": 96, "vggface": 64, "alexnet": 96}
+TEST_SIZE = {"facenet": 96, "vggface": 64, "alexnet": 96, "edgeface": 64, "edgeface_xxs": 64, "mobilefacenet": 112}
 
 
 @pytest.fixture(scope="module", params=available_backbones())
@@ -16,8 +16,8 @@ def model(request):
     return create_model(request.param, embedding_size=32, input_size=TEST_SIZE[request.param]).eval()
 
 
-def test_registry_lists_the_study_backbones():
-    assert available_backbones() == ["facenet", "vggface", "alexnet"]
+def test_registry_lists_the_study_and_modern_backbones():
+    assert available_backbones() == ["facenet", "vggface", "alexnet", "edgeface", "edgeface_xxs", "mobilefacenet"]
 
 
 def test_forward_shape_finite_and_unit_norm(model):
@@ -56,12 +56,18 @@ def test_spec_carries_preprocessing():
     assert get_spec("facenet").input_size == 160 and get_spec("facenet").feature_dim == 512
     assert get_spec("vggface").input_size == 224 and get_spec("vggface").feature_dim == 4096
     assert get_spec("alexnet").feature_dim == 256
+    for name in ("edgeface", "edgeface_xxs", "mobilefacenet"):
+        spec = get_spec(name)
+        # The modern networks were trained on 112 px faces aligned to insightface's template.
+        assert (spec.input_size, spec.template) == (112, "arcface")
+    assert get_spec("edgeface").feature_dim == 512 and get_spec("mobilefacenet").feature_dim == 128
+    assert get_spec("facenet").template == "facenet"
 
 
 def test_unknown_backbone_and_weights_name_the_choices():
     with pytest.raises(ValueError, match="facenet, vggface, alexnet"):
         get_spec("resnet")
-    with pytest.raises(ValueError, match="none, imagenet1k-v1"):
+    with pytest.raises(ValueError, match="none, auto, imagenet1k-v1"):
         create_model("alexnet", weights="imagenet")
 
 
@@ -164,3 +170,81 @@ def test_load_model_folds_unless_asked_not_to(tmp_path):
     unfolded = load_model(tmp_path / "m", fold_batch_norm=False)
     assert not unfolded.batch_norm_folded
     unfolded.train()  # still trainable
+
+
+@pytest.mark.parametrize(
+    "name, pixel, expected",
+    [
+        # EdgeFace: (x / 255 - 0.5) / 0.5; MobileFaceNet: ImageNet statistics on [0, 1].
+        ("edgeface", 255, 1.0),
+        ("edgeface", 0, -1.0),
+        ("mobilefacenet", 255, (1.0 - 0.485) / 0.229),
+    ],
+)
+def test_modern_network_normalisation_golden_values(name, pixel, expected):
+    model = create_model(name, input_size=TEST_SIZE[name])
+    normalised = model.normalize(torch.full((1, 3, 2, 2), pixel, dtype=torch.uint8))
+    assert normalised[0, 0, 0, 0].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dequantised_state_dict_matches_torch_quantised_linears():
+    from maskface.backbones import dequantize_state_dict
+
+    torch.manual_seed(0)
+    plain = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4, bias=False))
+    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(plain), {torch.nn.Linear}, dtype=torch.qint8)
+    state = dequantize_state_dict(quantized.state_dict())
+    assert set(state) == {"0.weight", "0.bias", "2.weight"}
+    # Oracle: torch's own view of each quantised layer's weight.
+    torch.testing.assert_close(state["0.weight"], quantized[0].weight().dequantize())
+    torch.testing.assert_close(state["2.weight"], quantized[2].weight().dequantize())
+    torch.testing.assert_close(state["0.bias"], quantized[0].bias())
+    rebuilt = copy.deepcopy(plain)
+    rebuilt.load_state_dict(state)
+    # int8 weights: within one quantisation step of the originals.
+    step = quantized[0].weight().q_scale()
+    assert (rebuilt[0].weight - plain[0].weight).abs().max() <= step
+
+
+def test_head_identity_makes_the_embedding_the_networks_own_feature():
+    model = create_model("edgeface", embedding_size=512, input_size=64).eval()
+    model.init_head_identity()
+    pixels = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model.trunk(model.normalize(pixels)), dim=1)
+        torch.testing.assert_close(model(pixels), expected, atol=1e-5, rtol=0)
+
+
+def test_flip_embeds_the_image_plus_its_mirror():
+    model = create_model("mobilefacenet", embedding_size=128, input_size=112).eval()
+    _randomise_batch_norms(model)
+    pixels = torch.randint(0, 256, (3, 3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        raw = model.head(model.features(pixels)) + model.head(model.features(pixels.flip(-1)))
+        torch.testing.assert_close(model(pixels, flip=True), torch.nn.functional.normalize(raw, dim=1))
+        # The mirror image has the same flip-augmented embedding.
+        torch.testing.assert_close(model(pixels.flip(-1), flip=True), model(pixels, flip=True), atol=1e-5, rtol=0)
+
+
+def test_weights_auto_without_a_file_trains_from_scratch_and_says_so(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("MASKFACE_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr("maskface.weights._download", _refuse_download)
+    with caplog.at_level("WARNING"):
+        model = create_model("mobilefacenet", weights="auto", embedding_size=128)
+    assert model.pretrained is None
+    assert "random initialisation" in caplog.text and "mobilefacenet_ms1m.pt" in caplog.text
+
+
+def test_explicit_weights_without_a_file_fail_naming_the_file_and_place(monkeypatch, tmp_path):
+    from maskface.weights import WeightsUnavailableError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("MASKFACE_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr("maskface.weights._download", _refuse_download)
+    with pytest.raises(WeightsUnavailableError, match=r"edgeface_xs_q\.pt.*MASKFACE_WEIGHTS_DIR|MASKFACE_WEIGHTS_DIR.*edgeface_xs_q\.pt"):
+        create_model("edgeface", weights="webface12m", embedding_size=512)
+
+
+def _refuse_download(url, destination):
+    raise OSError(f"offline test: no connection to {url}")

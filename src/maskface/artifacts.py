@@ -8,6 +8,7 @@ stages an experiment on the classifier reruns, and importing torch alone costs t
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,8 @@ EMBEDDINGS_FILE = "embeddings.npy"
 EMBEDDINGS_INDEX_FILE = "index.csv"
 CLASSIFIER_META_FILE = "classifier.json"
 IDENTIFICATION_FILE = "identification.csv"
+# Beside the embeddings: how they were made ({"flip": bool, "started_from": ...}).
+EMBED_SETTINGS_FILE = "embed.json"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -38,6 +41,12 @@ def save_embeddings(embeddings: np.ndarray, index: pd.DataFrame, out_dir: Path) 
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / EMBEDDINGS_FILE, np.asarray(embeddings, dtype=np.float32))
     write_csv(index, out_dir / EMBEDDINGS_INDEX_FILE)
+
+
+def read_embed_settings(embeddings_dir: Path) -> dict:
+    """The embed stage's ``embed.json``; {} for embeddings written before it existed."""
+    path = Path(embeddings_dir) / EMBED_SETTINGS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def load_embeddings(embeddings_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:

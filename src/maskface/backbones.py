@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +43,9 @@ class BackboneSpec:
     default_weights: str
     description: str
     builder: TrunkBuilder = dataclasses.field(repr=False, compare=False)
+    # The 5-point alignment template the network was trained on (maskface.geometry.TEMPLATES):
+    # `crop.template: auto` aligns each backbone's faces to its own.
+    template: str = "facenet"
 
 
 class Trunk(nn.Module):
@@ -53,7 +57,8 @@ class Trunk(nn.Module):
 
     layer_groups: tuple[str, ...] = ()
 
-    def load_pretrained(self, weights: str) -> None:
+    def load_pretrained(self, weights: str) -> Path:
+        """Load the named pretrained weights; returns the file they came from."""
         raise NotImplementedError(f"{type(self).__name__} has no pretrained weights loader for {weights!r}")
 
     def fold_batch_norm(self) -> int:
@@ -120,6 +125,7 @@ def register_backbone(
     weights: tuple[str, ...],
     default_weights: str,
     description: str,
+    template: str = "facenet",
 ) -> Callable[[TrunkBuilder], TrunkBuilder]:
     """Decorator registering a trunk builder under ``name`` with its preprocessing."""
 
@@ -137,6 +143,7 @@ def register_backbone(
             default_weights=default_weights,
             description=description,
             builder=builder,
+            template=template,
         )
         return builder
 
@@ -192,12 +199,18 @@ class FaceEmbedder(nn.Module):
         )
         self.frozen_bn_stats = False
         self.batch_norm_folded = False
+        # What the trunk started from (set by create_model): None = random initialisation.
+        self.pretrained: dict | None = None
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.trunk(self.normalize(pixels))
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, flip: bool = False) -> torch.Tensor:
         embedding = self.head(self.features(pixels))
+        if flip:
+            # Flip test-time augmentation: the image's embedding plus its mirror image's,
+            # before normalisation (insightface's verification does the same).
+            embedding = embedding + self.head(self.features(pixels.flip(-1)))
         # Normalise in fp32: under bf16 autocast a half-precision norm loses ~3 digits.
         return F.normalize(embedding.float(), dim=1)
 
@@ -295,19 +308,40 @@ def create_model(
 ) -> FaceEmbedder:
     """Build a :class:`FaceEmbedder` for the registered backbone ``name``.
 
-    ``weights``: ``none`` (random initialisation) or one of the spec's weight names,
-    resolved through :mod:`maskface.weights` (cache, official URL with checksum, or a
-    local converter).
+    ``weights``: ``none`` (random initialisation), one of the spec's weight names, resolved
+    through :mod:`maskface.weights` (cache, weights folder, official URL with checksum, or a
+    local converter), or ``auto``: the spec's default weights when they can be found, else
+    random initialisation with a warning. ``model.pretrained`` records what happened: None
+    (random) or :func:`maskface.weights.provenance` (spec, file, sha256, origin).
     """
     spec = get_spec(name)
-    valid = ("none",) + spec.weights
+    valid = ("none", "auto") + spec.weights
     if weights not in valid:
         raise ValueError(f"unknown weights {weights!r} for backbone {name!r}; valid: {', '.join(valid)}")
     trunk = spec.builder()
-    if weights != "none":
-        trunk.load_pretrained(weights)
-        logger.info("%s: loaded pretrained weights %r", name, weights)
-    return FaceEmbedder(spec, trunk, embedding_size=embedding_size, input_size=input_size or spec.input_size)
+    pretrained = None
+    if weights == "auto":
+        from maskface.weights import WeightsUnavailableError
+
+        try:
+            pretrained = _load_named(trunk, name, spec.default_weights)
+        except WeightsUnavailableError as error:
+            logger.warning(
+                "%s: weights auto: %s; training from random initialisation instead", name, " ".join(str(error).split())
+            )
+    elif weights != "none":
+        pretrained = _load_named(trunk, name, weights)
+    model = FaceEmbedder(spec, trunk, embedding_size=embedding_size, input_size=input_size or spec.input_size)
+    model.pretrained = pretrained
+    return model
+
+
+def _load_named(trunk: Trunk, name: str, weights: str) -> dict:
+    from maskface.weights import provenance
+
+    path = trunk.load_pretrained(weights)
+    logger.info("%s: loaded pretrained weights %r from %s", name, weights, path)
+    return provenance(f"{name}:{weights}", path)
 
 
 # --- facenet: InceptionResnetV1 ---------------------------------------------------------------
@@ -370,14 +404,13 @@ class FaceNetTrunk(Trunk):
             folded += 1
         return folded
 
-    def load_pretrained(self, weights: str) -> None:
-        from maskface.weights import load_state_dict, resolve_weights
-
-        state = load_state_dict(resolve_weights(f"facenet:{weights}"))
+    def load_pretrained(self, weights: str) -> Path:
+        state, path = _pretrained_state("facenet", weights)
         state = {k: v for k, v in state.items() if not k.startswith("logits.")}
         missing, unexpected = self.net.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if not k.startswith("logits")]:
             raise ValueError(f"facenet weights {weights!r} do not fit InceptionResnetV1: missing {missing}, unexpected {unexpected}")
+        return path
 
 
 @register_backbone(
@@ -441,11 +474,10 @@ class VggFaceTrunk(Trunk):
         blocks = (self.block1, self.block2, self.block3, self.block4, self.block5)
         return [m for block in blocks for m in block if isinstance(m, nn.Conv2d)]
 
-    def load_pretrained(self, weights: str) -> None:
-        from maskface.weights import load_state_dict, resolve_weights
-
-        state = load_state_dict(resolve_weights(f"vggface:{weights}"))
+    def load_pretrained(self, weights: str) -> Path:
+        state, path = _pretrained_state("vggface", weights)
         self.load_vgg_face_dag(state)
+        return path
 
     def load_vgg_face_dag(self, state: dict[str, torch.Tensor]) -> None:
         """Copy Albanie's vgg_face_dag tensors (conv1_1 .. fc7) into this trunk."""
@@ -507,13 +539,12 @@ class AlexNetTrunk(Trunk):
             x = group(x)
         return self.pool(x).flatten(1)
 
-    def load_pretrained(self, weights: str) -> None:
-        from maskface.weights import load_state_dict, resolve_weights
-
-        state = load_state_dict(resolve_weights(f"alexnet:{weights}"))
+    def load_pretrained(self, weights: str) -> Path:
+        state, path = _pretrained_state("alexnet", weights)
         # Re-assemble torchvision's flat `features` numbering over the same module objects.
         features = nn.Sequential(*self.conv1, *self.conv2, *self.conv3, *self.conv4, *self.conv5)
         features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
+        return path
 
 
 @register_backbone(
@@ -530,3 +561,225 @@ class AlexNetTrunk(Trunk):
 )
 def _build_alexnet() -> Trunk:
     return AlexNetTrunk()
+
+
+# --- edgeface: EdgeNeXt (timm) trained on WebFace12M -------------------------------------------
+
+
+def dequantize_state_dict(state: dict) -> dict[str, torch.Tensor]:
+    """A ``quantize_dynamic(..., {nn.Linear}, qint8)`` state dict -> the fp32 one of the same network.
+
+    Each dynamically quantised Linear stores ``<name>._packed_params._packed_params`` as
+    (int8 weight with its scale, fp32 bias) plus bookkeeping keys (``scale``, ``zero_point``,
+    ``_packed_params.dtype``) that a plain Linear does not have; everything else passes through.
+    """
+    suffix = "._packed_params._packed_params"
+    packed = {key.removesuffix(suffix) for key in state if key.endswith(suffix)}
+    bookkeeping = {f"{name}.{part}" for name in packed for part in ("scale", "zero_point", "_packed_params.dtype")}
+    plain: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.endswith(suffix):
+            name = key.removesuffix(suffix)
+            weight, bias = value
+            plain[f"{name}.weight"] = weight.dequantize()
+            if bias is not None:
+                plain[f"{name}.bias"] = bias.detach().clone()
+        elif key not in bookkeeping:
+            plain[key] = value
+    return plain
+
+
+class EdgeFaceTrunk(Trunk):
+    """EdgeFace: timm's EdgeNeXt with its classifier reset to the 512-d face embedding.
+
+    The attribute is called ``model`` as in the authors' wrapper, so their checkpoints' keys
+    (``model.stem.0.weight`` ...) load unchanged.
+    """
+
+    layer_groups = ("model.stem", "model.stages.0", "model.stages.1", "model.stages.2", "model.stages.3", "model.head")
+
+    def __init__(self, variant: str, backbone: str):
+        super().__init__()
+        import timm
+
+        self.backbone = backbone
+        self.model = timm.create_model(variant, pretrained=False, num_classes=512)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def load_pretrained(self, weights: str) -> Path:
+        # The published files are int8 (dynamic quantisation of every Linear); training and
+        # GPUs need fp32, so the packed weights are dequantised into this plain network.
+        state, path = _pretrained_state(self.backbone, weights)
+        self.load_state_dict(dequantize_state_dict(state))
+        return path
+
+    def quantized(self, weights: str) -> nn.Module:
+        """This network as the authors ship it: dynamically quantised int8 Linears, CPU only.
+
+        Loads the file as it is (no dequantisation): the reference the fp32 copy is tested against.
+        """
+        quantized = torch.ao.quantization.quantize_dynamic(self, {nn.Linear}, dtype=torch.qint8)
+        quantized.load_state_dict(_pretrained_state(self.backbone, weights)[0])
+        return quantized.eval()
+
+
+_EDGEFACE_NOTE = (
+    "WebFace12M training data is for research only. Input: RGB 112 x 112 aligned to the ArcFace "
+    "template, (x / 255 - 0.5) / 0.5."
+)
+
+
+@register_backbone(
+    "edgeface",
+    input_size=112,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    pixel_range=1.0,
+    feature_dim=512,
+    weights=("webface12m",),
+    default_weights="webface12m",
+    description="EdgeFace-XS (timm edgenext_x_small, WebFace12M), 512-d; " + _EDGEFACE_NOTE,
+    template="arcface",
+)
+def _build_edgeface() -> Trunk:
+    return EdgeFaceTrunk("edgenext_x_small", "edgeface")
+
+
+@register_backbone(
+    "edgeface_xxs",
+    input_size=112,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    pixel_range=1.0,
+    feature_dim=512,
+    weights=("webface12m",),
+    default_weights="webface12m",
+    description="EdgeFace-XXS (timm edgenext_xx_small, WebFace12M), 512-d; " + _EDGEFACE_NOTE,
+    template="arcface",
+)
+def _build_edgeface_xxs() -> Trunk:
+    return EdgeFaceTrunk("edgenext_xx_small", "edgeface_xxs")
+
+
+# --- mobilefacenet (MS1M) ------------------------------------------------------------------------
+
+
+class _DepthwiseSeparable(nn.Module):
+    """depthwise 3x3 -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU (MobileFaceNet's second layer)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.pointwise = nn.Conv2d(channels, channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.depthwise(x)))
+        return F.relu(self.bn2(self.pointwise(x)))
+
+
+class _GlobalDepthwise(nn.Module):
+    """7x7 depthwise convolution over the whole 7x7 map, then BN: MobileFaceNet's learnt pooling."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, 7, groups=channels, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.depthwise(x))
+
+
+# (expansion t, channels c, repeats n, first stride s), as in the MobileFaceNet paper's table 1
+# and the MS1M weights' `features.0..14`.
+_MOBILEFACENET_BLOCKS = ((2, 64, 5, 2), (4, 128, 1, 2), (2, 128, 6, 1), (4, 128, 1, 2), (2, 128, 2, 1))
+
+
+class MobileFaceNetTrunk(Trunk):
+    """MobileFaceNet (Chen et al. 2018), the layout of foamliu/MobileFaceNet's MS1M weights.
+
+    The inverted residual blocks are torchvision's MobileNetV2 ``InvertedResidual`` (same
+    key layout: ``conv.0`` expand, ``conv.1`` depthwise, ``conv.2`` project, ``conv.3`` BN).
+    112 x 112 in, 128-d out (after the final batch norm).
+    """
+
+    layer_groups = ("conv1", "dw_conv", "features.0-4", "features.5", "features.6-11", "features.12", "features.13-14", "conv2", "gdconv", "conv3", "bn")
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.mobilenetv2 import InvertedResidual
+        from torchvision.ops.misc import Conv2dNormActivation
+
+        self.conv1 = Conv2dNormActivation(3, 64, kernel_size=3, stride=2, activation_layer=nn.ReLU6)
+        self.dw_conv = _DepthwiseSeparable(64)
+        blocks, channels = [], 64
+        for expansion, out_channels, repeats, stride in _MOBILEFACENET_BLOCKS:
+            for k in range(repeats):
+                blocks.append(InvertedResidual(channels, out_channels, stride if k == 0 else 1, expansion))
+                channels = out_channels
+        self.features = nn.Sequential(*blocks)
+        self.conv2 = Conv2dNormActivation(channels, 512, kernel_size=1, activation_layer=nn.ReLU6)
+        self.gdconv = _GlobalDepthwise(512)
+        self.conv3 = nn.Conv2d(512, 128, 1)
+        self.bn = nn.BatchNorm2d(128)
+
+    def get_submodule(self, target: str) -> nn.Module:
+        # Layer groups of several consecutive blocks ("features.0-4") for `train_layers: last_<n>`.
+        if target.startswith("features.") and "-" in target:
+            first, last = (int(k) for k in target.removeprefix("features.").split("-"))
+            return nn.ModuleList(self.features[first : last + 1])
+        return super().get_submodule(target)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(self.dw_conv(self.conv1(x)))
+        x = self.conv3(self.gdconv(self.conv2(x)))
+        return self.bn(x).flatten(1)
+
+    def fold_batch_norm(self) -> int:
+        folded = fold_batch_norms(self)
+        # Pairs that forward() applies back to back outside an nn.Sequential.
+        for owner, layer, norm in (
+            (self.dw_conv, "depthwise", "bn1"),
+            (self.dw_conv, "pointwise", "bn2"),
+            (self.gdconv, "depthwise", "bn"),
+            (self, "conv3", "bn"),
+        ):
+            fused = _fused(getattr(owner, layer), getattr(owner, norm))
+            if fused is not None:
+                setattr(owner, layer, fused)
+                setattr(owner, norm, nn.Identity())
+                folded += 1
+        return folded
+
+    def load_pretrained(self, weights: str) -> Path:
+        state, path = _pretrained_state("mobilefacenet", weights)
+        self.load_state_dict(state)
+        return path
+
+
+@register_backbone(
+    "mobilefacenet",
+    input_size=112,
+    # ImageNet statistics on 0-1 pixels, as the MS1M weights were trained.
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    pixel_range=1.0,
+    feature_dim=128,
+    weights=("ms1m",),
+    default_weights="ms1m",
+    description="MobileFaceNet (MS1M-refined, foamliu/MobileFaceNet), 128-d; MS1M is for research only",
+    template="arcface",
+)
+def _build_mobilefacenet() -> Trunk:
+    return MobileFaceNetTrunk()
+
+
+def _pretrained_state(backbone: str, weights: str) -> tuple[dict[str, torch.Tensor], Path]:
+    """The verified state dict of ``backbone:weights`` (see :mod:`maskface.weights`) and its file."""
+    from maskface.weights import load_state_dict, resolve_weights
+
+    path = resolve_weights(f"{backbone}:{weights}")
+    return load_state_dict(path), path

@@ -17,7 +17,7 @@ from typing import Any, Optional
 import yaml
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
-CROP_MODES = ("none", "ratio", "eyes", "mask")
+CROP_MODES = ("none", "ratio", "eyes", "mask", "nose")
 SPLIT_BY = ("identity", "image")
 CLASSIFIERS = ("cosine", "knn", "mlp", "lda")
 DEVICES = ("auto", "cpu", "cuda")
@@ -174,7 +174,9 @@ class CropConfig(_Section):
 
     Modes (maskface.crop): ``none`` the whole face; ``ratio`` the top ``keep_ratio`` of the
     height; ``eyes`` everything above a line ``eye_line`` eye distances below the eyes;
-    ``mask`` the whole face with the mask region blanked. Landmarks (maskface.geometry) are
+    ``mask`` the whole face with the mask region blanked; ``nose`` the whole face with
+    everything below the nose line (``nose_line`` eye distances below the nose) greyed, on
+    masked and unmasked photos alike. Landmarks (maskface.geometry) are
     found once, in the split stage, unless ``landmarks`` is none; ``align`` and the modes
     ``eyes`` and ``mask`` need them, the filter needs MTCNN's.
     """
@@ -184,12 +186,13 @@ class CropConfig(_Section):
     preview_images: int = 8
     align: bool = False  # similarity-align each face to `template` from its landmarks
     align_points: str = "eyes"  # eyes | all | auto (all five for unmasked, eyes for masked images)
-    template: str = "facenet"  # facenet (loose, forehead to chin) | arcface (tight, insightface)
+    template: str = "facenet"  # facenet (loose) | arcface (tight, insightface) | auto (each backbone's own)
     eye_line: float = 0.4  # eyes mode: the cut, in eye distances below the eye line
     blank: str = "mean"  # mask mode: fill the mask with the image mean | constant (blank_value)
     blank_value: int = 0  # mask mode with blank: constant, grey level 0-255
     blank_without_mask: bool = True  # mask mode, no mask found: blank where a mask would be
-    landmarks: str = "none"  # none (no detection) | mtcnn | ground_truth (synthetic data only)
+    nose_line: float = 0.0  # nose mode: grey below this many eye distances under the nose tip
+    landmarks: str = "none"  # none (no detection) | mtcnn | ground_truth (synthetic only) | auto (either, by data.source)
     detect_pad: float = 0.3  # border added before detection, fraction of the longer side
     detect_thresholds: tuple[float, ...] = (0.2, 0.3, 0.3)  # MTCNN P/R/O-Net thresholds
     detect_min_face: int = 20  # smallest face searched for, pixels
@@ -201,9 +204,16 @@ class CropConfig(_Section):
     # Not fields (no annotation): the valid choices, repeated here so that reading params
     # never imports the geometry code.
     ALIGN_POINTS = ("eyes", "all", "auto")
-    TEMPLATES = ("facenet", "arcface")
+    TEMPLATES = ("facenet", "arcface", "auto")
     BLANKS = ("mean", "constant")
-    LANDMARK_SOURCES = ("none", "mtcnn", "ground_truth")
+    LANDMARK_SOURCES = ("none", "mtcnn", "ground_truth", "auto")
+
+    def for_source(self, source: str) -> "CropConfig":
+        """``landmarks: auto`` made concrete for ``data.source``: the renderer's ground truth for
+        synthetic data, MTCNN for real photos (the same alignment code either way)."""
+        if self.landmarks != "auto":
+            return self
+        return dataclasses.replace(self, landmarks="ground_truth" if source == "synthetic" else "mtcnn")
 
     @property
     def needs_landmarks(self) -> bool:
@@ -229,10 +239,12 @@ class CropConfig(_Section):
             raise _fail(f"{name}.blank_value", self.blank_value, "an integer in [0, 255]")
         if self.landmarks not in self.LANDMARK_SOURCES:
             raise _fail(f"{name}.landmarks", self.landmarks, ", ".join(self.LANDMARK_SOURCES))
-        if self.filter and self.landmarks != "mtcnn":
+        if self.filter and self.landmarks not in ("mtcnn", "auto"):
             raise _fail(f"{name}.landmarks", self.landmarks, f"mtcnn while {name}.filter is true (it filters on MTCNN's confidence)")
+        if not -1.0 <= self.nose_line <= 1.0:
+            raise _fail(f"{name}.nose_line", self.nose_line, "a number in [-1, 1] (eye distances below the nose)")
         users = [f"{name}.align is true"] if self.align else []
-        if self.mode in ("eyes", "mask"):
+        if self.mode in ("eyes", "mask", "nose"):
             users.append(f"{name}.mode is {self.mode}")
         if users and self.landmarks == "none":
             raise _fail(f"{name}.landmarks", self.landmarks, f"mtcnn or ground_truth (synthetic data) while {' and '.join(users)}")
@@ -271,6 +283,11 @@ class BackboneConfig(_Section):
     # identity: the embedding head starts as the identity map (embedding_size must equal the
     # backbone's feature size), so fine-tuning starts from the pretrained embedding itself.
     head_init: str = "random"
+    # Pull toward the pretrained network: this weight times the mean (1 - cosine) between each
+    # training image's embedding and the one the untouched network gives it is added to the
+    # ArcFace loss, so a few hundred faces cannot drag the embedding far from what millions
+    # taught it. 0 = off; needs pretrained weights.
+    anchor: float = 0.0
 
     # Not fields (no annotation): the valid choices.
     OPTIMIZERS = ("adamw", "sgd")
@@ -285,6 +302,8 @@ class BackboneConfig(_Section):
             raise _fail(f"{name}.warmup_epochs", self.warmup_epochs, "a number >= 0 (epochs)")
         if self.head_init not in self.HEAD_INITS:
             raise _fail(f"{name}.head_init", self.head_init, ", ".join(self.HEAD_INITS))
+        if self.anchor < 0:
+            raise _fail(f"{name}.anchor", self.anchor, "a number >= 0 (0: no pull toward the pretrained embedding)")
         if self.input_size is not None and not 32 <= self.input_size <= 512:
             raise _fail(f"{name}.input_size", self.input_size, "null or an integer in [32, 512]")
         if self.embedding_size < 2:
@@ -376,6 +395,7 @@ class EmbedConfig(_Section):
     # AVX512-BF16/AMX), whose embeddings agree with fp32 to cosine >= 0.999 (tested); else fp32.
     precision: str = "auto"
     channels_last: bool = True
+    flip: bool = True  # flip test-time augmentation: embed each image and its mirror image
 
     def validate(self, name: str) -> None:
         if self.batch_size < 1:

@@ -13,7 +13,11 @@ Modes (``crop.mode``):
   to a square, so the eyes are kept whatever the framing;
 - ``mask``: the whole face with the mask (:mod:`maskface.mask_segmentation`) blanked to
   the image mean or a constant; where no mask is found, the region a mask would cover is
-  blanked too (``blank_without_mask``), so masked and unmasked faces show the same parts.
+  blanked too (``blank_without_mask``), so masked and unmasked faces show the same parts;
+- ``nose``: the whole face with every row below the nose line (the nose tip plus
+  ``nose_line`` eye distances) set to mid-grey, on every photo, masked or not: both photos
+  of a pair then show the same upper face, whatever the mask looks like. Aligned faces use
+  the template's nose, because a detector's nose on a masked face is a guess.
 
 With ``align`` the face is first mapped by a similarity transform from its landmarks onto
 a template at the input size (:func:`maskface.geometry.alignment_matrix`), all in one warp.
@@ -66,6 +70,7 @@ _BASE_KEYS = ("mode", "keep_ratio")
 _ALIGN_KEYS = ("align", "align_points", "template")
 _EYES_KEYS = ("eye_line", "template")
 _MASK_KEYS = ("blank", "blank_value", "blank_without_mask", "template")
+_NOSE_KEYS = ("nose_line", "template")
 _DETECT_KEYS = ("landmarks", "detect_pad", "detect_thresholds", "detect_min_face", "detect_device")
 _DEFAULTS = {key: value for key, value in asdict(CropConfig()).items() if key != "preview_images"}
 
@@ -81,7 +86,9 @@ def crop_settings(config: CropConfig | Mapping[str, Any]) -> dict:
         keys += _EYES_KEYS
     if mode == "mask":
         keys += _MASK_KEYS
-    if align or mode in ("eyes", "mask"):
+    if mode == "nose":
+        keys += _NOSE_KEYS
+    if align or mode in ("eyes", "mask", "nose"):
         keys += _DETECT_KEYS
     settings = {key: values[key] for key in dict.fromkeys(keys)}
     if "detect_thresholds" in settings:
@@ -89,9 +96,18 @@ def crop_settings(config: CropConfig | Mapping[str, Any]) -> dict:
     return settings
 
 
-def preprocess_settings(config: CropConfig, input_size: int) -> dict:
-    """preprocess.json: ``{"input_size": S, "crop": crop_settings(config)}``."""
-    return {"input_size": int(input_size), "crop": crop_settings(config)}
+def preprocess_settings(config: CropConfig, input_size: int, template: str | None = None) -> dict:
+    """preprocess.json: ``{"input_size": S, "crop": crop_settings(config)}``.
+
+    ``template``: the backbone's own alignment template, which ``crop.template: auto`` stands
+    for; preprocess.json always names a concrete template, so inference needs no registry.
+    """
+    settings = crop_settings(config)
+    if settings.get("template") == "auto":
+        if template is None:
+            raise ValueError("crop.template is auto but no backbone template was given; valid: facenet, arcface")
+        settings["template"] = template
+    return {"input_size": int(input_size), "crop": settings}
 
 
 def _resolved(crop: Mapping[str, Any]) -> dict:
@@ -99,6 +115,8 @@ def _resolved(crop: Mapping[str, Any]) -> dict:
     settings = {**_DEFAULTS, **dict(crop)}
     if settings["mode"] not in CROP_MODES:
         raise ValueError(f"crop.mode {settings['mode']!r} is invalid; valid: {', '.join(CROP_MODES)}")
+    if settings["template"] == "auto":
+        raise ValueError("crop.template 'auto' must be resolved to the backbone's template first; valid: facenet, arcface")
     for key, valid in (
         ("align_points", CropConfig.ALIGN_POINTS),
         ("template", CropConfig.TEMPLATES),
@@ -112,7 +130,7 @@ def _resolved(crop: Mapping[str, Any]) -> dict:
 
 
 def _uses_landmarks(settings: Mapping[str, Any]) -> bool:
-    return bool(settings["align"]) or settings["mode"] in ("eyes", "mask")
+    return bool(settings["align"]) or settings["mode"] in ("eyes", "mask", "nose")
 
 
 @functools.lru_cache(maxsize=4)
@@ -239,6 +257,8 @@ def crop_details(
         out_landmarks = (source_landmarks + 0.5) * scale - 0.5
 
 
+    if mode == "nose":
+        return _grey_below_nose(pixels, out_landmarks, found, aligned, settings, size)
     if mode != "mask":
         return FaceCrop(np.ascontiguousarray(pixels, dtype=np.uint8), out_landmarks, found, aligned)
 
@@ -255,6 +275,34 @@ def crop_details(
             fill = np.full(3, float(settings["blank_value"]))
         pixels[region] = fill.astype(np.uint8)
     return FaceCrop(pixels, out_landmarks, found, aligned, region=region, mask_found=segmentation.found)
+
+
+# Mid-grey: after every backbone's normalisation it is close to zero input, the least
+# informative value a network can see.
+_NOSE_GREY = 128
+
+
+def nose_cut(landmarks: np.ndarray, nose_line: float) -> float:
+    """Continuous y below which nose mode greys: the nose tip plus ``nose_line`` eye distances."""
+    distance = float(np.hypot(*(landmarks[1] - landmarks[0])))
+    return float(landmarks[2, 1]) + 0.5 + nose_line * distance
+
+
+def _grey_below_nose(
+    pixels: np.ndarray, landmarks: np.ndarray, found: bool, aligned: bool, settings: Mapping[str, Any], size: int
+) -> FaceCrop:
+    from maskface.geometry import template_points
+
+    # An aligned face sits on the template, so the template's nose is where the nose is,
+    # mask or not; MTCNN's nose on a masked face lands anywhere on the mask.
+    reference = template_points(settings["template"], size) if aligned else landmarks
+    cut = nose_cut(reference, float(settings["nose_line"]))
+    first_row = int(np.clip(np.ceil(cut - 0.5), 0, size))
+    pixels = np.array(pixels, dtype=np.uint8, copy=True)
+    pixels[first_row:] = _NOSE_GREY
+    region = np.zeros((size, size), dtype=bool)
+    region[first_row:] = True
+    return FaceCrop(pixels, landmarks, found, aligned, region=region)
 
 
 def preprocess_face(
@@ -315,8 +363,11 @@ def crop_dataset(
     input_size: int,
     out_dir: Path,
     landmarks: Optional[pd.DataFrame] = None,
+    template: Optional[str] = None,
 ) -> pd.DataFrame:
     """Preprocess every manifest image into ``out_dir`` (see module docstring); returns the index.
+
+    ``template``: the backbone's alignment template, used where ``config.template`` is auto.
 
     ``landmarks``: the split stage's landmark table (:func:`maskface.geometry.read_landmark_table`)
     covering every manifest path; None = detect here when the settings need landmarks.
@@ -329,7 +380,7 @@ def crop_dataset(
     table = _table_for(index, config, landmarks)
     known = table_landmarks(table)
     sources = table["landmark_source"].astype(str).to_numpy()
-    settings = preprocess_settings(config, input_size)
+    settings = preprocess_settings(config, input_size, template)
     crop = _resolved(settings["crop"])
 
     images = np.lib.format.open_memmap(

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from maskface.artifacts import save_embeddings
+from maskface.artifacts import EMBED_SETTINGS_FILE, save_embeddings
 from maskface.backbones import FaceEmbedder, create_model
 from maskface.crop import open_crops
 from maskface.device import autocast, inference_dtype, resolve_device
@@ -32,11 +32,13 @@ def embed_array(
     progress: bool = True,
     precision: str = "fp32",
     channels_last: bool = False,
+    flip: bool = False,
 ) -> np.ndarray:
     """Embed uint8 images (N, 3, S, S) (a memory map is fine) -> float32 (N, E), unit rows.
 
     ``precision``: fp32, bf16 or auto (see :func:`maskface.device.inference_dtype`);
-    ``channels_last`` lays activations out NHWC, which oneDNN and cuDNN convolve faster.
+    ``channels_last`` lays activations out NHWC, which oneDNN and cuDNN convolve faster;
+    ``flip``: each embedding is that of the image plus its mirror image (twice the compute).
     """
     device = device or next(model.parameters()).device
     dtype = inference_dtype(device, precision)
@@ -53,7 +55,7 @@ def embed_array(
         if channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
-            out[start : start + len(batch_rows)] = model(pixels).float().cpu().numpy()
+            out[start : start + len(batch_rows)] = model(pixels, flip=flip).float().cpu().numpy()
     model.train(was_training)
     return out
 
@@ -99,8 +101,10 @@ def embed_crops(
     device: str = "auto",
     precision: str = "auto",
     channels_last: bool = True,
+    flip: bool = False,
 ) -> pd.DataFrame:
-    """Embed every cropped image; writes ``embeddings.npy`` (N, E) float32 and ``index.csv``."""
+    """Embed every cropped image; writes ``embeddings.npy`` (N, E) float32, ``index.csv`` and
+    ``embed.json`` (``{"flip": bool}``: inference must embed the same way)."""
     torch_device = resolve_device(device)
     model = load_model(model_dir, torch_device)
     images, index = open_crops(crops_dir)
@@ -109,10 +113,14 @@ def embed_crops(
             f"crops in {crops_dir} are {images.shape[-1]} px but the model in {model_dir} expects {model.input_size} px"
         )
     embeddings = embed_array(
-        model, images, batch_size=batch_size, device=torch_device, precision=precision, channels_last=channels_last
+        model, images, batch_size=batch_size, device=torch_device, precision=precision, channels_last=channels_last,
+        flip=flip,
     )
     logger.info("embedding precision %s (%s requested)", inference_dtype(torch_device, precision) or torch.float32, precision)
     save_embeddings(embeddings, index, out_dir)
+    model_config = json.loads((Path(model_dir) / MODEL_CONFIG_FILE).read_text())
+    settings = {"flip": bool(flip), "started_from": model_config.get("started_from")}
+    (Path(out_dir) / EMBED_SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     logger.info("embedded %d images -> %s", len(index), out_dir)
     return index
 

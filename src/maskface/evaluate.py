@@ -23,7 +23,7 @@ from PIL import Image
 from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE
 from maskface.config import EvaluateConfig
 from maskface.imageio import load_rgb
-from maskface.metrics import cmc_curve, identification_report, verification_report
+from maskface.metrics import cmc_curve, identification_report, roc_auc, verification_report
 from maskface.plots import (
     confusion_table,
     curves_figure,
@@ -124,6 +124,9 @@ def evaluate_backbone(
         impostor: histogram fractions) to DataFrames.
     """
     report = _report_for(val, test, "score", config)
+    val_labels = val["label"].to_numpy().astype(bool)
+    # What picks the recommended model: val pairs only, never test.
+    report["val_roc_auc"] = roc_auc(val["score"].to_numpy(), val_labels) if 0 < val_labels.sum() < len(val_labels) else None
     if classifier is not None:
         report["classifier"] = classifier
     if classifier != "cosine":
@@ -186,6 +189,9 @@ def evaluate(
         meta = read_classifier_meta(scores_dir)
         identification = read_identification(scores_dir)
         report, tables = evaluate_backbone(val, test, config, meta.get("classifier"), identification)
+        # What the network started from (pretrained file with its sha256, or random), as the
+        # embed stage found it in model.json and classify passed it on.
+        report["started_from"] = meta.get("embedding", {}).get("started_from")
         results[backbone] = report
         paths = plot_paths(plots_dir, backbone)
         for name, table in tables.items():
@@ -210,7 +216,9 @@ def evaluate(
             "n/a" if report.get("eer") is None else f"{report['eer']:.4f}",
         )
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text(json.dumps(results, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    recommended = recommend(results)
+    output = {**results, "recommended": recommended}
+    metrics_path.write_text(json.dumps(output, indent=2, sort_keys=True, allow_nan=False) + "\n")
     if report_path is not None:
         data = None
         if data_metrics_path is not None and data_metrics_path.is_file():
@@ -223,5 +231,20 @@ def evaluate(
             crop=crop,
             plots={backbone: {**plot_paths(plots_dir, backbone), **(links or {}).get(backbone, {})} for backbone in backbones},
             bootstrap=config.bootstrap,
+            recommended=recommended,
         )
-    return results
+    return output
+
+
+def recommend(results: dict[str, dict]) -> Optional[dict]:
+    """The backbone to use: the highest ROC AUC on the *validation* pairs (test pairs stay
+    untouched by every choice), ties to the earlier entry of ``backbones``.
+
+    Returns ``{"backbone", "model_folder", "val_roc_auc", "by"}`` or None when no backbone
+    has a val AUC (a val split with one class).
+    """
+    scored = [(name, report["val_roc_auc"]) for name, report in results.items() if report.get("val_roc_auc") is not None]
+    if not scored:
+        return None
+    best = max(scored, key=lambda item: item[1])  # max keeps the first of equal values
+    return {"backbone": best[0], "model_folder": f"models/{best[0]}", "val_roc_auc": best[1], "by": "val_roc_auc"}

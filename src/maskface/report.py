@@ -156,6 +156,7 @@ def render_report(
     crop: Optional[Mapping] = None,
     plots: Optional[Mapping[str, Mapping[str, Path]]] = None,
     bootstrap: int = 0,
+    recommended: Optional[Mapping] = None,
 ) -> str:
     """The markdown text of the report.
 
@@ -167,6 +168,7 @@ def render_report(
         crop: the crop settings ({"mode", "keep_ratio"}).
         plots: per backbone, {kind: path}; a path that does not exist is left out.
         bootstrap: resamples behind the intervals (0: none).
+        recommended: :func:`maskface.evaluate.recommend`'s choice, stated under Setup.
     """
     settings = settings or {}
     fars = _fars_of(results)
@@ -193,16 +195,36 @@ def render_report(
     crop_text = "none (whole face)"
     if crop and crop.get("mode") == "ratio":
         crop_text = f"ratio: the top {100 * float(crop.get('keep_ratio', 0.5)):.0f} % of the face height, resized to square"
+    elif crop and crop.get("mode") in ("eyes", "mask", "nose"):
+        crop_text = {
+            "eyes": "eyes: everything above a line below the eyes, resized to square",
+            "mask": "mask: the mask (or where one would be) blanked",
+            "nose": "nose: everything below the nose line greyed, on every photo",
+        }[crop["mode"]]
     lines.append(f"Crop: {crop_text}.")
     lines.append("")
+    if recommended:
+        lines.append(
+            f"Recommended model: **{recommended['backbone']}** (`{recommended['model_folder']}`), the highest ROC AUC "
+            f"on the validation pairs ({number(recommended['val_roc_auc'], 4)})."
+        )
+        lines.append("")
     setup_rows = []
     for backbone, block in results.items():
         s = settings.get(backbone, {})
         weights = s.get("weights")
+        started = block.get("started_from")
+        if started:
+            started_text = f"{started['spec']} ({started['origin']}, sha256 {started['sha256'][:12]})"
+        elif "started_from" in block or weights in (None, "none"):
+            # Known to be random (auto found no file), or asked to be.
+            started_text = "none (from scratch)"
+        else:
+            started_text = str(weights)
         setup_rows.append(
             [
                 backbone,
-                "none (from scratch)" if weights in (None, "none") else str(weights),
+                started_text,
                 number(s.get("input_size")) if s.get("input_size") is not None else "default",
                 number(s.get("embedding_size")) if s.get("embedding_size") is not None else "?",
                 number(s.get("epochs")) if s.get("epochs") is not None else "?",

@@ -19,6 +19,7 @@ One function, :func:`finetune`, runs the same way on a CPU, one GPU, or N GPUs u
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -278,15 +279,30 @@ class BatchSource(Dataset):
 
 
 class ArcFaceTrainer(nn.Module):
-    """Embedder and ArcFace loss as one module, so DDP averages the class centres' gradients too."""
+    """Embedder and ArcFace loss as one module, so DDP averages the class centres' gradients too.
 
-    def __init__(self, model: FaceEmbedder, loss_fn: ArcFaceLoss):
+    With an ``anchor`` network (the untouched pretrained embedder, frozen) the loss adds
+    ``anchor_weight * mean(1 - cos(embedding, anchor embedding))`` over the batch: a pull
+    toward what the network knew before, which keeps a small fine-tuning set from making it
+    forget faces from other collections (feature distillation, as in LwF).
+    """
+
+    def __init__(self, model: FaceEmbedder, loss_fn: ArcFaceLoss, anchor: FaceEmbedder | None = None, anchor_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.loss_fn = loss_fn
+        self.anchor_weight = float(anchor_weight)
+        # A plain attribute, not a submodule: never trained, saved, or synchronised by DDP.
+        self.__dict__["anchor"] = anchor
 
     def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(self.model(pixels), labels)
+        embeddings = self.model(pixels)
+        loss = self.loss_fn(embeddings, labels)
+        if self.anchor is not None and self.anchor_weight > 0:
+            with torch.no_grad():
+                target = self.anchor(pixels)
+            loss = loss + self.anchor_weight * (1.0 - (embeddings * target).sum(dim=1)).mean()
+        return loss
 
 
 # --------------------------------------------------------------------------- validation
@@ -460,7 +476,7 @@ def _finetune(
     )
     if backbone_config.head_init == "identity":
         model.init_head_identity()
-    pretrained = backbone_config.weights != "none"
+    pretrained = model.pretrained is not None
     trainable = model.configure_training(backbone_config.train_layers, backbone_config.freeze_bn_stats and pretrained)
     loss_fn = ArcFaceLoss(backbone_config.embedding_size, len(identities), scale=arcface.scale, margin_rad=arcface.margin_rad)
     model.to(device)
@@ -470,7 +486,10 @@ def _finetune(
     optimizer = build_optimizer(parameter_groups(model, loss_fn, backbone_config), backbone_config)
     dtype, use_scaler = training_precision(device, config.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    trainer = wrap_model(ArcFaceTrainer(model, loss_fn), context, device)
+    anchor = None
+    if backbone_config.anchor > 0 and pretrained:
+        anchor = copy.deepcopy(model).eval().requires_grad_(False)
+    trainer = wrap_model(ArcFaceTrainer(model, loss_fn, anchor, backbone_config.anchor), context, device)
 
     steps_per_epoch = len(epoch_batches(len(train_rows), batch_size, context, config.seed, 0))
     total_steps = steps_per_epoch * backbone_config.epochs
@@ -641,6 +660,9 @@ def _finetune(
     summary = {
         "backbone": backbone,
         "weights": backbone_config.weights,
+        # What `weights` resolved to: spec, file name, sha256 and origin (official | converted);
+        # None when the trunk started from random initialisation.
+        "started_from": model.pretrained,
         "train_layers": backbone_config.train_layers,
         "trainable_groups": trainable,
         "trainable_parameters": n_trainable,
@@ -666,7 +688,12 @@ def _finetune(
     if context.is_main:
         model.load_state_dict(best_state)
         model.to("cpu").to(memory_format=torch.contiguous_format)
-        extra = {"weights": backbone_config.weights, "train_layers": backbone_config.train_layers, "head_init": backbone_config.head_init}
+        extra = {
+            "weights": backbone_config.weights,
+            "started_from": model.pretrained,
+            "train_layers": backbone_config.train_layers,
+            "head_init": backbone_config.head_init,
+        }
         save_model(model, out_dir, extra)
         shutil.copyfile(crops_dir / PREPROCESS_FILE, out_dir / PREPROCESS_FILE)
         (out_dir / TRAINING_FILE).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")

@@ -99,6 +99,9 @@ class WeightSource:
     sha256_prefix: Optional[str] = None
     local_builder: Optional[str] = None
     built_filename: Optional[str] = None
+    # Other names the same file goes by (the upstream file name where the cache name differs),
+    # accepted in a weights folder.
+    other_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.sha256 is not None and (len(self.sha256) != 64 or not _HEX.fullmatch(self.sha256)):
@@ -156,6 +159,14 @@ def torch_home() -> Path:
 _FACENET_RELEASE = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/"
 _OPENCV_BUILDER = "maskface.facenet_opencv:build_casia_webface_state_dict"
 _OPENCV_FILENAME = "casia-webface-from-opencv.pt"
+# EdgeFace's hubconf.py (github.com/otroshi/edgeface) downloads its checkpoints from here.
+_EDGEFACE_CHECKPOINTS = "https://gitlab.idiap.ch/bob/bob.paper.tbiom2023_edgeface/-/raw/master/checkpoints/"
+_MOBILEFACENET_URL = (
+    "https://github.com/foamliu/MobileFaceNet/raw/a6cc9032a659b615f477833e1a70b5e7931bcccc/weights/mobilefacenet.pt"
+)
+# A folder of weight files (a team share, a USB stick, ../shared/weights in development), looked
+# at after the cache and before any download; several folders separated by os.pathsep.
+WEIGHTS_DIR_ENV = "MASKFACE_WEIGHTS_DIR"
 
 
 @functools.cache
@@ -219,6 +230,37 @@ def _registry() -> dict[str, WeightSource]:
             cache_subdir="hub/checkpoints",
             note="torchvision AlexNet_Weights.IMAGENET1K_V1",
             sha256_prefix=prefix_match.group(1) if prefix_match else None,
+        ),
+    )
+    sources += tuple(
+        WeightSource(
+            backbone=backbone,
+            name="webface12m",
+            filename=f"{checkpoint}.pt",
+            url=_EDGEFACE_CHECKPOINTS + f"{checkpoint}.pt",
+            sha256=sha256,
+            cache_subdir="hub/checkpoints",
+            note=f"{variant} trained on WebFace12M, int8 Linears as published (George et al., T-BIOM 2024; "
+            "BSD-3-Clause; WebFace12M is research-only)",
+        )
+        for backbone, checkpoint, variant, sha256 in (
+            ("edgeface", "edgeface_xs_q", "EdgeFace-XS",
+             "a31314377876ab9fa2a75e5638bc528efe79fd17d5c9c0a228fb7f846d7581a6"),
+            ("edgeface_xxs", "edgeface_xxs_q", "EdgeFace-XXS",
+             "46be7cc7e8d6e23501c0627fe5fbef101922ee9b85ccbef476987ab1a320b053"),
+        )
+    )
+    sources += (
+        WeightSource(
+            backbone="mobilefacenet",
+            name="ms1m",
+            # The upstream file is weights/mobilefacenet.pt; cached under a name that says what it is.
+            filename="mobilefacenet_ms1m.pt",
+            url=_MOBILEFACENET_URL,
+            sha256="90a00ba1d8b0b688af3deb731ed53dca582e6106805d1bc3cfdef55f570493f4",
+            cache_subdir="hub/checkpoints",
+            note="MobileFaceNet trained on MS1M-refined (foamliu/MobileFaceNet, Apache-2.0; MS1M is research-only)",
+            other_names=("mobilefacenet.pt",),
         ),
     )
     return {source.spec: source for source in sources}
@@ -363,15 +405,49 @@ def _unavailable_message(source: WeightSource, target: Path, reasons: Sequence[s
     return f"pretrained weights {source.spec} are not available ({why}); {how}"
 
 
-def resolve_source(source: WeightSource, cache_dir: Optional[Path] = None, download: bool = True) -> Path:
+def weights_folders(weights_dir: Optional[Path] = None) -> list[Path]:
+    """Folders searched for weight files: ``weights_dir`` first, then those in ``$MASKFACE_WEIGHTS_DIR``."""
+    folders = [] if weights_dir is None else [Path(weights_dir).expanduser()]
+    listed = os.environ.get(WEIGHTS_DIR_ENV, "")
+    folders += [Path(folder).expanduser() for folder in listed.split(os.pathsep) if folder]
+    return folders
+
+
+def find_in_folders(source: WeightSource, folders: Sequence[Path]) -> Optional[Path]:
+    """The first file of ``source`` (by its cache or upstream name) in ``folders``, verified; or None.
+
+    A file that fails its checksum is refused with an error, never skipped: a folder holding a
+    wrong file under the right name is a mistake the user needs to hear about.
+    """
+    for folder in folders:
+        for name in (source.filename, *source.other_names):
+            candidate = folder / name
+            if candidate.is_file():
+                verify_file(source, candidate)
+                return candidate
+    return None
+
+
+def resolve_source(
+    source: WeightSource, cache_dir: Optional[Path] = None, download: bool = True, weights_dir: Optional[Path] = None
+) -> Path:
     """Resolve one :class:`WeightSource` to a verified local file (see :func:`resolve_weights`)."""
     target = source.cache_path(cache_dir)
     if target.is_file():
         verify_file(source, target)
         logger.info("%s: using cached %s", source.spec, target)
         return target
+    folders = weights_folders(weights_dir)
+    found = find_in_folders(source, folders)
+    if found is not None:
+        logger.info("%s: using %s from the weights folder", source.spec, found)
+        return found
 
     reasons: list[str] = [f"{target} is absent"]
+    if folders:
+        reasons.append(f"not in {', '.join(str(f) for f in folders)}")
+    else:
+        reasons.append(f"no weights folder given (${WEIGHTS_DIR_ENV})")
     if source.url is not None:
         if download:
             try:
@@ -398,7 +474,9 @@ def resolve_source(source: WeightSource, cache_dir: Optional[Path] = None, downl
     raise WeightsUnavailableError(_unavailable_message(source, target, reasons))
 
 
-def resolve_weights(spec: str, cache_dir: Optional[Path] = None, download: bool = True) -> Path:
+def resolve_weights(
+    spec: str, cache_dir: Optional[Path] = None, download: bool = True, weights_dir: Optional[Path] = None
+) -> Path:
     """Resolve ``"backbone:name"`` (e.g. ``"facenet:casia-webface"``) to a verified local file.
 
     Args:
@@ -407,6 +485,8 @@ def resolve_weights(spec: str, cache_dir: Optional[Path] = None, download: bool 
         cache_dir: folder holding the weight files; None uses each upstream library's cache
             (``$TORCH_HOME/checkpoints`` or ``torch.hub.get_dir()/checkpoints``).
         download: whether to try the official URL when the file is not cached.
+        weights_dir: a folder of weight files searched after the cache, before
+            ``$MASKFACE_WEIGHTS_DIR`` and before any download (files are verified there too).
 
     Returns:
         Path of the file: the official one, or for sources with a local builder possibly the
@@ -417,7 +497,46 @@ def resolve_weights(spec: str, cache_dir: Optional[Path] = None, download: bool 
         ChecksumMismatchError: the cached or downloaded file fails its checksum.
         WeightsUnavailableError: nothing worked; says which file to place where, and its URL.
     """
-    return resolve_source(get_source(spec), cache_dir=cache_dir, download=download)
+    return resolve_source(get_source(spec), cache_dir=cache_dir, download=download, weights_dir=weights_dir)
+
+
+def weights_origin(source: WeightSource, path: Path) -> str:
+    """How ``path`` relates to the source: ``official`` (the published file) or ``converted``
+    (a local builder's substitute, e.g. CASIA FaceNet rebuilt from the facenet-opencv graph)."""
+    if source.url is None or (source.built_filename is not None and path.name == source.built_filename):
+        return "converted"
+    return "official"
+
+
+def provenance(spec: str, path: Path) -> dict:
+    """What model.json and training.json record about the pretrained file a network started from."""
+    source = get_source(spec)
+    return {"spec": spec, "file": path.name, "sha256": file_sha256(path), "origin": weights_origin(source, path)}
+
+
+def import_weights(spec: str, folder: Path, cache_dir: Optional[Path] = None) -> Path:
+    """Copy ``spec``'s file from ``folder`` into the cache, verified; return the cached path.
+
+    An existing cached file is verified and kept (never replaced).
+    """
+    source = get_source(spec)
+    target = source.cache_path(cache_dir)
+    if target.is_file():
+        verify_file(source, target)
+        return target
+    found = find_in_folders(source, [Path(folder).expanduser()])
+    if found is None:
+        names = ", ".join((source.filename, *source.other_names))
+        raise WeightsUnavailableError(f"{folder} holds no file for {spec} (looked for {names})")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = _partial_path(target)
+    try:
+        shutil.copyfile(found, partial)
+        verify_file(source, partial)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def load_state_dict(path: Path) -> dict:
@@ -432,7 +551,9 @@ def load_state_dict(path: Path) -> dict:
         raise WeightsError(f"{path} is not a loadable weights-only state dict: {type(error).__name__}: {error}") from error
     if not isinstance(state, Mapping):
         raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict (a mapping of tensors)")
-    return dict(state)
+    # The mapping itself, not a copy: its `_metadata` carries per-module format versions that
+    # some modules (dynamically quantised Linears) need to read older files.
+    return state if isinstance(state, dict) else dict(state)
 
 
 def _one_line(error: BaseException) -> str:
@@ -441,7 +562,10 @@ def _one_line(error: BaseException) -> str:
 
 def _cmd_get(args: argparse.Namespace) -> int:
     try:
-        path = resolve_weights(args.spec, cache_dir=args.cache_dir, download=not args.no_download)
+        if args.source_dir is not None:
+            path = import_weights(args.spec, args.source_dir, cache_dir=args.cache_dir)
+        else:
+            path = resolve_weights(args.spec, cache_dir=args.cache_dir, download=not args.no_download)
     except (WeightsError, OSError) as error:
         print(f"maskface weights get: error: {_one_line(error)}", file=sys.stderr)
         return 2
@@ -463,10 +587,21 @@ def _cmd_list(args: argparse.Namespace) -> int:
             status, shown = "cached", target
         elif built is not None and built != target and built.is_file():
             status, shown = "built", built
+        elif (found := _quiet_find(source)) is not None:
+            status, shown = "in folder", found
         else:
             status, shown = "not cached", target
         print(f"{source.spec:<{width}}  {status:<10}  {shown}  # {source.note}")
     return 0
+
+
+def _quiet_find(source: WeightSource) -> Optional[Path]:
+    # Listing names what is where; verification happens when the file is used.
+    for folder in weights_folders():
+        for name in (source.filename, *source.other_names):
+            if (folder / name).is_file():
+                return folder / name
+    return None
 
 
 def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -484,7 +619,11 @@ def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
     get = commands.add_parser("get", help="print the local path of BACKBONE:NAME, fetching it if needed")
     get.add_argument("spec", metavar="BACKBONE:NAME", help="e.g. facenet:vggface2")
     get.add_argument("--cache-dir", type=Path, default=None, help="folder holding weight files (default: torch caches)")
-    get.add_argument("--no-download", action="store_true", help="only use the cache or a local build")
+    get.add_argument("--no-download", action="store_true", help="only use the cache, the weights folder or a local build")
+    get.add_argument(
+        "--from", dest="source_dir", type=Path, default=None, metavar="DIR",
+        help="copy the file from this folder into the cache after checking its SHA-256 (no download)",
+    )
     get.set_defaults(func=_cmd_get)
     listing = commands.add_parser("list", help="list the known weights and whether each is cached")
     listing.add_argument("--cache-dir", type=Path, default=None, help="folder holding weight files (default: torch caches)")

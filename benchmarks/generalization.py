@@ -1,0 +1,262 @@
+"""Does a trained model beat the untouched pretrained network on collections it never saw?
+
+Masked-vs-unmasked verification, cosine similarity, on three kinds of held-out data:
+
+- ``rmfrd-test``: the test identities of rmfrd-dev under the pipeline's own identity split
+  (``split.ratios`` 0.7/0.1/0.2, seed 0): people the model never trained on, same collection;
+- ``lfw-masktheface``: LFW in colour with masks from another simulator (MaskTheFace), other
+  people, cameras and framing; a masked copy is never paired with its own source photo;
+- ``orl-sim`` (with ``--orl``): ORL faces with masks drawn by ``maskface simulate-masks``,
+  likewise never paired with their source.
+
+Pairs are built independently of the pipeline (every genuine masked/unmasked pair and as many
+impostors, LFW-style person-disjoint folds: identities are dealt to 10 folds and impostors are
+drawn within a fold), so that the numbers do not inherit a pipeline bug. Each row reports
+10-fold accuracy, ROC AUC with a 95 % identity-bootstrap interval and, for trained model
+folders, the accuracy at the model's own threshold (chosen on rmfrd-dev val pairs by the
+pipeline) with its gap to the 10-fold accuracy.
+
+Models: every registered face network with real weights, untouched (``pretrained``, embedding
+= the network's own feature, head = identity), and the model folders of a pipeline run
+(``--models DIR`` = a ``models/`` folder from ``dvc repro`` on rmfrd-dev). Preprocessing is
+the one in each model's preprocess.json; pretrained networks are shown with alignment to
+their own template and with the crop modes in ``--modes``.
+
+Landmarks (MTCNN, once per collection) and crops are cached in ``--work``.
+
+Usage:
+    # 1. train on rmfrd-dev's training identities (README's real-data recipe) in a scratch copy
+    # 2. compare:
+    python benchmarks/generalization.py --work /tmp/maskface-generalization --models /tmp/run/models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import datasets_root, machine  # noqa: E402
+
+from maskface.backbones import available_backbones, create_model, get_spec  # noqa: E402
+from maskface.crop import crop_details  # noqa: E402
+from maskface.datasets import DataConfig, build_manifest  # noqa: E402
+from maskface.embed import embed_array, load_model  # noqa: E402
+from maskface.geometry import FaceDetector, detect_table, read_landmark_table, table_landmarks  # noqa: E402
+from maskface.imageio import load_rgb  # noqa: E402
+from maskface.metrics import AucStatistic, bootstrap_interval, kfold_accuracy, roc_auc  # noqa: E402
+from maskface.split import assign_splits  # noqa: E402
+from maskface.tables import write_csv  # noqa: E402
+from maskface.weights import WeightsError  # noqa: E402
+
+logger = logging.getLogger("generalization")
+
+FOLDS = 10
+# A masked copy's source photo: MaskTheFace names `<Name>_NNNN_<mask>.jpg` and
+# `crop_<Name>_NNNN_<mask>.jpg` after `<Name>_NNNN.jpg`.
+_SOURCE_STEM = re.compile(r"^(?:crop_)?(.+?_\d{4})(?:_.*)?$")
+
+
+@dataclass
+class Collection:
+    name: str
+    manifest: pd.DataFrame  # path, identity, masked, derived_from ('' = an original photo)
+    pairs: pd.DataFrame  # a, b (manifest rows), label, fold, identity_a, identity_b
+    landmarks: dict
+
+
+def source_stem(path: str) -> str:
+    match = _SOURCE_STEM.match(Path(path).stem)
+    return match.group(1) if match else Path(path).stem
+
+
+def build_pairs(manifest: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Every genuine (masked, unmasked) pair not made from the same photo, as many impostors,
+    person-disjoint folds."""
+    rng = np.random.default_rng(seed)
+    masked = manifest[manifest["masked"]]
+    unmasked = manifest[~manifest["masked"]]
+    identities = sorted(set(masked["identity"]) & set(unmasked["identity"]))
+    order = rng.permutation(len(identities))
+    fold_of = {identities[k]: int(position % FOLDS) for position, k in enumerate(order)}
+    unmasked_by_fold: dict[int, pd.DataFrame] = {
+        fold: unmasked[unmasked["identity"].map(fold_of) == fold] for fold in range(FOLDS)
+    }
+    rows = []
+    for identity in identities:
+        fold = fold_of[identity]
+        others = unmasked_by_fold[fold]
+        others = others[others["identity"] != identity]
+        own = unmasked[unmasked["identity"] == identity]
+        for a, derived in zip(masked.index[masked["identity"] == identity], masked.loc[masked["identity"] == identity, "derived_from"]):
+            for b in own.index:
+                if derived and derived == source_stem(own.at[b, "path"]):
+                    continue  # the masked copy of this very photo: not a recognition test
+                rows.append((a, b, True, fold, identity, identity))
+                if len(others):
+                    c = others.index[rng.integers(len(others))]
+                    rows.append((a, c, False, fold, identity, others.at[c, "identity"]))
+    return pd.DataFrame(rows, columns=["a", "b", "label", "fold", "identity_a", "identity_b"])
+
+
+def load_collection(name: str, root: Path, work: Path, ratios_seed: int = 0, with_tight_crops: bool = False) -> Collection:
+    cache = work / name
+    cache.mkdir(parents=True, exist_ok=True)
+    config = DataConfig(source="rmfrd", root=str(root), workers=2)
+    manifest = build_manifest(config).manifest
+    if name == "rmfrd-test":
+        manifest = manifest[assign_splits(manifest, (0.7, 0.1, 0.2), ratios_seed, "identity") == "test"]
+    elif not with_tight_crops:
+        # MaskTheFace's 128 x 128 `crop_*` copies: five per photo, so they would dominate the
+        # pairs and the detection time; the full-frame `_surgical` copies test the same thing.
+        manifest = manifest[~manifest["path"].map(lambda p: Path(p).name.startswith("crop_"))]
+    manifest = manifest.reset_index(drop=True)
+    manifest["masked"] = manifest["masked"].astype(bool)
+    derived = name != "rmfrd-test"
+    manifest["derived_from"] = [source_stem(p) if derived and m else "" for p, m in zip(manifest["path"], manifest["masked"])]
+    table_path = cache / "landmarks.csv"
+    if table_path.is_file():
+        table = read_landmark_table(table_path)
+    else:
+        detector = FaceDetector(device="cpu", pad=0.3, thresholds=(0.2, 0.3, 0.3), min_face_size=20)
+        table = detect_table([str(p) for p in manifest["path"]], detector, desc=f"{name}: landmarks")
+        write_csv(table, table_path)
+    pairs = build_pairs(manifest)
+    logger.info(
+        "%s: %d images, %d identities, %d pairs (%d genuine); faces found in %.1f %%",
+        name, len(manifest), manifest["identity"].nunique(), len(pairs), int(pairs["label"].sum()),
+        100 * table["detected"].astype(bool).mean(),
+    )
+    return Collection(name, manifest, pairs, table_landmarks(table))
+
+
+def crops_for(collection: Collection, crop: dict, size: int, work: Path) -> np.ndarray:
+    key = "-".join(f"{k}={crop[k]}" for k in sorted(crop)) + f"-{size}"
+    path = work / collection.name / f"crops-{key}.npy"
+    if path.is_file():
+        return np.load(path, mmap_mode="r")
+    images = np.empty((len(collection.manifest), 3, size, size), dtype=np.uint8)
+    for row, (image_path, masked) in enumerate(zip(collection.manifest["path"], collection.manifest["masked"])):
+        face = crop_details(load_rgb(image_path), collection.landmarks.get(str(image_path)), crop, size, bool(masked))
+        images[row] = face.image.transpose(2, 0, 1)
+    np.save(path, images)
+    return images
+
+
+def evaluate(collection: Collection, embeddings: np.ndarray, threshold: float | None, bootstrap: int) -> dict:
+    pairs = collection.pairs
+    scores = np.sum(embeddings[pairs["a"].to_numpy()] * embeddings[pairs["b"].to_numpy()], axis=1)
+    labels = pairs["label"].to_numpy()
+    kfold = kfold_accuracy(scores, labels, pairs["fold"].to_numpy())["mean"]
+    result = {"kfold_accuracy": kfold, "auc": roc_auc(scores, labels)}
+    if bootstrap:
+        interval = bootstrap_interval(scores, labels, pairs["identity_a"].to_numpy(), AucStatistic(), n_resamples=bootstrap)
+        result["auc_low"], result["auc_high"] = interval["low"], interval["high"]
+    if threshold is not None:
+        result["own_threshold_accuracy"] = float(np.mean((scores >= threshold) == labels))
+        result["gap"] = result["own_threshold_accuracy"] - kfold
+    return result
+
+
+def pretrained_models(names: list[str]) -> dict:
+    models = {}
+    for name in names:
+        spec = get_spec(name)
+        try:
+            model = create_model(name, weights=spec.default_weights, embedding_size=spec.feature_dim)
+        except WeightsError as error:
+            logger.warning("%s: skipped, %s", name, error)
+            continue
+        model.init_head_identity()
+        models[name] = model.eval()
+    return models
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=Path, default=None, help="folder with rmfrd-dev/ and lfw-masktheface/")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/maskface-generalization"))
+    parser.add_argument("--models", type=Path, default=None, help="a pipeline run's models/ folder (trained on rmfrd-dev)")
+    parser.add_argument("--backbones", nargs="*", default=None, help="pretrained networks (default: those with real weights)")
+    parser.add_argument("--modes", nargs="*", default=["none", "nose"], help="crop modes for the pretrained networks")
+    parser.add_argument("--flip", nargs="*", type=int, default=[0, 1], help="flip TTA off (0) and/or on (1)")
+    parser.add_argument("--collections", nargs="*", default=["rmfrd-test", "lfw-masktheface"])
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--tight-crops", action="store_true", help="also use lfw-masktheface's 128 px crop_* copies")
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    datasets = args.datasets or datasets_root()
+    roots = {"rmfrd-test": datasets / "rmfrd-dev", "lfw-masktheface": datasets / "lfw-masktheface"}
+    started = time.perf_counter()
+    collections = [load_collection(name, roots[name], args.work, with_tight_crops=args.tight_crops) for name in args.collections]
+    rows = []
+
+    candidates = [name for name in (args.backbones or available_backbones()) if get_spec(name).template == "arcface" or args.backbones]
+    for name, model in pretrained_models(candidates).items():
+        spec = get_spec(name)
+        for mode in args.modes:
+            crop = {"mode": mode, "align": True, "template": spec.template, "align_points": "eyes"}
+            for flip in args.flip:
+                for collection in collections:
+                    images = crops_for(collection, crop, spec.input_size, args.work)
+                    embeddings = embed_array(model, images, batch_size=64, progress=False, flip=bool(flip))
+                    row = {"model": f"{name} (pretrained)", "mode": mode, "flip": bool(flip), "collection": collection.name}
+                    row.update(evaluate(collection, embeddings, None, args.bootstrap))
+                    rows.append(row)
+                    logger.info("%s", row)
+
+    if args.models is not None:
+        for folder in sorted(p for p in args.models.iterdir() if (p / "backbone" / "model.json").is_file()):
+            preprocess = json.loads((folder / "backbone" / "preprocess.json").read_text())
+            classifier = json.loads((folder / "classifier" / "classifier.json").read_text())
+            embed_settings = classifier.get("embedding", {})
+            model = load_model(folder / "backbone")
+            flip = bool(embed_settings.get("flip", False))
+            for collection in collections:
+                images = crops_for(collection, preprocess["crop"], int(preprocess["input_size"]), args.work)
+                embeddings = embed_array(model, images, batch_size=64, progress=False, flip=flip)
+                threshold = classifier.get("threshold") if classifier.get("classifier") == "cosine" else None
+                row = {"model": f"{folder.name} (trained)", "mode": preprocess["crop"]["mode"], "flip": flip, "collection": collection.name}
+                row.update(evaluate(collection, embeddings, threshold, args.bootstrap))
+                rows.append(row)
+                logger.info("%s", row)
+
+    table = pd.DataFrame(rows)
+    args.work.mkdir(parents=True, exist_ok=True)
+    write_csv(table, args.work / "results.csv")
+    text = table.to_markdown(index=False, floatfmt=".3f") if _has_tabulate() else table.to_string(index=False)
+    (args.work / "results.md").write_text(
+        f"{text}\n\n{machine()}; {time.perf_counter() - started:.0f} s\n"
+    )
+    print(text)
+    print(f"{machine()}; {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())
