@@ -31,7 +31,7 @@ def test_ratio_mode_keeps_only_the_top_share():
 
 
 def test_unknown_mode_names_valid_modes():
-    with pytest.raises(ValueError, match="none, ratio, eyes, mask"):
+    with pytest.raises(ValueError, match="none, ratio, eyes, mask, nose"):
         crop_face(_gradient(), "lower", 0.5, 30)
 
 
@@ -144,3 +144,63 @@ def test_preview_shows_every_mode(tmp_path):
     preview_sheet(manifest, out, preview, count=4, landmarks=table)
     width, height = Image.open(preview).size
     assert height > width  # one row per mode plus the originals, four columns
+
+
+def _face_points(size):
+    from maskface.geometry import template_points
+
+    return template_points("arcface", size)
+
+
+def test_nose_mode_greys_every_row_below_the_template_nose_and_nothing_else():
+    from maskface.crop import crop_details
+    from maskface.geometry import template_points
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
+    # Landmarks exactly on the template: alignment is the identity map.
+    points = _face_points(112)
+    settings = {"align": True, "template": "arcface", "align_points": "eyes"}
+    whole = crop_details(image, points, {**settings, "mode": "none"}, 112).image
+    nosed = crop_details(image, points, {**settings, "mode": "nose"}, 112).image
+    # Oracle: the nose tip's pixel row (continuous y + 0.5, rounded up) and everything below.
+    nose_y = template_points("arcface", 112)[2, 1]
+    first = int(np.ceil(nose_y))
+    assert np.all(nosed[first:] == 128)
+    np.testing.assert_array_equal(nosed[:first], whole[:first])
+
+
+def test_nose_mode_uses_the_template_nose_not_a_misplaced_detected_one():
+    from maskface.crop import crop_details
+
+    image = Image.fromarray(np.full((112, 112, 3), 200, dtype=np.uint8))
+    points = _face_points(112).copy()
+    points[2, 1] += 25  # a detector's nose far down on a mask
+    out = crop_details(image, points, {"mode": "nose", "align": True, "template": "arcface", "align_points": "eyes"}, 112)
+    # Eyes-only alignment ignores the nose point; the cut follows the template's nose.
+    # Template nose at y 71.7: row 75 is greyed; the misplaced nose (y ~97) would have kept it.
+    assert out.image[75, 56, 0] == 128 and out.image[70, 56, 0] == 200
+
+
+def test_nose_line_moves_the_cut_by_eye_distances():
+    from maskface.crop import nose_cut
+
+    points = np.array([[30.0, 40.0], [70.0, 40.0], [50.0, 60.0], [35.0, 80.0], [65.0, 80.0]])
+    assert nose_cut(points, 0.0) == pytest.approx(60.5)
+    assert nose_cut(points, 0.25) == pytest.approx(60.5 + 10.0)
+
+
+def test_template_auto_becomes_the_backbones_own_in_preprocess_json(tmp_path, toy_dataset):
+    from maskface.crop import preprocess_settings
+
+    config = CropConfig(mode="nose", align=True, template="auto", landmarks="mtcnn")
+    assert preprocess_settings(config, 112, "arcface")["crop"]["template"] == "arcface"
+    with pytest.raises(ValueError, match="auto"):
+        preprocess_settings(config, 112)
+
+
+def test_landmarks_auto_follows_the_data_source():
+    config = CropConfig(align=True, landmarks="auto")
+    assert config.for_source("synthetic").landmarks == "ground_truth"
+    assert config.for_source("rmfrd").landmarks == "mtcnn"
+    assert CropConfig(landmarks="mtcnn").for_source("synthetic").landmarks == "mtcnn"

@@ -106,9 +106,25 @@ def read(scores_root, backbone):
 
 def test_metrics_file_is_the_returned_nested_dict(scores_root, evaluated):
     saved = json.loads((scores_root / "metrics" / "evaluate.json").read_text())
-    assert saved == json.loads(json.dumps(evaluated)) and set(saved) == {"facenet", "vggface", "alexnet"}
+    assert saved == json.loads(json.dumps(evaluated)) and set(saved) == {"facenet", "vggface", "alexnet", "recommended"}
     assert saved["facenet"]["classifier"] == "mlp" and saved["vggface"]["classifier"] == "cosine"
     assert "classifier" not in saved["alexnet"]  # no classifier.json beside its scores
+
+
+def test_recommended_is_the_best_val_auc_and_never_looks_at_test(scores_root, evaluated):
+    from sklearn.metrics import roc_auc_score
+
+    val_auc = {}
+    for backbone in ("facenet", "vggface", "alexnet"):
+        val, _ = read(scores_root, backbone)
+        val_auc[backbone] = roc_auc_score(val["label"], val["score"])
+        assert evaluated[backbone]["val_roc_auc"] == pytest.approx(val_auc[backbone])
+    best = max(val_auc, key=val_auc.get)
+    assert evaluated["recommended"] == {
+        "backbone": best, "model_folder": f"models/{best}", "val_roc_auc": pytest.approx(val_auc[best]), "by": "val_roc_auc"
+    }
+    report = (scores_root / "metrics" / "report.md").read_text()
+    assert f"Recommended model: **{best}**" in report
 
 
 def test_threshold_comes_from_val_and_counts_match_sklearn(scores_root, evaluated):
@@ -179,7 +195,7 @@ def test_identification_metrics_from_ranks(evaluated):
 
 def test_plot_files_for_every_backbone(scores_root, evaluated):
     plots = scores_root / "plots"
-    for backbone in evaluated:
+    for backbone in ("facenet", "vggface", "alexnet"):
         for kind, ext in PLOT_KINDS.items():
             assert (plots / kind / f"{backbone}.{ext}").is_file(), (kind, backbone)
     _, test = read(scores_root, "facenet")
@@ -252,7 +268,7 @@ def test_stage_writes_metrics_plots_and_report(scores_root, tmp_path, repo_root,
     spec.loader.exec_module(stage)
     stage.main(argv)
     metrics = json.loads((tmp_path / "evaluate.json").read_text())
-    assert list(metrics) == ["facenet", "vggface"]  # the params' backbones, keys sorted
+    assert list(metrics) == ["facenet", "recommended", "vggface"]  # the params' backbones and the choice, keys sorted
     report = (tmp_path / "report.md").read_text()
     assert "| test | 21 | 183 | 600 | 300 |" in report and "883 (376 masked, 507 unmasked) of 103 identities" in report
     assert "none (whole face)" in report
