@@ -191,7 +191,8 @@ def evaluate(
         report, tables = evaluate_backbone(val, test, config, meta.get("classifier"), identification)
         # What the network started from (pretrained file with its sha256, or random), as the
         # embed stage found it in model.json and classify passed it on.
-        report["started_from"] = meta.get("embedding", {}).get("started_from")
+        if "embedding" in meta:
+            report["started_from"] = meta["embedding"].get("started_from")
         results[backbone] = report
         paths = plot_paths(plots_dir, backbone)
         for name, table in tables.items():
