@@ -37,3 +37,11 @@ def read_csv(path: str | Path, **options) -> pd.DataFrame:
     if dtype is None:
         dtype = dict.fromkeys(NAME_COLUMNS, object)
     return pd.read_csv(path, encoding=ENCODING, encoding_errors=ERRORS, keep_default_na=False, dtype=dtype, **options)
+
+
+def printable(text: object) -> str:
+    """``text`` for display (plots, reports, messages): undecodable file-name bytes become U+FFFD.
+
+    Only for showing a name; tables keep the exact bytes.
+    """
+    return str(text).encode(ENCODING, ERRORS).decode(ENCODING, "replace")
