@@ -17,8 +17,8 @@ import pandas as pd
 
 ENCODING = "utf-8"
 ERRORS = "surrogateescape"
-# Object dtype, not pandas' string dtype: with pyarrow installed that stores UTF-8 and
-# cannot hold surrogate escapes.
+# Read as pandas' default text dtype, what plain read_csv gives text columns. Its python
+# storage holds surrogate escapes; pyarrow storage would not (tests/test_tables.py would fail).
 NAME_COLUMNS = (
     "path", "path_a", "path_b", "identity", "identity_a", "identity_b", "file", "source", "source_path",
     "relative_path", "derived_from",
@@ -35,7 +35,7 @@ def read_csv(path: str | Path, **options) -> pd.DataFrame:
     """Read a table written by :func:`write_csv`; name columns stay exact text, empty cells stay ``""``."""
     dtype = options.pop("dtype", None)
     if dtype is None:
-        dtype = dict.fromkeys(NAME_COLUMNS, object)
+        dtype = dict.fromkeys(NAME_COLUMNS, str)
     return pd.read_csv(path, encoding=ENCODING, encoding_errors=ERRORS, keep_default_na=False, dtype=dtype, **options)
 
 
