@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 import _common
-import pandas as pd
 
 from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE, load_embeddings, read_embed_settings
 from maskface.classify import (
@@ -17,6 +16,7 @@ from maskface.classify import (
     save_classifier,
 )
 from maskface.config import ClassifyConfig, SplitConfig, classifier_name, load_params, section
+from maskface.tables import read_csv, write_csv
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,16 +36,13 @@ def main(argv: list[str] | None = None) -> None:
     closed_set = section(params, SplitConfig, "split").by == "image"
 
     embeddings, index = load_embeddings(args.embeddings)
-    val_pairs = pd.read_csv(args.pairs_dir / "val.csv")
-    test_pairs = pd.read_csv(args.pairs_dir / "test.csv")
+    val_pairs = read_csv(args.pairs_dir / "val.csv")
+    test_pairs = read_csv(args.pairs_dir / "test.csv")
     model, threshold, val, test = fit_and_score(embeddings, index, val_pairs, test_pairs, name, classifier_config, config)
-    args.scores.mkdir(parents=True, exist_ok=True)
-    val.to_csv(args.scores / "val.csv", index=False, float_format="%.8g")
-    test.to_csv(args.scores / "test.csv", index=False, float_format="%.8g")
+    write_csv(val, args.scores / "val.csv", float_format="%.8g")
+    write_csv(test, args.scores / "test.csv", float_format="%.8g")
     if closed_set:
-        identify(embeddings, index, name, classifier_config).to_csv(
-            args.scores / IDENTIFICATION_FILE, index=False, float_format="%.8g"
-        )
+        write_csv(identify(embeddings, index, name, classifier_config), args.scores / IDENTIFICATION_FILE, float_format="%.8g")
     meta = classifier_metadata(name, classifier_config, threshold, embeddings.shape[1], identification=closed_set)
     # How the embeddings were made (flip TTA, the weights the network started from): the
     # threshold holds only for embeddings made the same way, so inference reads it from here.

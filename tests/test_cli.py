@@ -416,3 +416,24 @@ def test_help_and_the_parser_start_without_torch_or_scikit_learn():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout) == []
+
+
+def test_eval_keeps_file_names_of_any_bytes(capsys, built, toy_dataset, tmp_path):
+    # Latin-1 identity folders and file names (not UTF-8, as in RMFRD) through eval's tables and figures.
+    data = os.path.join(os.fsencode(tmp_path), b"data")
+    for number, (path, identity, masked) in enumerate(toy_dataset["manifest"][["path", "identity", "masked"]].itertuples(index=False)):
+        folder = os.path.join(data, identity.encode() + b"_\xe9", b"mask" if masked else b"plain")
+        os.makedirs(folder, exist_ok=True)
+        shutil.copyfile(path, os.path.join(folder, b"caf\xe9_%d.png" % number))
+    out = tmp_path / "eval"
+    code, stdout, err = run(
+        capsys, "eval", "--model", built["dir"], "--data", os.fsdecode(data), "--source", "folder", "--out", out,
+        "--json", "--workers", "1", "--bootstrap", "20",
+    )
+    assert code == 0, err
+    assert json.loads(stdout)["threshold"] == pytest.approx(built["threshold"])
+    raw = (out / "pairs.csv").read_bytes()
+    assert b"_\xe9/mask/caf\xe9_" in raw and b"_\xe9/plain/caf\xe9_" in raw
+    pairs = read_csv(out / "pairs.csv")
+    assert all(os.path.isfile(path) for path in pd.concat([pairs["path_a"], pairs["path_b"]]))
+    assert len(read_manifest(out / "manifest.csv")) == len(toy_dataset["manifest"])

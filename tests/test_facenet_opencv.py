@@ -138,3 +138,14 @@ def test_missing_package_names_pip_command(monkeypatch, tmp_path):
 def test_rejects_images_that_are_not_uint8_rgb_160(images):
     with pytest.raises(ValueError, match=r"\(N, 160, 160, 3\)"):
         fo.opencv_embeddings(images)
+
+
+@needs_package
+def test_building_leaves_the_global_random_stream_alone(tmp_path: Path):
+    # The builder runs inside seeded fine-tuning (see tests/stages/test_finetune_reproducible.py):
+    # it must not consume the draws the training takes next.
+    torch.manual_seed(123)
+    expected = torch.rand(8)
+    torch.manual_seed(123)
+    fo.build_casia_webface_state_dict(tmp_path / "w.pt")
+    assert torch.equal(torch.rand(8), expected)

@@ -333,3 +333,108 @@ def test_add_weights_parser_sets_func(tmp_path, toy_registry, capsys):
     args = parser.parse_args(["weights", "list", "--cache-dir", str(tmp_path)])
     assert args.func(args) == 0
     assert "toy:v1" in capsys.readouterr().out
+
+
+# --- the real download code against a local HTTP server (offline) --------------------------
+
+
+class _Handler(__import__("http.server").server.BaseHTTPRequestHandler):
+    """Serves PAYLOAD at /toy-v1.pt, other bytes at /corrupt.pt, a cut-off body at /truncated.pt."""
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.server.requests_seen.append(self.path)
+        bodies = {"/toy-v1.pt": PAYLOAD, "/corrupt.pt": b"not the published file"}
+        if self.path == "/truncated.pt":
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD) * 10))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)  # then the connection closes: fewer bytes than announced
+            self.close_connection = True
+            return
+        if self.path not in bodies:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(bodies[self.path])))
+        self.end_headers()
+        self.wfile.write(bodies[self.path])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_server(monkeypatch):
+    import http.server
+    import threading
+
+    # Straight to 127.0.0.1 even where a proxy is configured.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.requests_seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_real_download_is_verified_and_placed(tmp_path, http_server):
+    server, base = http_server
+    cache = tmp_path / "cache"
+    path = weights.resolve_source(_source(url=f"{base}/toy-v1.pt"), cache_dir=cache)
+    assert path == _source().cache_path(cache)
+    assert path.read_bytes() == PAYLOAD
+    assert server.requests_seen == ["/toy-v1.pt"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["toy-v1.pt"]
+    # A second resolve uses the verified cache: no new request.
+    assert weights.resolve_source(_source(url=f"{base}/toy-v1.pt"), cache_dir=cache) == path
+    assert server.requests_seen == ["/toy-v1.pt"]
+
+
+def test_real_download_failing_its_checksum_places_nothing(tmp_path, http_server):
+    server, base = http_server
+    cache = tmp_path / "cache"
+    url = f"{base}/corrupt.pt"
+    with pytest.raises(ChecksumMismatchError) as info:
+        weights.resolve_source(_source(url=url), cache_dir=cache)
+    message = str(info.value)
+    assert url in message and PAYLOAD_SHA in message
+    assert hashlib.sha256(b"not the published file").hexdigest() in message
+    target = _source().cache_path(cache)
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == []  # the partial file is gone too
+    assert server.requests_seen == ["/corrupt.pt"]
+
+
+@pytest.mark.parametrize("name", ["truncated.pt", "missing.pt"])
+def test_real_download_cut_off_or_not_found_is_unavailable(tmp_path, http_server, name):
+    _, base = http_server
+    cache = tmp_path / "cache"
+    url = f"{base}/{name}"
+    with pytest.raises(WeightsUnavailableError) as info:
+        weights.resolve_source(_source(url=url), cache_dir=cache)
+    target = _source().cache_path(cache)
+    message = str(info.value)
+    assert str(target) in message and url in message and "\n" not in message
+    assert list(target.parent.iterdir()) == []
+
+
+def test_real_download_with_the_server_gone(tmp_path, http_server):
+    server, base = http_server
+    server.shutdown()
+    server.server_close()  # the port now refuses connections
+    cache = tmp_path / "cache"
+    url = f"{base}/toy-v1.pt"
+    started = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        weights.resolve_source(_source(url=url), cache_dir=cache)
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    target = _source().cache_path(cache)
+    assert f"{target} is absent" in message and f"download from {url} failed" in message
+    assert f"place it at {target}" in message
+    assert not target.exists() and _no_leftovers(target.parent)

@@ -27,6 +27,7 @@ from PIL import Image
 
 from maskface.masks import MASK_STYLES, draw_mask
 from maskface.synthetic import GROUND_TRUTH_CSV, LANDMARK_COLUMNS
+from maskface.tables import read_csv
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def _ground_truth_landmarks(paths: pd.Series) -> dict[str, tuple[np.ndarray, int
         table_path = folder / GROUND_TRUTH_CSV
         if not table_path.is_file():
             continue
-        table = pd.read_csv(table_path)
+        table = read_csv(table_path)
         if not {"path", "size", *LANDMARK_COLUMNS} <= set(table.columns):
             logger.warning("%s lacks landmark columns; its images use the template", table_path)
             continue

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from maskface.config import ConfigError, SyntheticConfig, _Section
 from maskface.imageio import sniff_format, to_rgb
+from maskface.tables import read_csv, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -515,9 +516,7 @@ def _collect_folder(collector: _Collector, spec: SourceSpec, key: str, pattern: 
 
 
 def _read_table(path: str | Path) -> pd.DataFrame:
-    return pd.read_csv(
-        path, dtype=object, keep_default_na=False, encoding="utf-8", encoding_errors="surrogateescape"
-    )
+    return read_csv(path, dtype=object)
 
 
 def _require_columns(table: pd.DataFrame, needed: Sequence[str], where: str) -> None:
@@ -837,8 +836,7 @@ def write_table(frame: pd.DataFrame, path: str | Path) -> None:
 
     Non-UTF-8 file names are written back as their original bytes (surrogateescape).
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, encoding="utf-8", errors="surrogateescape", lineterminator="\n")
+    write_csv(frame, path)
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

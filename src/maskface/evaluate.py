@@ -34,6 +34,7 @@ from maskface.plots import (
     worst_pairs_sheet,
 )
 from maskface.report import write_report
+from maskface.tables import read_csv, write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def read_scores(scores_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         path = scores_dir / f"{name}.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing; run the classify stage for {scores_dir.name}")
-        tables.append(pd.read_csv(path, keep_default_na=False))
+        tables.append(read_csv(path))
     return tables[0], tables[1]
 
 
@@ -72,7 +73,7 @@ def read_identification(scores_dir: Path) -> Optional[pd.DataFrame]:
     path = scores_dir / IDENTIFICATION_FILE
     if not path.is_file():
         return None
-    table = pd.read_csv(path, keep_default_na=False)
+    table = read_csv(path)
     table["masked"] = table["masked"].astype(str).str.lower().isin(["true", "1"])
     return table
 
@@ -197,7 +198,7 @@ def evaluate(
         paths = plot_paths(plots_dir, backbone)
         for name, table in tables.items():
             paths[name].parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(paths[name], index=False, float_format="%.6g")
+            write_csv(table, paths[name], float_format="%.6g")
         cmc = None
         if "identification" in report:
             rates = report["identification"]["cmc"]

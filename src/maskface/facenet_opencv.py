@@ -554,8 +554,13 @@ def build_casia_webface_state_dict(destination: Path) -> Path:
     """
     destination = Path(destination)
     path = graph_path()
-    state = convert_graph(path)
-    cosines = embedding_agreement(state, verification_images(), path)
+    # Building runs inside the caller's process, typically fine-tuning that has already seeded
+    # torch: each InceptionResnetV1 made here draws its random initialisation from the global
+    # generator, which would shift every later draw (head init, dropout, ...) and make the run
+    # that builds the file train a different model than the runs that load it.
+    with torch.random.fork_rng(devices=[]):
+        state = convert_graph(path)
+        cosines = embedding_agreement(state, verification_images(), path)
     if not np.all(cosines > MIN_VERIFY_COSINE):
         raise FacenetOpenCVError(
             f"converted weights do not reproduce {path}: cosines {np.round(cosines, 6).tolist()}, "

@@ -22,6 +22,7 @@ from PIL import Image
 
 from maskface.imageio import load_rgb
 from maskface.metrics import det_points, roc_points
+from maskface.tables import printable
 
 logger = logging.getLogger(__name__)
 
@@ -242,8 +243,8 @@ def worst_pairs_sheet(
             verdict = kind if row.error else "correct"
             colour = "tab:red" if row.error else "tab:green"
             texts.append((centre, image_a - 3, f"{verdict}\nscore {row.score:.4g}", colour, 8))
-            texts.append((centre, image_b - 2, str(row.identity_a)[-18:], "black", 7))
-            texts.append((centre, image_b + thumbnail + pair_band - 3, f"{str(row.identity_b)[-18:]}\n{row.pair_type}", "black", 7))
+            texts.append((centre, image_b - 2, printable(row.identity_a)[-18:], "black", 7))
+            texts.append((centre, image_b + thumbnail + pair_band - 3, f"{printable(row.identity_b)[-18:]}\n{row.pair_type}", "black", 7))
         if table.empty:
             texts.append((width / 2, top + block_height / 2, f"no {kind}s to show", "grey", 9))
     # At least as wide as the title line (~400 px at 80 dpi), even for one or two columns.

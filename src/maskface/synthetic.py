@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from maskface.config import SyntheticConfig
 from maskface.masks import MASK_STYLES, draw_mask, mask_polygon
+from maskface.tables import write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -599,7 +600,7 @@ def generate_dataset(out_dir: Path, config: SyntheticConfig) -> pd.DataFrame:
                 rows.append(row)
                 progress.update(1)
     table = pd.DataFrame(rows, columns=list(CSV_COLUMNS))
-    table.to_csv(out_dir / GROUND_TRUTH_CSV, index=False, lineterminator="\n")
+    write_csv(table, out_dir / GROUND_TRUTH_CSV)
     masked = int(table["masked"].sum())
     styles = table.loc[table["masked"], "mask_style"].value_counts().sort_index()
     logger.info(

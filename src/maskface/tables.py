@@ -1,7 +1,12 @@
-"""CSV tables between stages, lossless for file names that are not valid UTF-8.
+"""The one CSV layer for every table the pipeline, ``maskface eval`` and the CLI write or read.
 
-RMFRD ships mojibake file names; they are carried as their original bytes
-(surrogateescape) so that a path read back from any table opens the same file.
+File names are kept as their bytes: a name that is not valid UTF-8 is a ``str`` holding
+surrogate escapes (what ``os.fsdecode`` returns), written back as the original bytes
+(``surrogateescape`` on both sides), so a path read back from any table opens the same file.
+A plain ``pandas.read_csv`` fails on such a name.
+
+Columns that hold file names or identities are always read as text: a file or folder named
+``NA``, ``null`` or ``0012`` must not become a missing value or the number 12.
 """
 
 from __future__ import annotations
@@ -10,11 +15,33 @@ from pathlib import Path
 
 import pandas as pd
 
+ENCODING = "utf-8"
+ERRORS = "surrogateescape"
+# Read as pandas' default text dtype, what plain read_csv gives text columns. Its python
+# storage holds surrogate escapes; pyarrow storage would not (tests/test_tables.py would fail).
+NAME_COLUMNS = (
+    "path", "path_a", "path_b", "identity", "identity_a", "identity_b", "file", "source", "source_path",
+    "relative_path", "derived_from",
+)
+
 
 def write_csv(frame: pd.DataFrame, path: str | Path, **options) -> None:
+    """Write ``frame`` (no index, ``\\n`` line ends), file names as their original bytes."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False, encoding="utf-8", errors="surrogateescape", lineterminator="\n", **options)
+    frame.to_csv(path, index=False, encoding=ENCODING, errors=ERRORS, lineterminator="\n", **options)
 
 
 def read_csv(path: str | Path, **options) -> pd.DataFrame:
-    return pd.read_csv(path, encoding="utf-8", encoding_errors="surrogateescape", keep_default_na=False, **options)
+    """Read a table written by :func:`write_csv`; name columns stay exact text, empty cells stay ``""``."""
+    dtype = options.pop("dtype", None)
+    if dtype is None:
+        dtype = dict.fromkeys(NAME_COLUMNS, str)
+    return pd.read_csv(path, encoding=ENCODING, encoding_errors=ERRORS, keep_default_na=False, dtype=dtype, **options)
+
+
+def printable(text: object) -> str:
+    """``text`` for display (plots, reports, messages): undecodable file-name bytes become U+FFFD.
+
+    Only for showing a name; tables keep the exact bytes.
+    """
+    return str(text).encode(ENCODING, ERRORS).decode(ENCODING, "replace")

@@ -58,6 +58,7 @@ from maskface.distributed import (
 from maskface.embed import embed_array, save_model
 from maskface.losses import ArcFaceLoss
 from maskface.metrics import choose_threshold, confusion_at_threshold, roc_auc
+from maskface.tables import read_csv
 
 logger = logging.getLogger(__name__)
 
@@ -454,7 +455,7 @@ def _finetune(
         raise ValueError(f"ArcFace needs at least 2 training identities; found {len(identities)}")
     label_of = {identity: k for k, identity in enumerate(identities)}
     train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
-    val_pairs = pd.read_csv(val_pairs_path)
+    val_pairs = read_csv(val_pairs_path)
     batch_size = min(backbone_config.batch_size, len(train_rows))
     if batch_size < 2 * context.world_size:
         raise ValueError(
