@@ -269,6 +269,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         lines.append(f"ROC AUC {report['roc_auc']:.4f}, EER {report['eer']:.4f}")
     if "kfold" in report:
         lines.append(f"10-fold accuracy (threshold re-chosen on the target) {report['kfold']['mean']:.4f} +- {report['kfold']['std']:.4f}")
+        transfer = report["threshold_transfer"]
+        lines.append(
+            f"own threshold vs 10-fold: {transfer['own_threshold_accuracy']:.4f} vs {transfer['kfold_accuracy']:.4f} "
+            f"(gap {transfer['gap']:+.4f}: what the model's threshold loses on this collection)"
+        )
     if "cosine_baseline" in report:
         lines.append(f"cosine baseline ROC AUC {report['cosine_baseline']['roc_auc']:.4f}")
     if data["failed_images"]:

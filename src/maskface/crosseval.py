@@ -279,6 +279,14 @@ def metrics_of(
     groups = scored["identity_a"].to_numpy()
     report = fixed_threshold_report(scores, labels, threshold, folds, groups, fars, bootstrap, seed)
     report["threshold_source"] = "model folder (chosen on the training dataset's validation pairs)"
+    if "kfold" in report:
+        # Does the model's own threshold transfer? The 10-fold figure picks a threshold on these
+        # very pairs (nine folds at a time); a deployed model cannot, so the gap is what a user loses.
+        report["threshold_transfer"] = {
+            "own_threshold_accuracy": report["accuracy"],
+            "kfold_accuracy": report["kfold"]["mean"],
+            "gap": report["accuracy"] - report["kfold"]["mean"],
+        }
     if 0 < labels.sum() < labels.size:
         oracle = choose_threshold(scores, labels)
         report["oracle_threshold"] = {
