@@ -268,7 +268,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if report.get("roc_auc") is not None:
         lines.append(f"ROC AUC {report['roc_auc']:.4f}, EER {report['eer']:.4f}")
     if "kfold" in report:
-        lines.append(f"10-fold accuracy (threshold re-chosen on the target) {report['kfold']['mean']:.4f} +- {report['kfold']['std']:.4f}")
+        lines.append(f"{len(report['kfold']['fold_ids'])}-fold accuracy (threshold re-chosen on the target) {report['kfold']['mean']:.4f} +- {report['kfold']['std']:.4f}")
     if "cosine_baseline" in report:
         lines.append(f"cosine baseline ROC AUC {report['cosine_baseline']['roc_auc']:.4f}")
     if data["failed_images"]:
