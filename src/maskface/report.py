@@ -178,8 +178,8 @@ def render_report(
         "Every number is measured on the **test** pairs. A pair is accepted as the same person when "
         "its score reaches the threshold chosen on the **validation** pairs (accuracy-maximising), "
         "never on test. The k-fold accuracy is the LFW protocol: the test people are dealt into "
-        "person-disjoint folds (10, fewer when under 20 people, two at least in each) and each fold is "
-        "scored at a threshold picked on the others. "
+        "person-disjoint folds (10, fewer below 50 people: five at least in each; none below 10) and "
+        "each fold is scored at a threshold picked on the others. "
         + (
             f"Values in brackets are 95 % bootstrap intervals ({bootstrap} resamples of the test "
             "identities; a pair counts once per draw of its identity, an impostor pair once per draw of "
