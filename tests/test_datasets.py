@@ -684,3 +684,78 @@ def test_real_orl_as_folder(datasets_root):
     assert list(result.rejected["reason"]) == ["not_an_image"]
     assert Path(result.rejected["path"].item()).name == "README"
     assert (result.manifest["width"] == 92).all() and (result.manifest["height"] == 112).all()
+
+
+# --- simulated copies know their source ---------------------------------------------
+
+
+def _number_of(path: str) -> tuple[str, str]:
+    """(person, NNNN) read from a MaskTheFace / LFW file name alone: the oracle for 'same photo'."""
+    match = re.fullmatch(r"(?:crop_)?(.+?)_(\d{4})(?:_[A-Za-z].*)?", Path(path).stem)
+    assert match, path
+    return match.group(1), match.group(2)
+
+
+def test_masked_copies_name_their_source_photo(tmp_path):
+    from maskface.split import make_pairs
+
+    plain, masked = tmp_path / "AFDB_face_dataset", tmp_path / "AFDB_masked_face_dataset"
+    for k, person in enumerate(["Ann_Lee", "Bo_Chen", "Cy_Dow"]):
+        for n in (1, 2, 3):
+            _face(plain / person / f"{person}_{n:04d}.jpg", seed=10 * k + n, fmt="JPEG")
+        _face(masked / person / f"{person}_0001_surgical.jpg", seed=100 + k, fmt="JPEG")
+        _face(masked / person / f"crop_{person}_0002_surgical_blue.jpg", seed=200 + k, fmt="JPEG")
+        _face(masked / person / f"crop_{person}_0002_KN95.png", seed=300 + k)
+        _face(masked / person / f"{person}_0009_surgical.jpg", seed=400 + k, fmt="JPEG")  # no such original
+        _face(masked / person / "0_0_3.jpg", seed=500 + k, fmt="JPEG")  # a real masked photo (RMFRD name)
+    _face(plain / "Bo_Chen" / "0_0.jpg", seed=600)  # must not adopt "0_0_3.jpg" of anyone
+    manifest = build_manifest(_config(source="rmfrd", root=str(tmp_path))).manifest
+    assert tuple(manifest.columns) == MANIFEST_COLUMNS
+    derived = {Path(p).relative_to(tmp_path).as_posix(): d for p, d in zip(manifest["path"], manifest["derived_from"])}
+    for person in ["Ann_Lee", "Bo_Chen", "Cy_Dow"]:
+        first, second = (Path(tmp_path, "AFDB_face_dataset", person, f"{person}_{n:04d}.jpg").as_posix() for n in (1, 2))
+        assert derived[f"AFDB_masked_face_dataset/{person}/{person}_0001_surgical.jpg"] == first
+        assert derived[f"AFDB_masked_face_dataset/{person}/crop_{person}_0002_surgical_blue.jpg"] == second
+        assert derived[f"AFDB_masked_face_dataset/{person}/crop_{person}_0002_KN95.png"] == second
+        assert derived[f"AFDB_masked_face_dataset/{person}/{person}_0009_surgical.jpg"] == ""
+        assert derived[f"AFDB_masked_face_dataset/{person}/0_0_3.jpg"] == ""
+    assert all(d == "" for p, d in derived.items() if p.startswith("AFDB_face_dataset/"))
+    # Copies and sources are in the pool, and pairs still form, but never of one photo.
+    pairs = make_pairs(manifest, ["masked-unmasked", "masked-masked"], 100, seed=0, n_folds=1)
+    origin = {p: (d or p) for p, d in zip(manifest["path"], manifest["derived_from"])}
+    assert int(pairs["label"].sum()) > 0
+    assert not (pairs["path_a"].map(origin) == pairs["path_b"].map(origin)).any()
+
+
+def test_smfrd_copy_with_the_original_name_is_linked(tmp_path):
+    _face(tmp_path / "masked" / "Ann_Lee" / "Ann_Lee_0001.jpg", seed=1, fmt="JPEG")
+    _face(tmp_path / "plain" / "Ann_Lee" / "Ann_Lee_0001.jpg", seed=2, fmt="JPEG")
+    _face(tmp_path / "plain" / "Ann_Lee" / "Ann_Lee_0002.jpg", seed=3, fmt="JPEG")
+    cfg = _config(source="smfrd", root=str(tmp_path / "masked"), unmasked_root=str(tmp_path / "plain"))
+    manifest = build_manifest(cfg).manifest.set_index("path")
+    copy = (tmp_path / "masked" / "Ann_Lee" / "Ann_Lee_0001.jpg").as_posix()
+    assert manifest.at[copy, "derived_from"] == (tmp_path / "plain" / "Ann_Lee" / "Ann_Lee_0001.jpg").as_posix()
+
+
+@pytest.mark.realdata
+def test_real_lfw_masktheface_pairs_never_join_a_copy_with_its_source(datasets_root):
+    from maskface.split import make_pairs, split_dataset
+
+    root = datasets_root / "lfw-masktheface"
+    manifest = build_manifest(_config(source="rmfrd", root=str(root), min_side=32, workers=2)).manifest
+    masked = manifest[manifest["masked"]]
+    assert len(masked) > 2000 and (masked["derived_from"] != "").all()
+    # Each copy's source, read independently from the two file names: same person, same NNNN.
+    for path, source in zip(masked["path"], masked["derived_from"]):
+        assert _number_of(path) == _number_of(source) and "/AFDB_face_dataset/" in source
+    types = ["masked-unmasked", "masked-masked"]
+
+    def same_photo(pairs: pd.DataFrame) -> int:
+        return sum(_number_of(a) == _number_of(b) for a, b in zip(pairs["path_a"], pairs["path_b"]))
+
+    everyone = make_pairs(manifest, types, 20, seed=0)
+    _, split = split_dataset(manifest, (0.7, 0.1, 0.2), 0, "identity", types, 20)
+    for pairs in (everyone, split["val"], split["test"]):
+        assert int(pairs["label"].sum()) > 0 and same_photo(pairs) == 0
+    # The guard is what keeps them out: without derived_from such pairs are drawn.
+    assert same_photo(make_pairs(manifest.drop(columns="derived_from"), types, 20, seed=0)) > 100

@@ -615,15 +615,14 @@ def test_bootstrap_auc_statistic_equals_sklearn(seed):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_resampled_statistics_equal_sklearn_with_sample_weights(seed):
-    # One group per pair: a row of draw counts is a row of sample weights, sklearn's oracle.
+    # A row of pair weights is a row of sample weights, sklearn's oracle.
     for quantise in (False, True):
         scores, labels = random_pairs(seed, n=200, quantise=quantise)
         y = labels.astype(bool)
-        times = np.random.default_rng(seed).integers(0, 4, size=(5, scores.size)).astype(float)
-        pair_groups = np.arange(scores.size)
-        aucs = metrics.AucStatistic().resampled(scores, y, pair_groups, times)
-        accuracies = metrics.AccuracyStatistic(0.3).resampled(scores, y, pair_groups, times)
-        for row, auc, accuracy in zip(times, aucs, accuracies):
+        weights = np.random.default_rng(seed).integers(0, 4, size=(5, scores.size)).astype(float)
+        aucs = metrics.AucStatistic().resampled(scores, y, weights)
+        accuracies = metrics.AccuracyStatistic(0.3).resampled(scores, y, weights)
+        for row, auc, accuracy in zip(weights, aucs, accuracies):
             assert auc == pytest.approx(roc_auc_score(y, scores, sample_weight=row), abs=1e-12)
             assert accuracy == pytest.approx(np.average((scores >= 0.3) == y, weights=row), abs=1e-12)
 
@@ -659,3 +658,129 @@ def test_vectorised_bootstrap_skips_degenerate_resamples_like_the_loop():
     fast = bootstrap_interval(scores, labels, groups, metrics.AucStatistic(), n_resamples=400, seed=5)
     slow = bootstrap_interval(scores, labels, groups, auc_statistic, n_resamples=400, seed=5)
     assert fast == slow
+
+
+# ---------------------------------------------------------------- two-way bootstrap
+
+
+def two_identity_pairs(seed: int):
+    """Genuine pairs within and impostor pairs across 9 named identities; tied, correlated scores."""
+    rng = np.random.default_rng(seed)
+    names = np.array(["zoe", "al", "mo", "kim", "bo", "lee", "ann", "ty", "eve"])
+    offset = dict(zip(names, rng.normal(0.0, 0.6, names.size)))
+    first, second = [], []
+    for name in names:
+        first += [name] * int(rng.integers(1, 5))
+        second += [name] * (len(first) - len(second))
+    for _ in range(30):
+        a, b = rng.choice(names, size=2, replace=False)
+        first.append(a)
+        second.append(b)
+    first, second = np.array(first), np.array(second)
+    labels = (first == second).astype(int)
+    noise = rng.normal(0.0, 1.0, labels.size) + 1.2 * labels
+    scores = np.round(noise + [offset[a] + offset[b] for a, b in zip(first, second)], 1)
+    return scores, labels, first, second
+
+
+def brute_force_two_way(scores, labels, first, second, statistic, n_resamples, seed):
+    """The resampled pair list built person by person, as the definition reads.
+
+    Each resample draws as many people as there are identities, with replacement, from the
+    sorted identities with the same generator calls as the library. Every draw (a slot) is
+    a person of its own: a pair within an identity comes along once per slot holding it; a
+    pair between identities a != b once per ordered pair of slots (one holding a, another b).
+    """
+    names = np.unique(np.concatenate([first, second]))
+    rng = np.random.default_rng(seed)
+    values, skipped = [], 0
+    for _ in range(n_resamples):
+        slots = names[rng.integers(0, names.size, size=names.size)]
+        picked = []
+        for k, person in enumerate(slots):
+            picked += [i for i in range(labels.size) if first[i] == person and second[i] == person]
+            for other_slot, other in enumerate(slots):
+                if other_slot != k and other != person:
+                    picked += [i for i in range(labels.size) if first[i] == person and second[i] == other]
+        y = labels[picked]
+        if y.all() or not y.any():
+            skipped += 1
+            continue
+        values.append(statistic(y, scores[picked]))
+    low, high = np.quantile(values, [0.025, 0.975])
+    return low, high, len(values), skipped
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name", ["accuracy", "roc_auc"])
+def test_two_way_bootstrap_equals_brute_force_resampled_pair_lists(seed, name, monkeypatch):
+    scores, labels, first, second = two_identity_pairs(seed)
+    threshold = 0.55
+    oracle = {
+        "accuracy": lambda y, s: accuracy_score(y, s >= threshold),
+        "roc_auc": lambda y, s: roc_auc_score(y, s),
+    }[name]
+    fast_statistic = {"accuracy": metrics.AccuracyStatistic(threshold), "roc_auc": metrics.AucStatistic()}[name]
+    low, high, n_used, n_skipped = brute_force_two_way(scores, labels, first, second, oracle, 120, seed)
+    assert n_used > 100
+    groups = np.stack([first, second], axis=1)
+    # Several blocks with a ragged last one.
+    monkeypatch.setattr(metrics, "_BOOTSTRAP_BLOCK_ELEMENTS", 7 * labels.size)
+    fast = bootstrap_interval(scores, labels, groups, fast_statistic, n_resamples=120, seed=seed)
+    looped = bootstrap_interval(scores, labels, groups, lambda s, y: oracle(y, s), n_resamples=120, seed=seed)
+    for result in (fast, looped):
+        assert (result["n_used"], result["n_skipped"]) == (n_used, n_skipped)
+        assert result["low"] == pytest.approx(low, abs=1e-12)
+        assert result["high"] == pytest.approx(high, abs=1e-12)
+        assert result["n_groups"] == 9 and result["resampling"] == "two-way"
+        assert result["estimate"] == pytest.approx(oracle(labels, scores), abs=1e-12)
+
+
+def test_two_way_bootstrap_resamples_the_second_identity():
+    # Every impostor pair's first identity is "a"; its second varies. Resampling by the first
+    # identity alone (the old way) would keep all impostors or none; two-way resampling keeps
+    # only those whose second identity was drawn too.
+    first = np.array(["a", "a", "b", "c", "a", "a"])
+    second = np.array(["a", "a", "b", "c", "b", "c"])
+    labels = (first == second).astype(int)
+    scores = np.arange(6, dtype=float)
+    seen: list[Counter] = []
+
+    def record(s, y):
+        seen.append(Counter(s.tolist()))
+        return float(np.mean(y))
+
+    bootstrap_interval(scores, labels, np.stack([first, second], axis=1), record, n_resamples=200, seed=3)
+    seen.pop()  # the estimate's call on all pairs
+    impostor_sets = set()
+    for counts in seen:
+        # Genuine scores name their identity: 0 and 1 are a's, 2 is b's, 3 is c's.
+        draws = {"a": counts[0.0], "b": counts[2.0], "c": counts[3.0]}
+        assert counts[1.0] == draws["a"] and sum(draws.values()) <= 3
+        for score, other in ((4.0, "b"), (5.0, "c")):
+            assert counts[score] == draws["a"] * draws[other]
+        impostor_sets.add((counts[4.0] > 0, counts[5.0] > 0))
+    assert (True, False) in impostor_sets and (False, True) in impostor_sets
+
+
+def test_two_way_bootstrap_is_wider_than_resampling_first_identities_only():
+    # Impostor scores depend on the second identity only: resampling first identities alone
+    # never varies that source of spread, so its interval is too narrow.
+    rng = np.random.default_rng(0)
+    names = np.arange(40)
+    offset = rng.normal(0.0, 1.5, names.size)
+    first = np.concatenate([np.repeat(names, 3), rng.choice(names, 120)])
+    second = np.concatenate([np.repeat(names, 3), (first[120:] + rng.integers(1, 40, 120)) % 40])
+    labels = (first == second).astype(int)
+    scores = rng.normal(0.0, 0.3, labels.size) + 2.0 * labels + np.where(labels == 1, 0.0, offset[second])
+    two_way = bootstrap_interval(scores, labels, np.stack([first, second], 1), metrics.AucStatistic(), 400, seed=1)
+    one_way = bootstrap_interval(scores, labels, first, metrics.AucStatistic(), 400, seed=1)
+    assert one_way["resampling"] == "one-way"
+    assert two_way["high"] - two_way["low"] > 1.3 * (one_way["high"] - one_way["low"])
+
+
+def test_bootstrap_refuses_groups_of_another_shape():
+    with pytest.raises(ValueError, match=r"shape \(4,\).*\(4, 2\).*got shape \(4, 3\)"):
+        bootstrap_interval([0.1, 0.2, 0.3, 0.4], [0, 1, 0, 1], np.zeros((4, 3)), metrics.AucStatistic(), 10)
+    with pytest.raises(ValueError, match="test_groups|groups must have shape"):
+        verification_report([0.1, 0.9], [0, 1], [0.1, 0.9], [0, 1], test_groups=np.zeros((3, 2)), bootstrap=5)

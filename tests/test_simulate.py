@@ -167,3 +167,33 @@ def test_lfw_gray_masks_change_the_lower_face_and_leave_the_eyes(datasets_root, 
         mouth = ((landmarks[3] + landmarks[4]) / 2).astype(int)
         lower = (slice(mouth[1] - 5, mouth[1] + 6), slice(mouth[0] - 10, mouth[0] + 11))
         assert np.abs(after[lower] - before[lower]).mean() > 15.0
+
+
+def test_simulated_copies_name_their_source_and_never_pair_with_it(lfw_like, tmp_path, monkeypatch):
+    from maskface.split import make_pairs
+
+    dst = tmp_path / "dst"
+    written = simulate_masks(lfw_like, dst, "lfw", seed=3, device="cpu", on_no_face="template", workers=1)
+    assert (dst / written["derived_from"]).map(lambda p: p.resolve()).tolist() == [
+        (lfw_like / p).resolve() for p in written["path"]
+    ]
+    # Read from another working directory, copies and originals together: every copy's
+    # derived_from is its original's own manifest path.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = DataConfig(source="manifest", root=str(dst / "manifest.csv"), extra_sources=(f"lfw:{lfw_like}",), workers=1)
+    manifest = build_manifest(config).manifest
+    copies, originals = manifest[manifest["masked"]], manifest[~manifest["masked"]]
+    assert len(copies) == len(originals) == 4
+    assert set(copies["derived_from"]) == set(originals["path"])
+    assert (originals["derived_from"] == "").all()
+    for path, source in zip(copies["path"], copies["derived_from"]):
+        assert path.rsplit("/", 1)[-1] == source.rsplit("/", 1)[-1]  # the same file name, masked
+    # One person under both sources' labels: each copy has one genuine partner left, the
+    # other photo of its person; its own source is never its partner.
+    manifest["identity"] = manifest["identity"].str.split("/", n=1).str[1]
+    pairs = make_pairs(manifest, ["masked-unmasked"], 100, seed=0, n_folds=1)
+    origin = {p: (d or p) for p, d in zip(manifest["path"], manifest["derived_from"])}
+    assert int(pairs["label"].sum()) == 4 and len(pairs) == 8
+    assert not (pairs["path_a"].map(origin) == pairs["path_b"].map(origin)).any()

@@ -151,9 +151,9 @@ def _pair_embeddings(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.D
 
 
 def training_pairs(index: pd.DataFrame, config: ClassifyConfig) -> pd.DataFrame:
-    """Balanced pairs of every type among the training identities."""
+    """Balanced pairs of every type among the training identities (impostors across all of them: no folds)."""
     train = index[index["split"] == "train"]
-    return make_pairs(train, PAIR_TYPES, config.train_pairs_per_identity, config.seed)
+    return make_pairs(train, PAIR_TYPES, config.train_pairs_per_identity, config.seed, n_folds=1)
 
 
 def fit_and_score(

@@ -268,10 +268,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if report.get("roc_auc") is not None:
         lines.append(f"ROC AUC {report['roc_auc']:.4f}, EER {report['eer']:.4f}")
     if "kfold" in report:
-        lines.append(f"10-fold accuracy (threshold re-chosen on the target) {report['kfold']['mean']:.4f} +- {report['kfold']['std']:.4f}")
+        folds = len(report["kfold"]["fold_ids"])
+        lines.append(f"{folds}-fold accuracy (threshold re-chosen on the target) {report['kfold']['mean']:.4f} +- {report['kfold']['std']:.4f}")
         transfer = report["threshold_transfer"]
         lines.append(
-            f"own threshold vs 10-fold: {transfer['own_threshold_accuracy']:.4f} vs {transfer['kfold_accuracy']:.4f} "
+            f"own threshold vs {folds}-fold: {transfer['own_threshold_accuracy']:.4f} vs {transfer['kfold_accuracy']:.4f} "
             f"(gap {transfer['gap']:+.4f}: what the model's threshold loses on this collection)"
         )
     if "cosine_baseline" in report:

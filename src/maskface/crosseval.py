@@ -276,7 +276,7 @@ def metrics_of(
     scores = scored["score"].to_numpy()
     labels = scored["label"].to_numpy().astype(bool)
     folds = scored["fold"].to_numpy()
-    groups = scored["identity_a"].to_numpy()
+    groups = scored[["identity_a", "identity_b"]].to_numpy()
     report = fixed_threshold_report(scores, labels, threshold, folds, groups, fars, bootstrap, seed)
     report["threshold_source"] = "model folder (chosen on the training dataset's validation pairs)"
     if "kfold" in report:

@@ -3,7 +3,7 @@
 Every file under every configured root ends up in exactly one of two tables:
 
 * the **manifest** (one row per usable image: path, identity, masked, source, width,
-  height, mode, sha256, label_noise), or
+  height, mode, sha256, label_noise, derived_from), or
 * the **rejected** table (path, reason, detail), with ``reason`` from :data:`REJECT_REASONS`.
 
 Each file is opened and fully decoded once, in ``workers`` processes, and converted with
@@ -65,7 +65,11 @@ REJECT_REASONS = (
     "bad_manifest_row",  # a manifest row without a path or identity, or with an unreadable masked flag
 )
 
-MANIFEST_COLUMNS = ("path", "identity", "masked", "source", "width", "height", "mode", "sha256", "label_noise")
+# derived_from: the manifest path of the photo a simulated masked copy was made from ("" for
+# an original); the pair builder never pairs images of one origin (maskface.split).
+MANIFEST_COLUMNS = (
+    "path", "identity", "masked", "source", "width", "height", "mode", "sha256", "label_noise", "derived_from",
+)
 REJECTED_COLUMNS = ("path", "reason", "detail")
 
 RMFRD_UNMASKED_DIR = "AFDB_face_dataset"
@@ -398,6 +402,7 @@ class _Candidate(NamedTuple):
     identity: Optional[str]
     masked: Optional[bool]
     detail: str = ""
+    derived_from: str = ""  # a source manifest's declared original (a path to open), or ""
 
 
 class _Collector:
@@ -565,7 +570,10 @@ def _collect_manifest(collector: _Collector, spec: SourceSpec, key: str) -> None
         if not os.path.lexists(open_path):
             collector.reject(open_path, "missing", f"{where}: no such file", spec.label)
             continue
-        collector.add(_Candidate(open_path, spec.label, f"{spec.label}/{identity}", masked))
+        derived = str(getattr(row, "derived_from", "") or "").strip()
+        if derived and not os.path.isabs(derived):
+            derived = os.path.join(folder, derived)
+        collector.add(_Candidate(open_path, spec.label, f"{spec.label}/{identity}", masked, derived_from=derived))
 
 
 def _collect_synthetic(collector: _Collector, spec: SourceSpec, synthetic_dir: Path, cfg: DataConfig) -> None:
@@ -712,6 +720,7 @@ def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> Man
                     "height": info.height,
                     "mode": info.mode,
                     "sha256": info.sha256,
+                    "derived_from": candidate.derived_from,
                 }
             )
 
@@ -731,6 +740,7 @@ def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> Man
         identities_of[row["sha256"]].add(row["identity"])
     for row in kept:
         row["label_noise"] = len(identities_of[row["sha256"]]) > 1
+    _link_derived(kept, {spec.label: spec.kind for spec in specs}, collector)
 
     manifest = _frame(kept, MANIFEST_COLUMNS)
     rejected_frame = _frame(
@@ -748,6 +758,59 @@ def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> Man
         report["rejected_by_reason_nonzero"],
     )
     return ManifestResult(manifest=manifest, rejected=rejected_frame, report=report)
+
+
+# Suffixes simulators add to the original's name: MaskTheFace "_surgical", "_KN95",
+# "_surgical_blue"; a tail starting with a digit ("0_0_3") is a photo number, not a mask.
+_COPY_PREFIX = "crop_"
+_NAMED_KINDS = ("rmfrd", "smfrd", "folder")
+
+
+def _original_stems(stem: str) -> Iterator[str]:
+    """Names a masked copy's original may have, longest first: the stem itself, then the stem
+    without ``crop_`` and without each trailing ``_<word>`` tail that starts with a letter."""
+    yield stem
+    bare = stem.removeprefix(_COPY_PREFIX)
+    if bare != stem:
+        yield bare
+    parts = bare.split("_")
+    for cut in range(len(parts) - 1, 0, -1):
+        if parts[cut][:1].isalpha():
+            yield "_".join(parts[:cut])
+
+
+def _link_derived(rows: list[dict], kinds: dict[str, str], collector: _Collector) -> None:
+    """Fill ``derived_from`` in place: every masked image made from another photo names it.
+
+    A source manifest's declared ``derived_from`` (resolved as its paths are) becomes that
+    photo's manifest path. In the rmfrd, smfrd and folder layouts a masked file is a copy
+    of the unmasked photo of the same identity whose name :func:`_original_stems` gives
+    (``AFDB_masked_face_dataset/<Name>/<Name>_0001_surgical.jpg`` and
+    ``crop_<Name>_0001_KN95.jpg`` from ``AFDB_face_dataset/<Name>/<Name>_0001.jpg``; an
+    SMFRD copy with the original's own name); a real masked photo matches no such name.
+    """
+    declared = [row for row in rows if row["derived_from"]]
+    if declared:
+        path_of = {os.path.realpath(row["path"]): row["path"] for row in rows}
+        for row in declared:
+            target = os.path.normpath(row["derived_from"])
+            row["derived_from"] = path_of.get(os.path.realpath(target), collector.display(target))
+    originals: dict[tuple[str, str], str] = {}
+    for row in rows:
+        if not row["masked"] and kinds.get(row["source"]) in _NAMED_KINDS:
+            originals.setdefault((row["identity"], PurePosixPath(row["path"]).stem), row["path"])
+    linked = 0
+    for row in rows:
+        if not row["masked"] or row["derived_from"] or kinds.get(row["source"]) not in _NAMED_KINDS:
+            continue
+        for stem in _original_stems(PurePosixPath(row["path"]).stem):
+            original = originals.get((row["identity"], stem))
+            if original is not None:
+                row["derived_from"] = original
+                linked += 1
+                break
+    if linked or declared:
+        logger.info("%d masked images are copies of another photo (%d by name, %d declared)", linked + len(declared), linked, len(declared))
 
 
 def _frame(rows: list[dict], columns: Sequence[str]) -> pd.DataFrame:

@@ -86,8 +86,8 @@ def _report_for(val: pd.DataFrame, test: pd.DataFrame, column: str, config: Eval
         test["label"].to_numpy(),
         test_pair_types=test["pair_type"].to_numpy(),
         test_folds=test["fold"].to_numpy(),
-        # Pairs cluster by identity; the first image's identity also decides the fold.
-        test_groups=test["identity_a"].to_numpy(),
+        # Two-way bootstrap: both identities of every pair are resampled.
+        test_groups=test[["identity_a", "identity_b"]].to_numpy(),
         fars=config.fars,
         bootstrap=config.bootstrap,
         seed=config.seed,

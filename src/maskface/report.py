@@ -179,10 +179,13 @@ def render_report(
         "",
         "Every number is measured on the **test** pairs. A pair is accepted as the same person when "
         "its score reaches the threshold chosen on the **validation** pairs (accuracy-maximising), "
-        "never on test. The 10-fold accuracy is the LFW protocol: each fold is scored at a threshold "
-        "picked on the other nine. "
+        "never on test. The k-fold accuracy is the LFW protocol: the test people are dealt into "
+        "person-disjoint folds (10, fewer below 50 people: five at least in each; none below 10) and "
+        "each fold is scored at a threshold picked on the others. "
         + (
-            f"Values in brackets are 95 % bootstrap intervals ({bootstrap} resamples of whole identities). "
+            f"Values in brackets are 95 % bootstrap intervals ({bootstrap} resamples of the test "
+            "identities; a pair counts once per draw of its identity, an impostor pair once per draw of "
+            "each of its two). "
             if bootstrap
             else "No bootstrap intervals (evaluate.bootstrap is 0). "
         )
@@ -241,7 +244,7 @@ def render_report(
     if data:
         lines += _data_section(data)
 
-    header = ["backbone", "classifier", "accuracy", "10-fold accuracy", "F1", "ROC AUC", "EER", *map(_far_label, fars)]
+    header = ["backbone", "classifier", "accuracy", "k-fold accuracy", "F1", "ROC AUC", "EER", *map(_far_label, fars)]
     lines += ["## Verification, all pair types", ""]
     rows = []
     for backbone, block in results.items():

@@ -10,8 +10,11 @@ finds its landmarks. Everything is seeded per file, so a rerun writes the same p
 - every masked image at the same relative path as in SRC, same format; greyscale sources
   stay greyscale (a colour mask on a grey photo would be a give-away cue);
 - ``manifest.csv``: path (relative to DST), identity, masked (True), mask_style,
-  source_path, landmark_source (mtcnn | template), confidence, the landmarks ``le_x ...
-  mr_y``. It is a valid ``data.source: manifest`` input (``data.root: DST/manifest.csv``);
+  source_path (as the run saw it), derived_from (the same source photo, relative to DST
+  like ``path``), landmark_source (mtcnn | template), confidence, the landmarks ``le_x
+  ... mr_y``. It is a valid ``data.source: manifest`` input (``data.root:
+  DST/manifest.csv``); the reader turns derived_from into the source's manifest path, and
+  no pair ever joins a copy with its source (:func:`maskface.split.make_pairs`);
 - ``skipped.csv``: source_path, identity, reason (``already_masked``, ``no_face``);
 - ``preview.png``: originals above their masked versions (or ``--preview PATH``).
 
@@ -46,7 +49,8 @@ PREVIEW_FILE = "preview.png"
 SOURCE_KINDS = ("rmfrd", "smfrd", "lfw", "folder", "manifest")
 ON_NO_FACE = ("skip", "template")
 MANIFEST_COLUMNS = (
-    "path", "identity", "masked", "mask_style", "source_path", "landmark_source", "confidence", *LANDMARK_COLUMNS,
+    "path", "identity", "masked", "mask_style", "source_path", "derived_from", "landmark_source", "confidence",
+    *LANDMARK_COLUMNS,
 )
 SKIPPED_COLUMNS = ("source_path", "identity", "reason")
 _JPEG_QUALITY = 95
@@ -219,6 +223,8 @@ def simulate_masks(
                     "masked": True,
                     "mask_style": style,
                     "source_path": item["path"],
+                    # Relative to DST, as `path` is: it still resolves when the reader runs elsewhere.
+                    "derived_from": Path(os.path.relpath(os.path.abspath(item["path"]), os.path.abspath(dst_root))).as_posix(),
                     "landmark_source": source,
                     "confidence": round(detection.confidence, 6) if detection.detected else np.nan,
                 }

@@ -17,6 +17,11 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 PAIR_COLUMNS = ["path_a", "path_b", "identity_a", "identity_b", "label", "pair_type", "fold"]
 N_FOLDS = 10
+# A fold's impostor pairs join two of its own people, so k folds keep only ~1/k of all pairs
+# of people as impostors. Five people per fold at least (10 pairs of people per fold): with
+# two per fold, the 6 test people of the default dataset gave 3 pairs of people, and which 3
+# the shuffle picked moved test accuracy by 0.1 to 0.2 (docs/evaluation.md).
+MIN_IDENTITIES_PER_FOLD = 5
 
 
 def _allocate(count: int, ratios: Sequence[float]) -> list[int]:
@@ -71,25 +76,68 @@ def _sides(pair_type: str) -> tuple[bool, bool]:
     return first == "masked", second == "masked"
 
 
+def fold_count(n_identities: int, n_folds: int = N_FOLDS) -> int:
+    """Folds for ``n_identities`` people: ``n_folds``, fewer when some fold would hold under
+    :data:`MIN_IDENTITIES_PER_FOLD` people, at least 1 (one fold: no k-fold protocol, and
+    impostors among all people)."""
+    return max(1, min(int(n_folds), n_identities // MIN_IDENTITIES_PER_FOLD))
+
+
+def assign_folds(identities: Sequence[str], n_folds: int, rng: np.random.Generator) -> dict[str, int]:
+    """Deal the (sorted) identities, shuffled by ``rng``, round-robin into ``n_folds`` folds."""
+    shuffled = np.array(sorted(identities), dtype=object)
+    rng.shuffle(shuffled)
+    return {identity: index % n_folds for index, identity in enumerate(shuffled)}
+
+
+def _origins(images: pd.DataFrame) -> dict[str, str]:
+    """Each image's original photo: its ``derived_from`` (a simulated mask's source) or itself.
+
+    Two images with the same origin share the pixels around the eyes, so a pair of them
+    proves nothing; the pair builder never joins them.
+    """
+    paths = images["path"].astype(str).tolist()
+    if "derived_from" not in images.columns:
+        return dict(zip(paths, paths))
+    sources = images["derived_from"].tolist()
+    return {
+        path: path if source is None or (isinstance(source, float) and np.isnan(source)) or str(source) == "" else str(source)
+        for path, source in zip(paths, sources)
+    }
+
+
 def make_pairs(
     images: pd.DataFrame,
     pair_types: Sequence[str],
     max_genuine_per_identity: int,
     seed: int,
+    n_folds: int = N_FOLDS,
 ) -> pd.DataFrame:
-    """Balanced genuine/impostor pairs among ``images`` (path, identity, masked).
+    """Balanced genuine/impostor pairs among ``images`` (path, identity, masked[, derived_from]).
 
-    For each pair type (e.g. ``masked-unmasked``: first image masked, second unmasked):
-    every genuine pair of an identity up to ``max_genuine_per_identity`` (a seeded sample
-    beyond that), then as many impostor pairs of the same type, drawn across identities.
-    ``fold`` (0..9) is assigned by identity of the first image, for LFW-style threshold
-    selection that never sees the pairs it is judged on.
+    The identities are first dealt into :func:`fold_count` person-disjoint folds (as LFW's
+    View 2): ``fold`` (0..k-1) is the fold of both identities of every pair, so a threshold
+    chosen on the other folds never saw a person of the held-out one. For each pair type
+    (e.g. ``masked-unmasked``: first image masked, second unmasked): every genuine pair of
+    an identity up to ``max_genuine_per_identity`` (a seeded sample beyond that), then, in
+    each fold, as many impostor pairs of the same type between that fold's identities as
+    the fold has genuine pairs. ``n_folds=1`` draws impostors across all identities.
+
+    No pair joins two images of the same origin (:func:`_origins`): a simulated masked
+    copy and its source photo, or two copies of one photo.
     """
+    if int(n_folds) < 1:
+        raise ValueError(f"n_folds {n_folds!r} is invalid; valid: an integer >= 1")
     rng = np.random.default_rng(seed)
     identities = sorted(images["identity"].unique())
-    shuffled = np.array(identities)
-    rng.shuffle(shuffled)
-    fold_of = {identity: index % N_FOLDS for index, identity in enumerate(shuffled)}
+    k = fold_count(len(identities), n_folds)
+    if k < n_folds and len(identities) > 0:
+        logger.info(
+            "%d identities: %d person-disjoint folds instead of %d (at least %d people per fold)",
+            len(identities), k, n_folds, MIN_IDENTITIES_PER_FOLD,
+        )
+    fold_of = assign_folds(identities, k, rng)
+    origin = _origins(images)
     by_identity = {
         identity: {
             masked: sorted(group.loc[group["masked"] == masked, "path"].tolist())
@@ -98,6 +146,7 @@ def make_pairs(
         for identity, group in images.groupby("identity", sort=True)
     }
     rows: list[tuple] = []
+    same_origin = 0
     for pair_type in pair_types:
         first_masked, second_masked = _sides(pair_type)
         genuine: list[tuple] = []
@@ -108,33 +157,47 @@ def make_pairs(
                 candidates = [(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1 :]]
             else:
                 candidates = [(a, b) for a in firsts for b in seconds]
+            unrelated = [(a, b) for a, b in candidates if origin[a] != origin[b]]
+            same_origin += len(candidates) - len(unrelated)
+            candidates = unrelated
             if len(candidates) > max_genuine_per_identity:
                 chosen = rng.choice(len(candidates), size=max_genuine_per_identity, replace=False)
                 candidates = [candidates[i] for i in sorted(chosen)]
             genuine.extend((a, b, identity, identity, 1, pair_type) for a, b in candidates)
-        firsts_pool = [(p, i) for i in identities for p in by_identity[i][first_masked]]
-        seconds_pool = [(p, i) for i in identities for p in by_identity[i][second_masked]]
-        owners = {i for _, i in firsts_pool} | {i for _, i in seconds_pool}
         impostor: list[tuple] = []
-        if genuine and len(owners) >= 2:
+        for fold in range(k):
+            members = [i for i in identities if fold_of[i] == fold]
+            wanted = sum(1 for row in genuine if fold_of[row[2]] == fold)
+            firsts_pool = [(p, i) for i in members for p in by_identity[i][first_masked]]
+            seconds_pool = [(p, i) for i in members for p in by_identity[i][second_masked]]
+            owners = {i for _, i in firsts_pool} | {i for _, i in seconds_pool}
+            if not wanted or len(owners) < 2:
+                continue
+            found = 0
             seen: set[tuple[str, str]] = set()
             attempts = 0
             # Rejection sampling: cheap because most random draws are impostors already.
-            while len(impostor) < len(genuine) and attempts < 50 * len(genuine):
+            while found < wanted and attempts < 50 * wanted:
                 attempts += 1
                 a, identity_a = firsts_pool[rng.integers(len(firsts_pool))]
                 b, identity_b = seconds_pool[rng.integers(len(seconds_pool))]
                 key = (a, b) if first_masked != second_masked else tuple(sorted((a, b)))
-                if identity_a == identity_b or key in seen:
+                if identity_a == identity_b or key in seen or origin[a] == origin[b]:
                     continue
                 seen.add(key)
                 impostor.append((a, b, identity_a, identity_b, 0, pair_type))
+                found += 1
         if not genuine:
             logger.warning("no genuine %s pairs: no identity has images on both sides", pair_type)
         elif len(impostor) < len(genuine):
-            logger.warning("only %d impostor %s pairs for %d genuine", len(impostor), pair_type, len(genuine))
+            logger.warning(
+                "only %d impostor %s pairs for %d genuine: some of the %d folds hold too few other people's images",
+                len(impostor), pair_type, len(genuine), k,
+            )
         rows.extend(genuine)
         rows.extend(impostor)
+    if same_origin:
+        logger.info("%d same-identity pairs of one photo and its simulated copy (or two copies) left out", same_origin)
     pairs = pd.DataFrame(rows, columns=PAIR_COLUMNS[:-1])
     pairs["label"] = pairs["label"].astype(int)
     pairs["fold"] = pairs["identity_a"].map(fold_of).astype(int)
