@@ -160,7 +160,9 @@ def evaluate(collection: Collection, embeddings: np.ndarray, threshold: float | 
     kfold = kfold_accuracy(scores, labels, pairs["fold"].to_numpy())["mean"]
     result = {"kfold_accuracy": kfold, "auc": roc_auc(scores, labels)}
     if bootstrap:
-        interval = bootstrap_interval(scores, labels, pairs["identity_a"].to_numpy(), AucStatistic(), n_resamples=bootstrap)
+        # Two-way identity bootstrap: both people of every pair are resampled.
+        groups = pairs[["identity_a", "identity_b"]].to_numpy()
+        interval = bootstrap_interval(scores, labels, groups, AucStatistic(), n_resamples=bootstrap)
         result["auc_low"], result["auc_high"] = interval["low"], interval["high"]
     if threshold is not None:
         result["own_threshold_accuracy"] = float(np.mean((scores >= threshold) == labels))
