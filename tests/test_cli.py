@@ -171,7 +171,7 @@ def test_embed_refuses_an_unknown_output_format(capsys, built, tmp_path):
 
 def _cosine_model(built, target, threshold):
     shutil.copytree(built["dir"], target)
-    (target / "classifier" / "classifier.joblib").unlink()
+    (target / "classifier" / "classifier.npz").unlink()
     (target / "classifier" / "classifier.json").write_text(json.dumps({"classifier": "cosine", "settings": {}, "threshold": threshold}))
     return target
 
