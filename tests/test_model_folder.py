@@ -350,3 +350,100 @@ def test_a_classifier_naming_a_class_outside_the_allow_list_is_refused(folder, t
         np.savez(handle, **arrays)
     with pytest.raises(ModelFolderError, match="'FunctionTransformer', which is not allowed; allowed: StandardScaler"):
         load_pair_scorer(read_model_folder(copy))
+
+
+# --------------------------------------------------------------------------- export --overwrite
+
+
+def _tree(root):
+    """Every file below ``root`` with its bytes: what must survive a refused export."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def models_dir(folder, tmp_path):
+    """A models/ folder as the pipeline leaves it: a model folder beside unrelated files."""
+    models = tmp_path / "models"
+    shutil.copytree(folder["dir"], models / "facenet")
+    (models / "other").mkdir()
+    (models / "other" / "keep.txt").write_text("unrelated")
+    return models
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (lambda m: m, "a folder holding the source"),  # the issue's report: models/ was deleted
+        (lambda m: m.parent, "a folder holding the source"),
+        (lambda m: m / "facenet", "the source folder itself"),
+        (lambda m: m / "facenet" / "backbone", "inside the source folder"),
+        (lambda m: m / "other", "holds no maskface manifest.json"),
+    ],
+)
+def test_export_overwrite_refuses_what_it_did_not_make(models_dir, target, message):
+    before = _tree(models_dir.parent)
+    with pytest.raises(ModelFolderError, match=message) as caught:
+        export_model_folder(models_dir / "facenet", target(models_dir), overwrite=True)
+    assert "\n" not in str(caught.value)
+    assert _tree(models_dir.parent) == before
+
+
+def test_export_overwrite_never_replaces_home_or_the_working_folder(models_dir, tmp_path, monkeypatch):
+    # Home and the working folder look exactly like an earlier export: refused all the same.
+    users = tmp_path / "users"
+    home = users / "home"
+    export_model_folder(models_dir / "facenet", home)
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ModelFolderError, match="is your home folder"):
+        export_model_folder(models_dir / "facenet", home, overwrite=True)
+    with pytest.raises(ModelFolderError, match="a folder holding your home folder"):
+        export_model_folder(models_dir / "facenet", users, overwrite=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(home)
+    with pytest.raises(ModelFolderError, match="is the working folder"):
+        export_model_folder(models_dir / "facenet", ".", overwrite=True)
+    with pytest.raises(ModelFolderError, match="a folder holding the working folder"):
+        export_model_folder(models_dir / "facenet", users, overwrite=True)
+    with pytest.raises(ModelFolderError, match="--out /: is a folder holding"):  # the root holds everything
+        export_model_folder(models_dir / "facenet", "/", overwrite=True)
+    assert _tree(home) == _tree(models_dir / "facenet") | {MANIFEST_FILE: (home / MANIFEST_FILE).read_bytes()}
+
+
+def test_export_overwrite_replaces_an_earlier_export_and_only_that(models_dir, tmp_path):
+    out = tmp_path / "exported"
+    export_model_folder(models_dir / "facenet", out)
+    (out / "backbone" / "training.json").write_text('{"stale": true}')  # an earlier export, since edited
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["files"]["backbone/training.json"] = hashlib.sha256(b'{"stale": true}').hexdigest()
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    export_model_folder(models_dir / "facenet", out, overwrite=True)
+    assert _tree(out)["backbone/training.json"] == (models_dir / "facenet" / "backbone" / "training.json").read_bytes()
+    read_model_folder(out)  # checksums verify
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "models"]  # no staging or old copy left
+    # A file the manifest does not list is somebody else's: refused, and the folder kept as it is.
+    (out / "notes.txt").write_text("mine")
+    before = _tree(out)
+    with pytest.raises(ModelFolderError, match="holds notes.txt, which its manifest.json does not list"):
+        export_model_folder(models_dir / "facenet", out, overwrite=True)
+    assert _tree(out) == before
+
+
+def test_an_interrupted_export_leaves_the_earlier_one_intact(models_dir, tmp_path, monkeypatch):
+    import maskface.model_folder as model_folder
+
+    out = tmp_path / "exported"
+    export_model_folder(models_dir / "facenet", out)
+    before = _tree(out)
+
+    copyfile = shutil.copyfile
+
+    def crash(source, target):  # the copy dies half way (disk full, Ctrl-C)
+        if "classifier" in str(source):
+            raise KeyboardInterrupt
+        return copyfile(source, target)
+
+    monkeypatch.setattr(model_folder.shutil, "copyfile", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model_folder(models_dir / "facenet", out, overwrite=True)
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "models"]

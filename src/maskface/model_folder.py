@@ -507,22 +507,82 @@ def build_manifest(root: Path, folder: ModelFolder) -> dict:
     }
 
 
+def _protected_folders() -> list[tuple[Path, str]]:
+    """Folders no export may replace, however they look: the working folder, home, the root."""
+    folders = [(Path.cwd().resolve(), "the working folder"), (Path(Path.cwd().anchor).resolve(), "the file-system root")]
+    home = os.path.expanduser("~")
+    if home and home != "~":
+        folders.append((Path(home).resolve(), "your home folder"))
+    return folders
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_export_target(source: Path, destination: Path, overwrite: bool) -> None:
+    """Refuse an export target that would lose anything not made by a maskface export.
+
+    ``destination`` may never be the source, inside it, or a folder holding it; nor the
+    working folder, home or the root (or a folder holding them). An existing
+    ``destination`` is replaced only with ``overwrite`` and only when it is an exported
+    model folder: a maskface manifest.json and no file that manifest does not list.
+    """
+    source_real, target_real = source.resolve(), destination.resolve()
+    if _is_within(source_real, target_real):
+        what = "the source folder itself" if source_real == target_real else f"a folder holding the source {source}"
+        raise ModelFolderError(f"--out {destination}: is {what}; exporting there would destroy the source; choose another --out")
+    if _is_within(target_real, source_real):
+        raise ModelFolderError(f"--out {destination}: is inside the source folder {source}; choose a folder outside it")
+    for folder, name in _protected_folders():
+        if _is_within(folder, target_real):
+            what = name if folder == target_real else f"a folder holding {name} ({folder})"
+            raise ModelFolderError(f"--out {destination}: is {what}; maskface never replaces it; choose a new folder")
+    if not os.path.lexists(destination):
+        return
+    if not overwrite:
+        raise ModelFolderError(f"--out {destination}: already exists; choose another --out or pass --overwrite")
+    if destination.is_symlink() or not destination.is_dir():
+        kind = "a symbolic link" if destination.is_symlink() else "not a folder"
+        raise ModelFolderError(f"--out {destination}: is {kind}; --overwrite replaces only a folder made by maskface export")
+    manifest_path = destination / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME or not isinstance(manifest.get("files"), dict):
+        raise ModelFolderError(
+            f"--out {destination}: holds no maskface manifest.json, so it is not a folder made by maskface export; "
+            "--overwrite replaces only such a folder; choose a new --out or remove it yourself"
+        )
+    listed = set(manifest["files"]) | {MANIFEST_FILE}
+    for path in sorted(destination.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        relative = path.relative_to(destination).as_posix()
+        if relative not in listed:
+            raise ModelFolderError(
+                f"--out {destination}: holds {relative}, which its manifest.json does not list (not written by maskface export); "
+                "--overwrite would delete it; move it away or choose a new --out"
+            )
+
+
 def export_model_folder(source: Union[str, os.PathLike], destination: Union[str, os.PathLike], overwrite: bool = False) -> dict:
     """Copy a model folder to ``destination`` and write its manifest.json; returns the manifest.
 
-    The source is checked first (a corrupt folder is not exported). ``destination`` must
-    not exist unless ``overwrite``; it is written beside itself and renamed into place so
-    a failed export leaves nothing half-written.
+    The source is checked first (a corrupt folder is not exported) and the target by
+    :func:`check_export_target` (``overwrite`` replaces only an earlier export). The copy is
+    written in a hidden folder beside ``destination`` and renamed into place; an earlier
+    export is moved aside first and deleted only once the new one is in place, so an
+    interrupted export leaves the old folder (or nothing) behind, never half a folder.
     """
+    import tempfile
+
     folder = read_model_folder(source)
     destination = Path(destination)
-    if destination.exists() and not overwrite:
-        raise ModelFolderError(f"{destination}: already exists; choose another --out or pass --overwrite")
-    if destination.resolve() == folder.root.resolve():
-        raise ModelFolderError(f"{destination}: is the source folder itself; choose another --out")
-    staging = destination.with_name(f".{destination.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    check_export_target(folder.root, destination, overwrite)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
     try:
         for relative in folder_files(folder.root):
             target = staging / relative
@@ -530,11 +590,27 @@ def export_model_folder(source: Union[str, os.PathLike], destination: Union[str,
             shutil.copyfile(folder.root / relative, target)
         manifest = build_manifest(staging, folder)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
+        _swap_in(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("exported %s -> %s (%d files)", folder.root, destination, len(manifest["files"]))
     return manifest
+
+
+def _swap_in(staging: Path, destination: Path) -> None:
+    """Rename ``staging`` to ``destination``; an existing ``destination`` is moved aside, then deleted."""
+    import tempfile
+
+    if not os.path.lexists(destination):
+        staging.rename(destination)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
+    aside.rmdir()  # only the unique name is wanted; rename needs it free
+    destination.rename(aside)
+    try:
+        staging.rename(destination)
+    except BaseException:
+        aside.rename(destination)
+        raise
+    shutil.rmtree(aside)
