@@ -44,7 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from maskface import __version__
 from maskface.artifacts import CLASSIFIER_META_FILE, file_sha256
-from maskface.errors import UserError
+from maskface.errors import InputError, UserError
 from maskface.imageio import load_rgb, sniff_format, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -441,7 +441,7 @@ class PairScorer:
         a = np.atleast_2d(np.asarray(a, dtype=np.float32))
         b = np.atleast_2d(np.asarray(b, dtype=np.float32))
         if a.shape != b.shape:
-            raise ValueError(f"embedding shapes differ: {a.shape} vs {b.shape}")
+            raise InputError(f"embedding shapes differ: {a.shape} vs {b.shape}")
         if len(a) == 0:
             return np.empty(0, dtype=np.float64)
         # The classify stage's own scoring function, so inference cannot drift from it.
