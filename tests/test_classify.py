@@ -283,3 +283,27 @@ def test_stage_writes_scores_model_and_identification_for_closed_set(closed_set,
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "classifier": "svm"}))
     with pytest.raises(ConfigError, match="valid: cosine, knn, mlp, lda"):
         stage.main(argv)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda spec, arrays: spec.update(format="joblib"), "not a maskface classifier"),
+        (lambda spec, arrays: spec["steps"][1].update({"class": "FunctionTransformer"}), "'FunctionTransformer', which is not allowed"),
+        (lambda spec, arrays: spec["steps"][1]["params"].update(activation="os.system"), "MLPClassifier parameters are invalid"),
+        (lambda spec, arrays: spec["steps"][1]["array_lists"].update(coefs_="many"), "lists 'many' arrays"),
+        (lambda spec, arrays: arrays.pop("0/mean_"), "lacks the array '0/mean_'"),
+    ],
+)
+def test_a_damaged_classifier_file_is_refused_in_one_line(open_set, tmp_path, damage, message):
+    from maskface.classify import ClassifierFileError, SPEC_KEY, classifier_state
+
+    embeddings, index, val, test = open_set
+    model, *_ = fit_and_score(embeddings, index, val, test, "mlp", CONFIGS["mlp"], ClassifyConfig(train_pairs_per_identity=10))
+    spec, arrays = classifier_state(model)
+    damage(spec, arrays)
+    path = tmp_path / "classifier.npz"
+    np.savez(path, **{SPEC_KEY: np.array(json.dumps(spec))}, **arrays)
+    with pytest.raises(ClassifierFileError, match=message) as caught:
+        read_classifier_file(path)
+    assert "\n" not in str(caught.value)

@@ -412,16 +412,23 @@ def classifier_from_state(spec: Mapping, arrays: Mapping[str, np.ndarray], where
         except (TypeError, ValueError) as error:
             raise ClassifierFileError(f"{where}: {kind} parameters are invalid: {' '.join(str(error).split())}") from None
         if kind == "KNeighborsClassifier":
-            estimator.fit(array("fit_X"), array("fit_y"))
-        scalars = step.get("scalars", {})
-        lists = step.get("array_lists", {})
+            try:
+                estimator.fit(array("fit_X"), array("fit_y"))
+            except (TypeError, ValueError) as error:
+                raise ClassifierFileError(f"{where}: the k-NN training set is unusable: {' '.join(str(error).split())}") from None
+        scalars, lists = step.get("scalars", {}), step.get("array_lists", {})
+        if not isinstance(scalars, Mapping) or not isinstance(lists, Mapping):
+            raise ClassifierFileError(f"{where}: step {position} ({kind}) has malformed scalars or array lists")
         for attribute in attributes:
             if attribute in scalars:
                 value = scalars[attribute]
                 if not isinstance(value, (int, float, str)):
                     raise ClassifierFileError(f"{where}: {kind}.{attribute} must be a number or a string")
             elif attribute in lists:
-                value = [array(f"{attribute}/{k}") for k in range(int(lists[attribute]))]
+                count = lists[attribute]
+                if not isinstance(count, int) or not 0 <= count <= 64:
+                    raise ClassifierFileError(f"{where}: {kind}.{attribute} lists {count!r} arrays; valid: 0 to 64")
+                value = [array(f"{attribute}/{k}") for k in range(count)]
             else:
                 value = array(attribute)
             setattr(estimator, attribute, value)
@@ -429,7 +436,10 @@ def classifier_from_state(spec: Mapping, arrays: Mapping[str, np.ndarray], where
             # predict() maps output columns back to labels through this; it is derived, not stored.
             estimator._label_binarizer = LabelBinarizer().fit(estimator.classes_)
         built.append((str(step.get("name", kind.lower())), estimator))
-    return Pipeline(built)
+    try:
+        return Pipeline(built)
+    except (TypeError, ValueError) as error:  # e.g. two steps with the same name
+        raise ClassifierFileError(f"{where}: the steps do not form a pipeline: {' '.join(str(error).split())}") from None
 
 
 def write_classifier_file(model: Pipeline, path: Path) -> None:

@@ -28,6 +28,18 @@ def split_main(split_stage):
     return split_stage.main
 
 
+@pytest.fixture
+def stage_logging():
+    """_common.run configures the root logger as a stage process would; undo it for later tests."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def _run(split_main, folder: Path) -> dict[str, str]:
     params = {
         "data": {"source": "synthetic", "synthetic": {"identities": 10, "images_per_identity": 6, "min_size": 64, "max_size": 72}},
@@ -91,7 +103,7 @@ def _crash(*args, **kwargs):
     os._exit(9)  # what a decoder segfault or the out-of-memory killer does to a worker
 
 
-def test_a_crashed_validation_worker_is_one_line_and_exit_2(split_stage, tmp_path, monkeypatch, capsys):
+def test_a_crashed_validation_worker_is_one_line_and_exit_2(split_stage, stage_logging, tmp_path, monkeypatch, capsys):
     import _common
 
     import maskface.datasets
@@ -109,7 +121,7 @@ def test_a_crashed_validation_worker_is_one_line_and_exit_2(split_stage, tmp_pat
 
 
 @pytest.mark.parametrize("bug", [ValueError("a library bug"), KeyError("column"), TypeError("bad call")])
-def test_a_library_bug_keeps_its_traceback(split_stage, tmp_path, monkeypatch, bug):
+def test_a_library_bug_keeps_its_traceback(split_stage, stage_logging, tmp_path, monkeypatch, bug):
     import _common
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "synthetic"}}))
