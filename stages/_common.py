@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
+from maskface.errors import EXIT_USER_ERROR, one_line, user_error_message
 from maskface.logs import TqdmLogHandler
 
 
@@ -15,14 +17,28 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
-def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
-    """Run a stage's main; user errors (bad params, bad data) exit 2 with one line, no traceback."""
-    from maskface.config import ConfigError
+def user_error_line(error: BaseException) -> str | None:
+    """One line for a user error (bad params, bad data, a missing input file), None for a bug."""
+    message = user_error_message(error)
+    if message is None and isinstance(error, OSError):
+        # The file system refused (missing input, permission, disk full); the message names the file.
+        message = one_line(error)
+    return message
 
+
+def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
+    """Run a stage's main: a user error prints ``<stage>: error: <one line>`` and exits 2.
+
+    Anything else is a bug and propagates with its full traceback (exit 1): a plain
+    ValueError from library code is not assumed to be the user's fault.
+    """
     setup_logging()
     try:
         main(argv)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
-        logging.getLogger("maskface").error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as error:
+        message = user_error_line(error)
+        if message is None:
+            raise
+        stage = Path(main.__code__.co_filename).stem
+        print(f"{stage}: error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)

@@ -11,6 +11,7 @@ from maskface.backbones import get_spec
 from maskface.config import CropConfig, backbone_config, load_params, section
 from maskface.crop import crop_dataset, preview_sheet
 from maskface.datasets import read_manifest
+from maskface.errors import InputError
 from maskface.geometry import read_landmark_table
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     manifest = read_manifest(args.manifest)
     landmarks = read_landmark_table(args.landmarks)
     if crop_config.needs_landmarks and (landmarks["landmark_source"] == "none").all():
-        raise ValueError(
+        raise InputError(
             f"{args.landmarks} has no landmarks (the split stage skipped detection) but crop settings need them; "
             "rerun the split stage (dvc repro split) with the same crop params"
         )

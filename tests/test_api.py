@@ -18,7 +18,7 @@ from maskface.model_folder import ImageError
 
 def as_cosine_folder(folder, target, threshold):
     shutil.copytree(folder, target)
-    (target / "classifier" / "classifier.joblib").unlink()
+    (target / "classifier" / "classifier.npz").unlink()
     (target / "classifier" / "classifier.json").write_text(json.dumps({"classifier": "cosine", "settings": {}, "threshold": threshold}))
     return target
 
@@ -58,13 +58,13 @@ def test_preprocess_is_the_crop_stage_tensor(model, built):
 
 
 def test_verify_scores_with_the_folder_classifier(model, built):
-    import joblib
+    from maskface.classify import read_classifier_file
 
     index = built["index"]
     a, b = index.at[0, "path"], index.at[len(index) - 1, "path"]
     result = model.verify(a, b)
     ea, eb = built["embeddings"][[0]], built["embeddings"][[len(index) - 1]]
-    classifier = joblib.load(built["dir"] / "classifier" / "classifier.joblib")
+    classifier = read_classifier_file(built["dir"] / "classifier" / "classifier.npz")
     expected = classifier.predict_proba(pair_features(ea, eb))[:, 1][0]
     assert result.score == pytest.approx(expected, abs=1e-6)
     assert result.same == (expected >= model.threshold)
@@ -164,6 +164,34 @@ def test_gallery_files_are_checked(tmp_path):
     Gallery(np.zeros((1, 4)), ["a"], ["a.png"], {"format": "maskface-gallery", "format_version": 9}).save(tmp_path / "new.npz")
     with pytest.raises(GalleryError, match="format version 9"):
         load_gallery(tmp_path / "new.npz")
+
+
+class _WritesFile:
+    """Unpickling this runs code: it writes ``target``."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.target!r}, 'w').write('code from the gallery ran')",))
+
+
+@pytest.mark.parametrize("field", ["identities", "meta", "embeddings"])
+def test_a_gallery_with_pickled_arrays_is_refused_unread(tmp_path, field):
+    canary = tmp_path / "canary.txt"
+    path = tmp_path / "evil.npz"
+    meta = json.dumps({"format": "maskface-gallery", "format_version": 1})
+    arrays = {"embeddings": np.zeros((1, 4), np.float32), "identities": np.array(["a"]), "paths": np.array(["a.png"]), "meta": np.array(meta)}
+    arrays[field] = np.array([_WritesFile(canary)], dtype=object)
+    np.savez(path, **arrays)
+    with np.load(path, allow_pickle=True) as data:  # the payload is live: an unsafe reader runs it
+        data[field]
+    assert canary.exists()
+    canary.unlink()
+    with pytest.raises(GalleryError, match=r"evil\.npz: not a maskface gallery: .*allow_pickle") as caught:
+        load_gallery(path)
+    assert "\n" not in str(caught.value)
+    assert not canary.exists()
 
 
 def test_expand_paths_walks_folders_for_images_only(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -23,6 +22,7 @@ from maskface.classify import (
     fit_and_score,
     identify,
     pair_features,
+    read_classifier_file,
     save_classifier,
     score_pairs,
 )
@@ -129,13 +129,14 @@ def test_pair_features_are_symmetric_and_hold_the_dot_product():
     np.testing.assert_allclose(features[:, 6:].sum(axis=1), np.einsum("ij,ij->i", a, b))
 
 
-@pytest.mark.parametrize("name", ["cosine", "mlp"])
+@pytest.mark.parametrize("name", ["cosine", "knn", "mlp", "lda"])
 def test_saved_classifier_reproduces_scores_and_decisions(open_set, tmp_path, name):
     embeddings, index, val, test = open_set
     model, threshold, _, test_scored = fit_and_score(embeddings, index, val, test, name, CONFIGS[name], ClassifyConfig(train_pairs_per_identity=20))
     out = tmp_path / "classifier"
     out.mkdir()
     (out / CLASSIFIER_FILE).write_bytes(b"stale")  # a previous learned run's leftover
+    (out / "classifier.joblib").write_bytes(b"stale pickle")  # what maskface wrote before format 2
     save_classifier(model, out, classifier_metadata(name, CONFIGS[name], threshold, embeddings.shape[1]))
     meta = json.loads((out / CLASSIFIER_META_FILE).read_text())
     assert meta["classifier"] == name and meta["threshold"] == threshold and meta["embedding_size"] == 16
@@ -143,8 +144,9 @@ def test_saved_classifier_reproduces_scores_and_decisions(open_set, tmp_path, na
     # cosine has no fitted part: the threshold in classifier.json is the whole model.
     assert (out / CLASSIFIER_FILE).exists() == (name != "cosine")
     assert meta["model_file"] == (None if name == "cosine" else CLASSIFIER_FILE)
-    loaded = joblib.load(out / meta["model_file"]) if meta["model_file"] else None
-    if name != "cosine":
+    assert not (out / "classifier.joblib").exists()
+    loaded = read_classifier_file(out / meta["model_file"]) if meta["model_file"] else None
+    if name == "mlp":
         assert meta["pair_features"] == "abs_diff_product" and meta["settings"]["hidden_layer_sizes"] == [32]
     # What inference does with the folder gives the scores evaluate saw.
     row = dict(zip(index["path"], range(len(index))))
@@ -153,6 +155,13 @@ def test_saved_classifier_reproduces_scores_and_decisions(open_set, tmp_path, na
     rescored = score_pairs(loaded, a, b)
     np.testing.assert_allclose(rescored, test_scored["score"], atol=1e-7)
     np.testing.assert_array_equal(rescored >= meta["threshold"], test_scored["score"].to_numpy() >= threshold)
+    if model is not None:
+        # The rebuilt pipeline is the fitted one, not an approximation: scikit-learn's own
+        # predict, predict_proba and decision steps agree exactly on the same features.
+        features = pair_features(a, b)
+        np.testing.assert_array_equal(loaded.predict(features), model.predict(features))
+        np.testing.assert_array_equal(loaded.predict_proba(features), model.predict_proba(features))
+        assert [type(step).__name__ for _, step in loaded.steps] == [type(step).__name__ for _, step in model.steps]
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +283,27 @@ def test_stage_writes_scores_model_and_identification_for_closed_set(closed_set,
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({**params, "classifier": "svm"}))
     with pytest.raises(ConfigError, match="valid: cosine, knn, mlp, lda"):
         stage.main(argv)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda spec, arrays: spec.update(format="joblib"), "not a maskface classifier"),
+        (lambda spec, arrays: spec["steps"][1].update({"class": "FunctionTransformer"}), "'FunctionTransformer', which is not allowed"),
+        (lambda spec, arrays: spec["steps"][1]["params"].update(activation="os.system"), "MLPClassifier parameters are invalid"),
+        (lambda spec, arrays: spec["steps"][1]["array_lists"].update(coefs_="many"), "lists 'many' arrays"),
+        (lambda spec, arrays: arrays.pop("0/mean_"), "lacks the array '0/mean_'"),
+    ],
+)
+def test_a_damaged_classifier_file_is_refused_in_one_line(open_set, tmp_path, damage, message):
+    from maskface.classify import ClassifierFileError, SPEC_KEY, classifier_state
+
+    embeddings, index, val, test = open_set
+    model, *_ = fit_and_score(embeddings, index, val, test, "mlp", CONFIGS["mlp"], ClassifyConfig(train_pairs_per_identity=10))
+    spec, arrays = classifier_state(model)
+    damage(spec, arrays)
+    path = tmp_path / "classifier.npz"
+    np.savez(path, **{SPEC_KEY: np.array(json.dumps(spec))}, **arrays)
+    with pytest.raises(ClassifierFileError, match=message) as caught:
+        read_classifier_file(path)
+    assert "\n" not in str(caught.value)

@@ -77,8 +77,18 @@ def test_verify_prints_the_decision_and_json(capsys, built):
     assert result["same"] == (result["score"] >= result["threshold"])
     # Oracle: the embed stage's own vectors.
     assert result["cosine"] == pytest.approx(float(built["embeddings"][0] @ built["embeddings"][40]), abs=1e-5)
-    code, out, _ = run(capsys, "verify", a, a, "--model", built["dir"])
-    assert code == 0 and out.startswith(("same person: score", "different people: score")) and "threshold" in out
+
+
+def test_an_image_verified_against_itself_is_the_same_person(capsys, built, tmp_path):
+    # Cosine scores a self-pair 1 (identical unit embeddings), above any threshold below 1.
+    model = _cosine_model(built, tmp_path / "cosine", threshold=0.999)
+    a = path_of(built, 0)
+    code, out, err = run(capsys, "verify", a, a, "--model", model, "--precision", "fp32")
+    assert code == 0, err
+    assert out.startswith("same person: score 1.0000 >= threshold 0.9990 (alexnet, cosine)")
+    code, out, _ = run(capsys, "verify", a, a, "--model", model, "--precision", "fp32", "--json")
+    result = json.loads(out)
+    assert result["same"] is True and result["score"] == pytest.approx(1.0, abs=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -171,7 +181,7 @@ def test_embed_refuses_an_unknown_output_format(capsys, built, tmp_path):
 
 def _cosine_model(built, target, threshold):
     shutil.copytree(built["dir"], target)
-    (target / "classifier" / "classifier.joblib").unlink()
+    (target / "classifier" / "classifier.npz").unlink()
     (target / "classifier" / "classifier.json").write_text(json.dumps({"classifier": "cosine", "settings": {}, "threshold": threshold}))
     return target
 
@@ -327,6 +337,142 @@ def test_export_and_info(capsys, built, tmp_path):
     code, _, err = run(capsys, "export", "--model", built["dir"], "--out", out)
     assert code == 2
     assert_one_line_error(err, "already exists")
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_overwrite_onto_the_folder_holding_the_source_deletes_nothing(capsys, built, tmp_path):
+    # The report: `maskface export --model models/facenet --out models --overwrite` deleted models/.
+    models = tmp_path / "models"
+    shutil.copytree(built["dir"], models / "facenet")
+    (models / "other").mkdir()
+    (models / "other" / "keep.txt").write_text("unrelated")
+    before = _tree(tmp_path)
+    code, out, err = run(capsys, "export", "--model", models / "facenet", "--out", models, "--overwrite")
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "maskface export: error: --out", "a folder holding the source")
+    code, _, err = run(capsys, "export", "--model", models / "facenet", "--out", models / "other", "--overwrite")
+    assert code == 2
+    assert_one_line_error(err, "holds no maskface manifest.json")
+    assert _tree(tmp_path) == before
+    # An earlier export is what --overwrite replaces.
+    assert run(capsys, "export", "--model", models / "facenet", "--out", tmp_path / "shipped")[0] == 0
+    assert run(capsys, "export", "--model", models / "facenet", "--out", tmp_path / "shipped", "--overwrite")[0] == 0
+
+
+def test_embed_and_enroll_replace_an_output_only_with_overwrite(capsys, built, tmp_path):
+    out = tmp_path / "vectors.npy"
+    index = tmp_path / "vectors.csv"
+    index.write_text("somebody's table\n")  # the index file counts as an output too
+    code, stdout, err = run(capsys, "embed", path_of(built, 1), "--model", built["dir"], "--out", out)
+    assert code == 2 and stdout == "" and not out.exists()
+    assert_one_line_error(err, "vectors.csv", "already exists", "--overwrite")
+    assert index.read_text() == "somebody's table\n"
+    code, _, err = run(capsys, "embed", path_of(built, 1), "--model", built["dir"], "--out", out, "--overwrite", "--precision", "fp32")
+    assert code == 0, err
+    assert read_csv(index)["path"].tolist() == [path_of(built, 1)] and np.load(out).shape == (1, 16)
+
+    gallery = tmp_path / "people.npz"
+    gallery.write_bytes(b"an older gallery")
+    faces = Path(path_of(built, 0)).parent
+    code, _, err = run(capsys, "enroll", faces, "--model", built["dir"], "--out", tmp_path / "people")  # .npz appended
+    assert code == 2
+    assert_one_line_error(err, "people.npz", "already exists")
+    assert gallery.read_bytes() == b"an older gallery"
+    code, _, err = run(capsys, "enroll", faces, "--model", built["dir"], "--out", gallery, "--overwrite", "--precision", "fp32")
+    assert code == 0, err
+    assert len(np.load(gallery)["identities"]) == len(list(faces.iterdir()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["people.npz", "vectors.csv", "vectors.npy"]  # no temporary left
+
+
+def test_a_failed_write_leaves_the_earlier_output_and_no_partial_file(capsys, built, tmp_path, monkeypatch):
+    from maskface.api import Gallery
+
+    gallery = tmp_path / "people.npz"
+    gallery.write_bytes(b"an older gallery")
+
+    def disk_full(self, path):
+        Path(path).write_bytes(b"half a gallery")
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(Gallery, "save", disk_full)
+    code, _, err = run(capsys, "enroll", Path(path_of(built, 0)).parent, "--model", built["dir"], "--out", gallery, "--overwrite")
+    assert code == 2
+    assert_one_line_error(err, "No space left on device")
+    assert gallery.read_bytes() == b"an older gallery"
+    assert [p.name for p in tmp_path.iterdir()] == ["people.npz"]
+
+
+class _WritesFile:
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.target!r}, 'w').write('code from the folder ran')",))
+
+
+def test_identify_without_model_opens_the_gallery_folder_only_after_the_checks(capsys, built, tmp_path):
+    import joblib
+
+    model = _cosine_model(built, tmp_path / "cosine", threshold=0.5)
+    gallery = tmp_path / "g.npz"
+    assert run(capsys, "enroll", Path(path_of(built, 0)).parent, "--model", model, "--out", gallery)[0] == 0
+    probe = path_of(built, 0)
+    code, out, err = run(capsys, "identify", probe, "--gallery", gallery, "--json", "--precision", "fp32")
+    assert code == 0, err  # the folder the gallery names, unchanged: used
+    assert json.loads(out)["results"][0]["identity"] == Path(probe).stem  # images directly in the folder: named by stem
+
+    def pointing_to(folder):
+        with np.load(gallery, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+        meta = json.loads(str(arrays["meta"]))
+        arrays["meta"] = np.array(json.dumps({**meta, "model_dir": str(folder)}))
+        np.savez(tmp_path / "forged.npz", **arrays)
+        return tmp_path / "forged.npz"
+
+    # Same embedder, but a pickled classifier that would run code: refused, never unpickled.
+    evil = tmp_path / "evil"
+    shutil.copytree(built["dir"], evil)
+    canary = tmp_path / "canary.txt"
+    (evil / "classifier" / "classifier.npz").unlink()
+    joblib.dump(_WritesFile(canary), evil / "classifier" / "classifier.joblib")
+    (evil / "classifier" / "classifier.json").write_text(json.dumps({"classifier": "knn", "threshold": 0.5, "format": 1}))
+    code, out, err = run(capsys, "identify", probe, "--gallery", pointing_to(evil))
+    assert code == 2 and out == ""
+    assert_one_line_error(err, "classifier.joblib", "unpickling runs code")
+    assert not canary.exists()
+    # Another embedder than the one enrolled with: refused before its weights are loaded.
+    other = tmp_path / "other"
+    shutil.copytree(model, other)
+    torch.manual_seed(7)
+    save_model(create_model("alexnet", weights="none", embedding_size=16, input_size=64), other / "backbone", {"weights": "none"})
+    code, _, err = run(capsys, "identify", probe, "--gallery", pointing_to(other))
+    assert code == 2
+    assert_one_line_error(err, "forged.npz", "not the model it was enrolled with")
+
+
+def test_a_bug_keeps_its_traceback_and_does_not_exit_2(capsys, built, monkeypatch):
+    import maskface.model_folder
+
+    def bug(*args, **kwargs):
+        raise ValueError("a library bug, not bad input")
+
+    monkeypatch.setattr(maskface.model_folder, "read_model_folder", bug)
+    with pytest.raises(ValueError, match="a library bug"):
+        main(["info", "--model", str(built["dir"])])
+    # As a user sees it: the traceback on stderr and status 1.
+    script = (
+        "import sys, maskface.model_folder as m\n"
+        "def bug(*a, **k): raise KeyError('library bug')\n"
+        "m.read_model_folder = bug\n"
+        "from maskface.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, "info", "--model", str(built["dir"])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr and "KeyError: 'library bug'" in done.stderr
 
 
 def test_weights_are_wired_under_the_same_command(capsys):

@@ -88,6 +88,65 @@ def test_epoch_batches_partition_the_data_between_ranks():
         epoch_batches(count, 1, DistributedContext(rank=0, world_size=2), 0, 0)
 
 
+# One training run of a tiny ArcFace model through the project's DDP pieces: the same script
+# under torchrun (2 gloo processes) and as one plain process.
+TINY_RUN = """
+import json, sys
+import numpy as np, torch
+from maskface.distributed import all_reduce_mean, distributed_session, epoch_batches, gather_objects, unwrap, wrap_model
+from maskface.losses import ArcFaceLoss
+from maskface.train import ArcFaceTrainer
+
+torch.use_deterministic_algorithms(True)
+rng = np.random.default_rng(0)
+y = torch.from_numpy(rng.integers(0, 3, 48))
+x = torch.from_numpy(rng.normal(size=(3, 6))[y.numpy()] + 0.3 * rng.normal(size=(48, 6)))  # 3 learnable clusters
+with distributed_session("cpu") as (context, device):
+    torch.manual_seed(0)
+    trainer = ArcFaceTrainer(torch.nn.Linear(6, 4).double(), ArcFaceLoss(4, 3, scale=8.0, margin_rad=0.3).double())
+    trainer = wrap_model(trainer, context, device)
+    optimizer = torch.optim.SGD(trainer.parameters(), lr=0.5, momentum=0.9)
+    losses, used = [], []
+    for epoch in (1, 2, 3):
+        for batch in epoch_batches(len(x), 8, context, seed=0, epoch=epoch):  # 8 = the global batch
+            rows = torch.from_numpy(batch)
+            loss = trainer(x[rows], y[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(all_reduce_mean(loss.item(), context, device))
+            used.append(sorted(int(i) for ranks in gather_objects(batch.tolist(), context) for i in ranks))
+    if context.is_main:
+        torch.save(unwrap(trainer).state_dict(), sys.argv[1] + "/state.pt")
+        with open(sys.argv[1] + "/run.json", "w") as handle:
+            json.dump({"processes": context.world_size, "losses": losses, "batches": used}, handle)
+"""
+
+
+def test_two_gloo_processes_give_the_weights_of_one_process_on_the_same_global_batches(tmp_path):
+    """DDP averages the two half-batch gradients into the full batch's: same losses, same weights."""
+    script = tmp_path / "tiny_run.py"
+    script.write_text(TINY_RUN)
+    env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
+    env["OMP_NUM_THREADS"] = "1"
+    runs = {}
+    for name, launcher in (("ddp", [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]), ("one", [sys.executable])):
+        out = tmp_path / name
+        out.mkdir()
+        done = subprocess.run([*launcher, str(script), str(out)], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = (json.loads((out / "run.json").read_text()), torch.load(out / "state.pt", weights_only=True))
+    (ddp, ddp_state), (one, one_state) = runs["ddp"], runs["one"]
+    assert ddp["processes"] == 2 and one["processes"] == 1
+    # The two ranks' halves of each step are exactly the single process's batch.
+    assert ddp["batches"] == one["batches"] and len(one["batches"]) == 3 * 48 // 8
+    np.testing.assert_allclose(ddp["losses"], one["losses"], rtol=1e-10, atol=1e-12)
+    assert np.mean(one["losses"][-6:]) < np.mean(one["losses"][:6])  # it learned: the comparison is not of idle weights
+    assert ddp_state.keys() == one_state.keys()
+    for key in one_state:
+        torch.testing.assert_close(ddp_state[key], one_state[key], rtol=1e-10, atol=1e-12)
+
+
 def test_torchrun_two_gloo_processes_train_like_one(toy_dataset, tmp_path, repo_root):
     """The finetune stage under torchrun --nproc_per_node=2 (gloo on CPU) against one process."""
     crops = tmp_path / "crops"

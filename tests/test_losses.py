@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
@@ -219,11 +218,8 @@ def test_initialisation_is_normal_with_std_0_01():
     assert math.isclose(weight.std().item(), 0.01, rel_tol=0.02)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("pytorch_metric_learning") is None,
-    reason="pytorch-metric-learning is not installed (optional cross-check; not a project dependency)",
-)
 def test_matches_pytorch_metric_learning():
+    # A dev dependency (pyproject.toml): missing, this test fails rather than skips.
     from pytorch_metric_learning.losses import ArcFaceLoss as PmlArcFaceLoss
 
     torch.manual_seed(8)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskface.classify import fit_and_score, pair_features, save_classifier
+from maskface.classify import classifier_metadata, fit_and_score, pair_features, save_classifier
 from maskface.config import ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, FinetuneConfig, KnnConfig
 from maskface.crop import crop_dataset, open_crops
 from maskface.artifacts import load_embeddings
@@ -54,8 +54,9 @@ def folder(toy_dataset, tmp_path_factory):
     classifier, threshold, _, _ = fit_and_score(
         embeddings, index, val, test, "knn", KnnConfig(n_neighbors=5), ClassifyConfig(train_pairs_per_identity=9)
     )
-    save_classifier(classifier, root / "model" / "classifier", {"classifier": "knn", "settings": {"n_neighbors": 5}, "threshold": threshold})
-    return {"dir": root / "model", "crops": crops, "threshold": threshold, "root": root}
+    meta = classifier_metadata("knn", KnnConfig(n_neighbors=5), threshold, embeddings.shape[1])
+    save_classifier(classifier, root / "model" / "classifier", meta)
+    return {"dir": root / "model", "crops": crops, "threshold": threshold, "root": root, "classifier": classifier}
 
 
 def _copy(folder, tmp_path, name="copy"):
@@ -112,7 +113,7 @@ def test_export_writes_verifiable_checksums_and_keeps_the_fingerprint(folder, tm
     assert on_disk == manifest and on_disk["format_version"] == 1
     assert set(on_disk["files"]) == {
         "backbone/model.pt", "backbone/model.json", "backbone/preprocess.json", "backbone/training.json",
-        "classifier/classifier.joblib", "classifier/classifier.json",
+        "classifier/classifier.npz", "classifier/classifier.json",
     }
     for relative, digest in on_disk["files"].items():
         assert hashlib.sha256((out / relative).read_bytes()).hexdigest() == digest
@@ -150,7 +151,7 @@ def test_an_incompatible_format_version_is_refused(folder, tmp_path):
     "change, message",
     [
         (lambda d: (d / "backbone" / "model.json").unlink(), r"model\.json: missing"),
-        (lambda d: (d / "classifier" / "classifier.joblib").unlink(), r"classifier\.joblib: missing"),
+        (lambda d: (d / "classifier" / "classifier.npz").unlink(), r"classifier\.npz: missing"),
         (lambda d: (d / "backbone" / "preprocess.json").write_text("{not json"), r"preprocess\.json: unreadable JSON"),
         (lambda d: (d / "backbone" / "model.json").write_text('{"backbone": "alexnet"}'), "incompatible maskface version"),
         (lambda d: (d / "backbone" / "preprocess.json").write_text('{"input_size": 80, "crop": {"mode": "none"}}'), "differs from model.json"),
@@ -177,15 +178,14 @@ def test_the_backbone_subfolder_is_refused_with_a_hint(folder):
 
 
 def test_learned_scorer_is_predict_proba_of_pair_features_and_cosine_is_the_dot(folder):
-    import joblib
-
     scorer = load_pair_scorer(read_model_folder(folder["dir"]))
     rng = np.random.default_rng(1)
     a = rng.normal(size=(6, 16)).astype(np.float32)
     b = rng.normal(size=(6, 16)).astype(np.float32)
     a /= np.linalg.norm(a, axis=1, keepdims=True)
     b /= np.linalg.norm(b, axis=1, keepdims=True)
-    oracle = joblib.load(folder["dir"] / "classifier" / "classifier.joblib").predict_proba(pair_features(a, b))[:, 1]
+    # The pipeline fit_and_score returned, never written to disk: the file must rebuild it exactly.
+    oracle = folder["classifier"].predict_proba(pair_features(a, b))[:, 1]
     np.testing.assert_allclose(scorer.score(a, b), oracle)
     np.testing.assert_allclose(scorer.score(b, a), oracle)  # symmetric features
     cosine = PairScorer("cosine", 0.5)
@@ -194,7 +194,7 @@ def test_learned_scorer_is_predict_proba_of_pair_features_and_cosine_is_the_dot(
 
 def test_a_cosine_folder_needs_no_fitted_file(folder, tmp_path):
     copy = _copy(folder, tmp_path)
-    (copy / "classifier" / "classifier.joblib").unlink()
+    (copy / "classifier" / "classifier.npz").unlink()
     (copy / "classifier" / "classifier.json").write_text('{"classifier": "cosine", "settings": {}, "threshold": 0.4}')
     scorer = load_pair_scorer(read_model_folder(copy))
     assert scorer.name == "cosine" and scorer.threshold == 0.4 and scorer.model is None
@@ -261,3 +261,189 @@ def test_aligned_preprocessing_matches_the_crop_stage(tmp_path):
     settings = json.loads((tmp_path / "crops" / "preprocess.json").read_text())
     for row, path in enumerate(paths):
         np.testing.assert_array_equal(preprocess_image(path, settings), images[row])
+
+
+class _WritesFile:
+    """Unpickling this runs code: it writes ``target`` (what a malicious model folder would do)."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.target!r}, 'w').write('code from the folder ran')",))
+
+
+def _live(payload_writer, reader, canary):
+    """Write the payload and prove it is live: the unsafe reader runs it (then clean up)."""
+    payload_writer()
+    reader()
+    assert canary.exists(), "the crafted payload must really run when unpickled, or the test proves nothing"
+    canary.unlink()
+
+
+def test_a_pickled_classifier_from_an_old_folder_is_refused_never_unpickled(folder, tmp_path):
+    import joblib
+
+    from maskface.api import load_model
+
+    copy = _copy(folder, tmp_path)
+    canary = tmp_path / "canary.txt"
+    pickled = copy / "classifier" / "classifier.joblib"
+    _live(lambda: joblib.dump(_WritesFile(canary), pickled), lambda: joblib.load(pickled), canary)
+    (copy / "classifier" / "classifier.npz").unlink()
+    meta = json.loads((copy / "classifier" / "classifier.json").read_text())
+    meta.update(format=1, model_file="classifier.joblib")  # what maskface wrote before format 2
+    (copy / "classifier" / "classifier.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFolderError, match=r"classifier\.joblib: a pickled classifier .* unpickling runs code") as caught:
+        load_model(copy, device="cpu")
+    assert "\n" not in str(caught.value)
+    assert not canary.exists()
+
+
+def test_a_classifier_file_with_pickled_arrays_is_refused_unread(folder, tmp_path):
+    copy = _copy(folder, tmp_path)
+    canary = tmp_path / "canary.txt"
+    target = copy / "classifier" / "classifier.npz"
+    with np.load(target, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["0/mean_"] = np.array([_WritesFile(canary)], dtype=object)
+
+    def write():
+        with open(target, "wb") as handle:
+            np.savez(handle, **arrays)
+
+    def unsafe_read():
+        with np.load(target, allow_pickle=True) as data:
+            data["0/mean_"]
+
+    _live(write, unsafe_read, canary)
+    with pytest.raises(ModelFolderError, match=r"classifier\.npz: not a readable classifier file.*allow_pickle"):
+        load_pair_scorer(read_model_folder(copy))
+    assert not canary.exists()
+
+
+def test_stray_pickles_in_a_folder_are_never_opened(folder, tmp_path):
+    import pickle
+
+    copy = _copy(folder, tmp_path)
+    canary = tmp_path / "canary.txt"
+    payload = pickle.dumps(_WritesFile(canary))
+    _live(lambda: None, lambda: pickle.loads(payload), canary)
+    for name in ("classifier/classifier.joblib", "classifier/classifier.pkl", "backbone/extra.pkl", "backbone/model.pkl"):
+        (copy / name).write_bytes(payload)
+    np.save(copy / "backbone" / "features.npy", np.array([_WritesFile(canary)], dtype=object), allow_pickle=True)
+    scorer = load_pair_scorer(read_model_folder(copy))
+    a = np.eye(16, dtype=np.float32)[:3]
+    np.testing.assert_allclose(scorer.score(a, a[::-1]), folder["classifier"].predict_proba(pair_features(a, a[::-1]))[:, 1])
+    assert not canary.exists()
+
+
+def test_a_classifier_naming_a_class_outside_the_allow_list_is_refused(folder, tmp_path):
+    copy = _copy(folder, tmp_path)
+    target = copy / "classifier" / "classifier.npz"
+    with np.load(target, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    spec = json.loads(str(arrays["spec"]))
+    spec["steps"][0]["class"] = "FunctionTransformer"  # would call any function named in its params
+    arrays["spec"] = np.array(json.dumps(spec))
+    with open(target, "wb") as handle:
+        np.savez(handle, **arrays)
+    with pytest.raises(ModelFolderError, match="'FunctionTransformer', which is not allowed; allowed: StandardScaler"):
+        load_pair_scorer(read_model_folder(copy))
+
+
+# --------------------------------------------------------------------------- export --overwrite
+
+
+def _tree(root):
+    """Every file below ``root`` with its bytes: what must survive a refused export."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def models_dir(folder, tmp_path):
+    """A models/ folder as the pipeline leaves it: a model folder beside unrelated files."""
+    models = tmp_path / "models"
+    shutil.copytree(folder["dir"], models / "facenet")
+    (models / "other").mkdir()
+    (models / "other" / "keep.txt").write_text("unrelated")
+    return models
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (lambda m: m, "a folder holding the source"),  # the issue's report: models/ was deleted
+        (lambda m: m.parent, "a folder holding the source"),
+        (lambda m: m / "facenet", "the source folder itself"),
+        (lambda m: m / "facenet" / "backbone", "inside the source folder"),
+        (lambda m: m / "other", "holds no maskface manifest.json"),
+    ],
+)
+def test_export_overwrite_refuses_what_it_did_not_make(models_dir, target, message):
+    before = _tree(models_dir.parent)
+    with pytest.raises(ModelFolderError, match=message) as caught:
+        export_model_folder(models_dir / "facenet", target(models_dir), overwrite=True)
+    assert "\n" not in str(caught.value)
+    assert _tree(models_dir.parent) == before
+
+
+def test_export_overwrite_never_replaces_home_or_the_working_folder(models_dir, tmp_path, monkeypatch):
+    # Home and the working folder look exactly like an earlier export: refused all the same.
+    users = tmp_path / "users"
+    home = users / "home"
+    export_model_folder(models_dir / "facenet", home)
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ModelFolderError, match="is your home folder"):
+        export_model_folder(models_dir / "facenet", home, overwrite=True)
+    with pytest.raises(ModelFolderError, match="a folder holding your home folder"):
+        export_model_folder(models_dir / "facenet", users, overwrite=True)
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    monkeypatch.chdir(home)
+    with pytest.raises(ModelFolderError, match="is the working folder"):
+        export_model_folder(models_dir / "facenet", ".", overwrite=True)
+    with pytest.raises(ModelFolderError, match="a folder holding the working folder"):
+        export_model_folder(models_dir / "facenet", users, overwrite=True)
+    with pytest.raises(ModelFolderError, match="--out /: is a folder holding"):  # the root holds everything
+        export_model_folder(models_dir / "facenet", "/", overwrite=True)
+    assert _tree(home) == _tree(models_dir / "facenet") | {MANIFEST_FILE: (home / MANIFEST_FILE).read_bytes()}
+
+
+def test_export_overwrite_replaces_an_earlier_export_and_only_that(models_dir, tmp_path):
+    out = tmp_path / "exported"
+    export_model_folder(models_dir / "facenet", out)
+    (out / "backbone" / "training.json").write_text('{"stale": true}')  # an earlier export, since edited
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    manifest["files"]["backbone/training.json"] = hashlib.sha256(b'{"stale": true}').hexdigest()
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest))
+    export_model_folder(models_dir / "facenet", out, overwrite=True)
+    assert _tree(out)["backbone/training.json"] == (models_dir / "facenet" / "backbone" / "training.json").read_bytes()
+    read_model_folder(out)  # checksums verify
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "models"]  # no staging or old copy left
+    # A file the manifest does not list is somebody else's: refused, and the folder kept as it is.
+    (out / "notes.txt").write_text("mine")
+    before = _tree(out)
+    with pytest.raises(ModelFolderError, match="holds notes.txt, which its manifest.json does not list"):
+        export_model_folder(models_dir / "facenet", out, overwrite=True)
+    assert _tree(out) == before
+
+
+def test_an_interrupted_export_leaves_the_earlier_one_intact(models_dir, tmp_path, monkeypatch):
+    import maskface.model_folder as model_folder
+
+    out = tmp_path / "exported"
+    export_model_folder(models_dir / "facenet", out)
+    before = _tree(out)
+
+    copyfile = shutil.copyfile
+
+    def crash(source, target):  # the copy dies half way (disk full, Ctrl-C)
+        if "classifier" in str(source):
+            raise KeyboardInterrupt
+        return copyfile(source, target)
+
+    monkeypatch.setattr(model_folder.shutil, "copyfile", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_model_folder(models_dir / "facenet", out, overwrite=True)
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "models"]

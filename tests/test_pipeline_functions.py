@@ -48,7 +48,12 @@ def test_finetune_writes_a_rebuildable_model_and_curves(trained):
     summary = trained["summary"]
     assert len(summary["epochs"]) == 3
     assert summary["epochs"][-1]["loss"] < summary["epochs"][0]["loss"]
-    assert 0 <= summary["best_epoch"] <= 3
+    # The kept epoch is the argmax of the validation curve DVCLive recorded (epoch 0 = before
+    # fine-tuning; the first of tied epochs, as a later epoch must be strictly better).
+    curve = pd.read_csv(root / "live" / "plots" / "metrics" / "val" / "auc.tsv", sep="\t")
+    assert curve["step"].tolist() == [0, 1, 2, 3]
+    assert summary["best_epoch"] == int(curve["step"][np.argmax(curve["auc"].to_numpy())])
+    assert summary["best_val_auc"] == pytest.approx(curve["auc"].max())
     config = json.loads((root / "model" / "model.json").read_text())
     assert config["backbone"] == "alexnet" and config["input_size"] == 64
     assert (root / "model" / "preprocess.json").is_file()

@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from maskface import __version__
+from maskface.errors import InputError, UserError
 from maskface.model_folder import (
     ImageError,
     ImageInput,
@@ -51,7 +52,7 @@ GALLERY_FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm")
 
 
-class GalleryError(ValueError):
+class GalleryError(UserError, ValueError):
     """A gallery file is unreadable or was made by another model (one-line message)."""
 
 
@@ -250,7 +251,7 @@ class FaceModel:
         from maskface.device import inference_dtype, resolve_device
 
         if batch_size < 1:
-            raise ValueError(f"batch_size {batch_size!r} is invalid; valid: an integer >= 1")
+            raise InputError(f"batch_size {batch_size!r} is invalid; valid: an integer >= 1")
         self.folder = folder
         self.precision = precision
         self.channels_last = bool(channels_last)
@@ -364,7 +365,7 @@ class FaceModel:
             return self.threshold
         threshold = float(threshold)
         if not np.isfinite(threshold):
-            raise ValueError(f"threshold {threshold!r} is invalid; valid: a finite number in score units")
+            raise InputError(f"threshold {threshold!r} is invalid; valid: a finite number in score units")
         return threshold
 
     def verify(self, a: ImageInput, b: ImageInput, threshold: Optional[float] = None) -> Verification:
@@ -450,7 +451,7 @@ class FaceModel:
         """
         threshold = self.decision_threshold(threshold)
         if top < 1:
-            raise ValueError(f"top {top!r} is invalid; valid: an integer >= 1")
+            raise InputError(f"top {top!r} is invalid; valid: an integer >= 1")
         gallery.check_model(self)
         result = self.embed_many(images, progress=progress)
         found = []

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskface.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 TrunkBuilder = Callable[[], "Trunk"]
@@ -224,7 +226,7 @@ class FaceEmbedder(nn.Module):
         """
         linear, norm = self.head[1], self.head[2]
         if self.embedding_size != self.spec.feature_dim:
-            raise ValueError(
+            raise InputError(
                 f"head_init 'identity' needs embedding_size = {self.spec.feature_dim} (the {self.spec.name} "
                 f"feature size), got {self.embedding_size}; valid: embedding_size {self.spec.feature_dim} "
                 "or head_init 'random'"
@@ -249,7 +251,7 @@ class FaceEmbedder(nn.Module):
         elif train_layers.startswith("last_") and train_layers[5:].isdigit():
             count = int(train_layers[5:])
             if not 1 <= count <= len(groups):
-                raise ValueError(
+                raise InputError(
                     f"train_layers {train_layers!r} asks for more groups than {self.spec.name} has; "
                     f"valid: all, head, last_1 .. last_{len(groups)} ({', '.join(groups)})"
                 )

@@ -12,9 +12,12 @@ images): the same classifier, trained on the training images' embeddings, ranks 
 training identity for each test image (``cosine``: the best cosine similarity to any of
 an identity's training images).
 
-The model folder (``classifier.json`` and, for learned classifiers, ``classifier.joblib``)
-holds everything inference needs: :func:`score_pairs` with the unpickled pipeline (None
-for cosine) scores a pair from two embeddings exactly as the val and test pairs were.
+The model folder (``classifier.json`` and, for learned classifiers, ``classifier.npz``)
+holds everything inference needs: :func:`score_pairs` with the pipeline
+:func:`load_classifier` rebuilds (None for cosine) scores a pair from two embeddings
+exactly as the val and test pairs were. ``classifier.npz`` holds plain arrays and a JSON
+description (estimator class names from a fixed allow-list, their parameters), read with
+``allow_pickle=False``: loading a classifier from someone else never runs code from it.
 """
 
 from __future__ import annotations
@@ -22,29 +25,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import joblib
 import numpy as np
 import pandas as pd
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import LabelBinarizer, StandardScaler
 
 from maskface.artifacts import CLASSIFIER_META_FILE
 from maskface.config import PAIR_TYPES, ClassifyConfig, CosineConfig, KnnConfig, LdaConfig, MlpConfig
+from maskface.errors import InputError
 from maskface.metrics import choose_threshold, identification_ranks
 from maskface.split import make_pairs
 
 logger = logging.getLogger(__name__)
 
-CLASSIFIER_FILE = "classifier.joblib"
-META_FORMAT = 1
+CLASSIFIER_FILE = "classifier.npz"
+# 2: the fitted pipeline as arrays + JSON (classifier.npz); 1 was a pickle (classifier.joblib).
+META_FORMAT = 2
 PAIR_FEATURES = "abs_diff_product"  # [|a - b|, a * b], see pair_features
 TOP_K = 5
 
@@ -116,7 +120,7 @@ def config_class(classifier: str) -> type:
 
 def _registered(classifier: str) -> _Registered:
     if classifier not in _REGISTRY:
-        raise ValueError(f"classifier {classifier!r} is invalid; valid: {', '.join(_REGISTRY)}")
+        raise InputError(f"classifier {classifier!r} is invalid; valid: {', '.join(_REGISTRY)}")
     return _REGISTRY[classifier]
 
 
@@ -144,7 +148,7 @@ def score_pairs(model: Optional[Pipeline], a: np.ndarray, b: np.ndarray) -> np.n
 def _pair_embeddings(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     missing = (set(pairs["path_a"]) | set(pairs["path_b"])) - set(row_of)
     if missing:
-        raise ValueError(f"{len(missing)} paired images have no embedding, e.g. {sorted(missing)[0]!r}; rerun crop and embed")
+        raise InputError(f"{len(missing)} paired images have no embedding, e.g. {sorted(missing)[0]!r}; rerun crop and embed")
     a = embeddings[pairs["path_a"].map(row_of).to_numpy()]
     b = embeddings[pairs["path_b"].map(row_of).to_numpy()]
     return a, b
@@ -184,7 +188,7 @@ def fit_and_score(
     if classifier != "cosine":
         train_pairs = training_pairs(index, config)
         if train_pairs.empty or train_pairs["label"].nunique() < 2:
-            raise ValueError("the training identities give only one kind of pair; more identities or images are needed")
+            raise InputError("the training identities give only one kind of pair; more identities or images are needed")
         a, b = _pair_embeddings(embeddings, row_of, train_pairs)
         model = registered.builder(classifier_config, len(train_pairs))
         model.fit(pair_features(a, b), train_pairs["label"].to_numpy())
@@ -234,10 +238,10 @@ def identify(
     train = index["split"].to_numpy() == "train"
     test = index["split"].to_numpy() == "test"
     if not test.any():
-        raise ValueError("identification needs test images; the index has none (check split.ratios)")
+        raise InputError("identification needs test images; the index has none (check split.ratios)")
     identities = np.array(sorted(index.loc[train, "identity"].unique()))
     if identities.size < 2:
-        raise ValueError(f"identification needs at least 2 training identities; found {identities.size}")
+        raise InputError(f"identification needs at least 2 training identities; found {identities.size}")
     column_of = {identity: k for k, identity in enumerate(identities)}
     train_x, test_x = embeddings[train], embeddings[test]
     train_y = index.loc[train, "identity"].map(column_of).to_numpy()
@@ -294,7 +298,7 @@ def classifier_metadata(
         "model_file": CLASSIFIER_FILE if learned else None,
         "decision": "same person when score >= threshold",
         "how_to_score": (
-            f"predict_proba(pair_features(a, b))[:, 1] of {CLASSIFIER_FILE}, pair_features = "
+            f"predict_proba(pair_features(a, b))[:, 1] of the pipeline in {CLASSIFIER_FILE} (maskface.classify.read_classifier_file), pair_features = "
             "[|a - b|, a * b] of the unit embeddings a, b (N, E)"
             if learned
             else "cosine similarity sum(a * b) of the unit embeddings a, b (N, E)"
@@ -303,13 +307,182 @@ def classifier_metadata(
     }
 
 
+# --------------------------------------------------------------------------- serialisation
+
+SERIAL_FORMAT = "maskface-classifier"
+SERIAL_VERSION = 1
+SPEC_KEY = "spec"
+# The only estimators a classifier.npz may name, with the fitted attributes that predict,
+# predict_proba and decision_function read. Attributes are arrays, lists of arrays or
+# JSON scalars; nothing else is stored and nothing else is restored.
+_FITTED_STATE: dict[str, tuple[type, tuple[str, ...]]] = {
+    "StandardScaler": (StandardScaler, ("mean_", "scale_", "var_", "n_samples_seen_", "n_features_in_")),
+    "LinearDiscriminantAnalysis": (
+        LinearDiscriminantAnalysis,
+        ("classes_", "coef_", "intercept_", "means_", "priors_", "covariance_", "n_features_in_"),
+    ),
+    "MLPClassifier": (
+        MLPClassifier,
+        ("classes_", "coefs_", "intercepts_", "n_layers_", "n_outputs_", "out_activation_", "n_features_in_", "n_iter_"),
+    ),
+    # k-NN's fitted state is its training set (and the search tree built from it): it is
+    # stored as the training features and labels and refitted, which rebuilds the same tree.
+    "KNeighborsClassifier": (KNeighborsClassifier, ()),
+}
+
+
+class ClassifierFileError(InputError):
+    """A classifier.npz cannot be read or names something outside the allow-list (one line)."""
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def classifier_state(model: Pipeline) -> tuple[dict, dict[str, np.ndarray]]:
+    """A fitted pipeline -> (JSON-ready description, named arrays); see :func:`classifier_from_state`."""
+    steps, arrays = [], {}
+    for position, (name, estimator) in enumerate(model.steps):
+        kind = type(estimator).__name__
+        if kind not in _FITTED_STATE:
+            raise TypeError(f"cannot store a {kind}; storable: {', '.join(_FITTED_STATE)}")
+        params = {key: _json_value(value) for key, value in estimator.get_params(deep=False).items()}
+        json.dumps(params)  # a parameter that is not plain data (a callable metric) cannot be stored
+        step = {"name": name, "class": kind, "params": params, "scalars": {}, "arrays": [], "array_lists": {}}
+        attributes = _FITTED_STATE[kind][1]
+        if kind == "KNeighborsClassifier":
+            fit_x = estimator._fit_X
+            arrays[f"{position}/fit_X"] = np.asarray(fit_x)
+            arrays[f"{position}/fit_y"] = np.asarray(estimator.classes_)[estimator._y]
+            step["arrays"] = ["fit_X", "fit_y"]
+        for attribute in attributes:
+            value = getattr(estimator, attribute)
+            if isinstance(value, np.ndarray):
+                arrays[f"{position}/{attribute}"] = value
+                step["arrays"].append(attribute)
+            elif isinstance(value, list):
+                for k, item in enumerate(value):
+                    arrays[f"{position}/{attribute}/{k}"] = np.asarray(item)
+                step["array_lists"][attribute] = len(value)
+            else:
+                step["scalars"][attribute] = _json_value(value)
+        steps.append(step)
+    for key, array in arrays.items():
+        if array.dtype == object:
+            raise TypeError(f"{key} is an object array, which only a pickle could store")
+    return {"format": SERIAL_FORMAT, "version": SERIAL_VERSION, "steps": steps}, arrays
+
+
+def _params(raw: Mapping, where: str) -> dict:
+    if not isinstance(raw, Mapping):
+        raise ClassifierFileError(f"{where}: params must be an object")
+    # JSON has no tuples; scikit-learn's tuple parameters (hidden_layer_sizes) come back as lists.
+    return {str(key): tuple(value) if isinstance(value, list) else value for key, value in raw.items()}
+
+
+def classifier_from_state(spec: Mapping, arrays: Mapping[str, np.ndarray], where: str = "classifier") -> Pipeline:
+    """Rebuild the pipeline :func:`classifier_state` described; only allow-listed estimators."""
+    if not isinstance(spec, Mapping) or spec.get("format") != SERIAL_FORMAT:
+        raise ClassifierFileError(f"{where}: not a maskface classifier (format {spec.get('format') if isinstance(spec, Mapping) else spec!r})")
+    if spec.get("version") != SERIAL_VERSION:
+        raise ClassifierFileError(f"{where}: classifier version {spec.get('version')!r} is unknown; this maskface reads {SERIAL_VERSION}")
+    steps = spec.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise ClassifierFileError(f"{where}: lists no estimator steps")
+    built = []
+    for position, step in enumerate(steps):
+        kind = step.get("class") if isinstance(step, Mapping) else None
+        if kind not in _FITTED_STATE:
+            raise ClassifierFileError(f"{where}: step {position} is {kind!r}, which is not allowed; allowed: {', '.join(_FITTED_STATE)}")
+        cls, attributes = _FITTED_STATE[kind]
+
+        def array(name: str) -> np.ndarray:
+            key = f"{position}/{name}"
+            if key not in arrays:
+                raise ClassifierFileError(f"{where}: lacks the array {key!r}")
+            return arrays[key]
+
+        try:
+            estimator = cls(**_params(step.get("params", {}), where))
+            estimator._validate_params()  # scikit-learn's own check of every parameter value
+        except (TypeError, ValueError) as error:
+            raise ClassifierFileError(f"{where}: {kind} parameters are invalid: {' '.join(str(error).split())}") from None
+        if kind == "KNeighborsClassifier":
+            try:
+                estimator.fit(array("fit_X"), array("fit_y"))
+            except (TypeError, ValueError) as error:
+                raise ClassifierFileError(f"{where}: the k-NN training set is unusable: {' '.join(str(error).split())}") from None
+        scalars, lists = step.get("scalars", {}), step.get("array_lists", {})
+        if not isinstance(scalars, Mapping) or not isinstance(lists, Mapping):
+            raise ClassifierFileError(f"{where}: step {position} ({kind}) has malformed scalars or array lists")
+        for attribute in attributes:
+            if attribute in scalars:
+                value = scalars[attribute]
+                if not isinstance(value, (int, float, str)):
+                    raise ClassifierFileError(f"{where}: {kind}.{attribute} must be a number or a string")
+            elif attribute in lists:
+                count = lists[attribute]
+                if not isinstance(count, int) or not 0 <= count <= 64:
+                    raise ClassifierFileError(f"{where}: {kind}.{attribute} lists {count!r} arrays; valid: 0 to 64")
+                value = [array(f"{attribute}/{k}") for k in range(count)]
+            else:
+                value = array(attribute)
+            setattr(estimator, attribute, value)
+        if kind == "MLPClassifier":
+            # predict() maps output columns back to labels through this; it is derived, not stored.
+            estimator._label_binarizer = LabelBinarizer().fit(estimator.classes_)
+        built.append((str(step.get("name", kind.lower())), estimator))
+    try:
+        return Pipeline(built)
+    except (TypeError, ValueError) as error:  # e.g. two steps with the same name
+        raise ClassifierFileError(f"{where}: the steps do not form a pipeline: {' '.join(str(error).split())}") from None
+
+
+def write_classifier_file(model: Pipeline, path: Path) -> None:
+    spec, arrays = classifier_state(model)
+    with open(path, "wb") as handle:
+        np.savez(handle, **{SPEC_KEY: np.array(json.dumps(spec, sort_keys=True))}, **arrays)
+
+
+def read_classifier_file(path: Path) -> Pipeline:
+    """Load a classifier.npz without unpickling anything (``allow_pickle=False``).
+
+    Raises :class:`ClassifierFileError` (one line naming the file) for a file that is not a
+    maskface classifier, holds object arrays (pickles) or names an estimator outside the
+    allow-list.
+    """
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        # numpy refuses object (pickled) arrays with a ValueError here, before unpickling anything.
+        raise ClassifierFileError(f"{path}: not a readable classifier file: {' '.join(str(error).split())}") from None
+    if SPEC_KEY not in arrays or arrays[SPEC_KEY].dtype.kind != "U":
+        raise ClassifierFileError(f"{path}: no classifier description ({SPEC_KEY!r}); not a maskface classifier file")
+    try:
+        spec = json.loads(str(arrays.pop(SPEC_KEY)))
+    except json.JSONDecodeError as error:
+        raise ClassifierFileError(f"{path}: classifier description is not JSON: {error}") from None
+    return classifier_from_state(spec, arrays, str(path))
+
+
 def save_classifier(model: Optional[Pipeline], out_dir: Path, meta: dict) -> None:
-    """Write ``classifier.json`` (``meta``) and, for a learned classifier, ``classifier.joblib``."""
+    """Write ``classifier.json`` (``meta``) and, for a learned classifier, ``classifier.npz``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    joblib_path = out_dir / CLASSIFIER_FILE
+    # classifier.json always names the format and file written beside it, whatever the caller passed.
+    meta = {**meta, "format": META_FORMAT, "model_file": CLASSIFIER_FILE if model is not None else None}
+    model_path = out_dir / CLASSIFIER_FILE
+    # A pickle left by an older maskface is never read again; do not leave it to look current.
+    (out_dir / "classifier.joblib").unlink(missing_ok=True)
     if model is not None:
-        joblib.dump(model, joblib_path)
-    elif joblib_path.exists():
+        write_classifier_file(model, model_path)
+    elif model_path.exists():
         # A stale learned model next to a cosine classifier.json would contradict it.
-        joblib_path.unlink()
+        model_path.unlink()
     (out_dir / CLASSIFIER_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")

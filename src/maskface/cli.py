@@ -10,9 +10,15 @@
     maskface weights get|list
 
 Results go to stdout (``--json`` for one JSON document), logs and progress bars to
-stderr. A user error (bad image, bad model folder, bad option) prints one line
+stderr. A user error (a :class:`maskface.errors.UserError`: bad image, bad model folder,
+bad data, bad option; or a file-system error naming the file) prints one line
 ``maskface <command>: error: <file>: <reason>`` and exits 2; batch commands still
-process the other inputs, list every failure, and then exit 2.
+process the other inputs, list every failure, and then exit 2. Anything else is a bug
+and keeps its traceback.
+
+Files are written under a temporary name beside the output and renamed into place, so
+an interrupted command never leaves half a file; an existing output is replaced only
+with ``--overwrite`` (see docs/cli-and-api.md).
 """
 
 from __future__ import annotations
@@ -23,17 +29,19 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 from maskface import __version__
+from maskface.errors import EXIT_USER_ERROR, InputError, user_error_message
 from maskface.logs import TqdmLogHandler
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
-EXIT_USER_ERROR = 2
 # Commands other modules contribute: (module, function registering them on the subparsers).
 # Each leaf sets ``func(args) -> int``. A module not present in this installation adds nothing.
 CONTRIBUTED_COMMANDS = (
@@ -103,24 +111,62 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_outputs(outputs: Sequence[Path], overwrite: bool) -> None:
+    """Refuse, before any work, outputs that exist (without ``--overwrite``) or are folders."""
+    for path in outputs:
+        if path.is_dir():
+            raise InputError(f"--out {path}: is a folder; give a file name")
+        if os.path.lexists(path) and not overwrite:
+            raise InputError(f"--out {path}: already exists; choose another name or pass --overwrite to replace it")
+
+
+@contextmanager
+def _replacing(outputs: Sequence[Path]) -> Iterator[list[Path]]:
+    """Temporary paths beside ``outputs`` (same suffix); renamed over them when the block succeeds.
+
+    A failure or an interrupt inside the block deletes the temporary files and leaves the
+    outputs as they were; the rename itself is atomic on one file system.
+    """
+    temporary = []
+    try:
+        for path in outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{path.suffix}", dir=path.parent)
+            os.close(handle)
+            temporary.append(Path(name))
+        yield temporary
+        for made, path in zip(temporary, outputs):
+            os.replace(made, path)
+    finally:
+        for made in temporary:
+            if os.path.lexists(made):
+                made.unlink()
+
+
+def _embedding_outputs(out: Path) -> list[Path]:
+    suffix = out.suffix.lower()
+    if suffix == ".npy":
+        return [out, out.with_suffix(".csv")]
+    if suffix == ".parquet":
+        return [out]
+    raise InputError(f"--out {out}: suffix {out.suffix or '(none)'!r} is invalid; valid: .npy (plus an index .csv), .parquet")
+
+
 def _write_embeddings(out: Path, embeddings, sources: list[str]) -> list[Path]:
     import numpy as np
     import pandas as pd
 
     from maskface.tables import write_csv
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    suffix = out.suffix.lower()
-    if suffix == ".npy":
-        index = out.with_suffix(".csv")
-        np.save(out, embeddings)
-        write_csv(pd.DataFrame({"row": range(len(sources)), "path": sources}), index)
-        return [out, index]
-    if suffix == ".parquet":
-        table = pd.DataFrame({"path": sources, "embedding": [row for row in embeddings]})
-        table.to_parquet(out, index=False)
-        return [out]
-    raise ValueError(f"--out {out}: suffix {out.suffix or '(none)'!r} is invalid; valid: .npy (plus an index .csv), .parquet")
+    outputs = _embedding_outputs(out)
+    with _replacing(outputs) as temporary:
+        if out.suffix.lower() == ".npy":
+            with open(temporary[0], "wb") as handle:
+                np.save(handle, embeddings)
+            write_csv(pd.DataFrame({"row": range(len(sources)), "path": sources}), temporary[1])
+        else:
+            pd.DataFrame({"path": sources, "embedding": [row for row in embeddings]}).to_parquet(temporary[0], index=False)
+    return outputs
 
 
 def _parquet_engine() -> Optional[str]:
@@ -133,18 +179,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from maskface.api import expand_paths
 
     out = Path(args.out)
-    if out.suffix.lower() not in (".npy", ".parquet"):
-        raise ValueError(f"--out {out}: suffix {out.suffix or '(none)'!r} is invalid; valid: .npy (plus an index .csv), .parquet")
+    _check_outputs(_embedding_outputs(out), args.overwrite)
     if out.suffix.lower() == ".parquet" and not _parquet_engine():
-        raise ValueError(f"--out {out}: writing Parquet needs pyarrow or fastparquet installed; or write FILE.npy (with an index CSV)")
+        raise InputError(f"--out {out}: writing Parquet needs pyarrow or fastparquet installed; or write FILE.npy (with an index CSV)")
     paths = expand_paths(args.paths)
     if not paths:
-        raise ValueError(f"no image files found in {', '.join(args.paths)}")
+        raise InputError(f"no image files found in {', '.join(args.paths)}")
     model = _load(args)
     result = model.embed_many(paths, progress=_progress(args))
     _report_failures(args, result.failures)
     if not result.sources:
-        raise ValueError(f"none of the {len(paths)} images could be embedded; nothing written")
+        raise InputError(f"none of the {len(paths)} images could be embedded; nothing written")
     written = _write_embeddings(out, result.embeddings, result.sources)
     payload = {
         "out": [str(p) for p in written],
@@ -160,11 +205,20 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if result.failures else EXIT_OK
 
 
+def _gallery_file(out: Path) -> Path:
+    # As Gallery.save (and numpy) name it: .npz is appended when missing.
+    return out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
+    out = _gallery_file(Path(args.out))
+    _check_outputs([out], args.overwrite)
     model = _load(args)
     gallery, failures = model.enroll_many(args.gallery_dir, progress=_progress(args))
     _report_failures(args, failures)
-    path = gallery.save(args.out)
+    with _replacing([out]) as temporary:
+        gallery.save(temporary[0])
+    path = out
     counts = {name: int((gallery.identities == name).sum()) for name in gallery.identity_names}
     payload = {
         "gallery": str(path),
@@ -181,15 +235,34 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if failures else EXIT_OK
 
 
+def _gallery_model(args: argparse.Namespace, gallery) -> Path:
+    """The model folder a gallery names, opened only after the checks a --model folder gets.
+
+    The gallery file is somebody else's input: the folder it names is read as metadata
+    only (JSON, checksums), and used only when its embedder fingerprint (sha256 of the
+    weights, model.json and preprocess.json) is the one the gallery recorded. Loading it
+    then runs no code from it (weights_only weights, an arrays-only classifier).
+    """
+    from maskface.api import GalleryError
+    from maskface.model_folder import read_model_folder
+
+    named = gallery.meta.get("model_dir")
+    if not isinstance(named, str) or not named or not Path(named).is_dir():
+        raise GalleryError(f"{args.gallery}: its model folder {named!r} is gone; pass --model")
+    folder = read_model_folder(named)
+    if folder.fingerprint() != gallery.meta.get("model_fingerprint"):
+        raise GalleryError(
+            f"{args.gallery}: the model folder it names ({named}) is not the model it was enrolled with "
+            "(embedder checksums differ); pass --model"
+        )
+    return Path(named)
+
+
 def cmd_identify(args: argparse.Namespace) -> int:
-    from maskface.api import GalleryError, expand_paths, load_gallery
+    from maskface.api import expand_paths, load_gallery
 
     gallery = load_gallery(args.gallery)
-    model_dir = args.model
-    if model_dir is None:
-        model_dir = Path(gallery.meta.get("model_dir", ""))
-        if not model_dir.is_dir():
-            raise GalleryError(f"{args.gallery}: its model folder {model_dir} is gone; pass --model")
+    model_dir = args.model if args.model is not None else _gallery_model(args, gallery)
     model = _load(args, model_dir)
     paths = expand_paths(args.images)
     found, failures = model.identify_many(paths, gallery, top=args.top, progress=_progress(args), threshold=args.threshold)
@@ -219,13 +292,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     defaults = EvaluateConfig()
     for name, value in (("--bootstrap", args.bootstrap), ("--worst-pairs", args.worst_pairs)):
         if value < 0:
-            raise ValueError(f"{name} {value} is invalid; valid: an integer >= 0")
+            raise InputError(f"{name} {value} is invalid; valid: an integer >= 0")
     if not 0.0 < args.mask_share < 1.0:
-        raise ValueError(f"--mask-share {args.mask_share} is invalid; valid: a fraction in (0, 1)")
+        raise InputError(f"--mask-share {args.mask_share} is invalid; valid: a fraction in (0, 1)")
     if args.simulate_masks and args.masked_copy is not None:
-        raise ValueError("--simulate-masks and --masked-copy exclude each other; --simulate-masks writes OUT/masked-copy itself")
+        raise InputError("--simulate-masks and --masked-copy exclude each other; --simulate-masks writes OUT/masked-copy itself")
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise ValueError(f"--out {args.out}: already holds files; choose another folder or pass --overwrite")
+        raise InputError(f"--out {args.out}: already holds files; choose another folder or pass --overwrite")
     model = _load(args)
     dataset = read_dataset(
         args.source,
@@ -386,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maskface",
         description="Masked face recognition with a trained maskface model folder.",
-        epilog="Exit status: 0 success, 2 user error (bad input, bad model folder, bad option).",
+        epilog="Exit status: 0 success, 2 user error (bad input, bad data, bad model folder, bad option), "
+        "1 a bug (with its traceback).",
     )
     parser.add_argument("--version", action="version", version=f"maskface {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -409,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
     _model_options(embed)
     embed.add_argument("--out", type=Path, required=True, metavar="FILE", help="FILE.npy (with FILE.csv) or FILE.parquet")
+    embed.add_argument("--overwrite", action="store_true", help="replace an existing FILE (and its index CSV)")
     embed.set_defaults(func=cmd_embed)
 
     enroll = commands.add_parser(
@@ -419,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     enroll.add_argument("gallery_dir", type=Path, metavar="GALLERY_DIR")
     _model_options(enroll)
     enroll.add_argument("--out", type=Path, required=True, metavar="GALLERY_FILE", help="gallery file (.npz)")
+    enroll.add_argument("--overwrite", action="store_true", help="replace an existing gallery file")
     enroll.set_defaults(func=cmd_enroll)
 
     identify = commands.add_parser(
@@ -481,7 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--model", type=Path, required=True, metavar="DIR")
     export.add_argument("--out", type=Path, required=True, metavar="DIR")
-    export.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    export.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing --out made by an earlier maskface export (never the source, a folder holding it, home or .)",
+    )
     export.set_defaults(func=cmd_export)
 
     info = commands.add_parser(
@@ -522,17 +601,14 @@ def _restore_logging(state: tuple[logging.Handler, int]) -> None:
     root.setLevel(previous)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from maskface.config import ConfigError
-
-    errors: list[type[BaseException]] = [ConfigError, ValueError, OSError]
-    try:
-        from maskface.datasets import DatasetError
-
-        errors.append(DatasetError)
-    except ImportError:
-        pass
-    return tuple(errors)
+def _user_error_line(error: BaseException) -> Optional[str]:
+    """One line for a user error, None for a bug (which keeps its traceback)."""
+    message = user_error_message(error)
+    if message is None and isinstance(error, OSError):
+        # The file system refused (missing input, permission, disk full): the user's to fix,
+        # and the message names the file.
+        message = _one_line(error)
+    return message
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -548,13 +624,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging_state = _setup_logging(args.verbose)
     try:
         return int(args.func(args))
-    except _user_errors() as error:
-        print(f"maskface {args.command}: error: {_shown(_one_line(error))}", file=sys.stderr)
-        logger.debug("traceback", exc_info=True)
-        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"maskface {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        message = _user_error_line(error)
+        if message is None:
+            raise
+        print(f"maskface {args.command}: error: {_shown(message)}", file=sys.stderr)
+        logger.debug("traceback", exc_info=True)
+        return EXIT_USER_ERROR
     finally:
         _restore_logging(logging_state)
 

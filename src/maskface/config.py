@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import yaml
 
+from maskface.errors import UserError
+
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
 CROP_MODES = ("none", "ratio", "eyes", "mask", "nose")
 SPLIT_BY = ("identity", "image")
@@ -42,7 +44,7 @@ TOP_LEVEL_KEYS = (
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A params value is invalid; the message names the key and the valid values."""
 
 

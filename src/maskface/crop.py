@@ -53,6 +53,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from maskface.config import CROP_MODES, CropConfig
+from maskface.errors import InputError
 from maskface.imageio import load_rgb
 from maskface.synthetic import LANDMARK_COLUMNS
 from maskface.tables import read_csv, write_csv
@@ -353,7 +354,7 @@ def _table_for(manifest: pd.DataFrame, config: CropConfig, landmarks: Optional[p
     table = landmarks.set_index(landmarks["path"].astype(str), drop=False)
     missing = [p for p in paths if p not in table.index]
     if missing:
-        raise ValueError(f"the landmark table lacks {len(missing)} manifest image(s), e.g. {missing[0]!r}; rerun the split stage")
+        raise InputError(f"the landmark table lacks {len(missing)} manifest image(s), e.g. {missing[0]!r}; rerun the split stage")
     return table.loc[paths].reset_index(drop=True)
 
 
@@ -439,7 +440,7 @@ def open_crops(crops_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
         if column in index.columns:
             index[column] = pd.to_numeric(index[column], errors="coerce").astype(np.float64)
     if len(index) != len(images):
-        raise ValueError(f"{crops_dir}: {len(images)} images but {len(index)} index rows; rerun the crop stage")
+        raise InputError(f"{crops_dir}: {len(images)} images but {len(index)} index rows; rerun the crop stage")
     return images, index
 
 

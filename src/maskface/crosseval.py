@@ -34,6 +34,7 @@ import pandas as pd
 
 from maskface.config import PAIR_TYPES
 from maskface.datasets import EXTRA_SOURCES
+from maskface.errors import InputError
 from maskface.metrics import (
     AccuracyStatistic,
     AucStatistic,
@@ -83,10 +84,10 @@ def read_dataset(
     from maskface.datasets import DataConfig, build_manifest
 
     if source not in EVAL_SOURCES:
-        raise ValueError(f"--source {source!r} is invalid; valid: {', '.join(EVAL_SOURCES)}")
+        raise InputError(f"--source {source!r} is invalid; valid: {', '.join(EVAL_SOURCES)}")
     for name, value in (("--max-identities", max_identities), ("--max-images-per-identity", max_images_per_identity)):
         if value is not None and value < 2:
-            raise ValueError(f"{name} {value!r} is invalid; valid: an integer >= 2")
+            raise InputError(f"{name} {value!r} is invalid; valid: an integer >= 2")
     config = DataConfig(source=source, root=str(root), unmasked_root=unmasked_root, masked_pattern=masked_pattern, workers=workers)
     config.validate("data")
     result = build_manifest(config, None)
@@ -140,13 +141,13 @@ def with_masked_copy(dataset: Dataset, data_root: str, copy_dir: str, share: flo
     from maskface.simulate import MANIFEST_FILE
 
     if not 0.0 < share < 1.0:
-        raise ValueError(f"--mask-share {share!r} is invalid; valid: a fraction in (0, 1)")
+        raise InputError(f"--mask-share {share!r} is invalid; valid: a fraction in (0, 1)")
     listing = Path(copy_dir) / MANIFEST_FILE
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: missing; --masked-copy takes the output folder of maskface simulate-masks")
     copies = read_csv(listing)
     if "path" not in copies.columns:
-        raise ValueError(f"{listing}: no path column; not a maskface simulate-masks manifest")
+        raise InputError(f"{listing}: no path column; not a maskface simulate-masks manifest")
     copy_of = {str(relative): os.path.join(copy_dir, str(relative)) for relative in copies["path"]}
     base = os.path.abspath(os.path.dirname(data_root) if os.path.isfile(data_root) else data_root)
     rng = np.random.default_rng(seed)
@@ -165,7 +166,7 @@ def with_masked_copy(dataset: Dataset, data_root: str, copy_dir: str, share: flo
                 manifest.at[row, "source"] = f"{manifest.at[row, 'source']}+simulated-mask"
             swapped += 1
     if swapped == 0:
-        raise ValueError(
+        raise InputError(
             f"{copy_dir}: none of the {len(manifest)} images of {data_root} has a masked copy there; "
             "was it made by maskface simulate-masks from this dataset?"
         )
@@ -187,16 +188,16 @@ def build_pairs(manifest: pd.DataFrame, pair_types: Sequence[str], max_genuine_p
     """The split stage's pairs over all identities (label-noise images excluded, as there)."""
     for pair_type in pair_types:
         if pair_type not in PAIR_TYPES:
-            raise ValueError(f"pair type {pair_type!r} is invalid; valid: {', '.join(PAIR_TYPES)}")
+            raise InputError(f"pair type {pair_type!r} is invalid; valid: {', '.join(PAIR_TYPES)}")
     if max_genuine_per_identity < 1:
-        raise ValueError(f"--max-genuine-per-identity {max_genuine_per_identity!r} is invalid; valid: an integer >= 1")
+        raise InputError(f"--max-genuine-per-identity {max_genuine_per_identity!r} is invalid; valid: an integer >= 1")
     pairable = manifest
     if "label_noise" in manifest:
         pairable = manifest[~manifest["label_noise"].astype(bool)]
     pairs = make_pairs(pairable, list(pair_types), max_genuine_per_identity, seed)
     if pairs.empty or pairs["label"].nunique() < 2:
         sides = f"{int(pairable['masked'].sum())} masked, {int((~pairable['masked'].astype(bool)).sum())} unmasked"
-        raise ValueError(
+        raise InputError(
             f"no usable {'/'.join(pair_types)} pairs in this dataset ({pairable['identity'].nunique()} identities, "
             f"{sides} images); choose other --pair-types"
         )
@@ -352,7 +353,7 @@ def evaluate_model_on(
     logger.info("%d pairs (%d genuine) of types %s", len(pairs), int(pairs["label"].sum()), ", ".join(pair_types))
     scored, failed = score_pairs(model, pairs, progress)
     if scored.empty or scored["label"].nunique() < 2:
-        raise ValueError(
+        raise InputError(
             f"after dropping pairs with images that could not be embedded ({len(failed)}), "
             f"{len(scored)} pairs remain without both classes; see the failures listed"
         )

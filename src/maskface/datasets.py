@@ -36,6 +36,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
 from maskface.config import ConfigError, SyntheticConfig, _Section
+from maskface.errors import UserError
 from maskface.imageio import sniff_format, to_rgb
 from maskface.tables import read_csv, write_csv
 
@@ -84,7 +85,7 @@ _TRUE_WORDS = ("1", "true", "yes", "y", "masked", "mask")
 _FALSE_WORDS = ("0", "false", "no", "n", "unmasked", "nomask")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset root is missing, malformed, or yields no usable image."""
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from maskface.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
@@ -16,9 +18,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA device is available; valid here: auto, cpu")
+        raise InputError("device 'cuda' was asked for but no CUDA device is available; valid here: auto, cpu")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is invalid; valid: auto, cpu, cuda")
+        raise InputError(f"device {name!r} is invalid; valid: auto, cpu, cuda")
     return torch.device(name)
 
 
@@ -49,7 +51,7 @@ def inference_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "bf16":
         return torch.bfloat16
     if precision != "auto":
-        raise ValueError(f"precision {precision!r} is invalid; valid: auto, fp32, bf16")
+        raise InputError(f"precision {precision!r} is invalid; valid: auto, fp32, bf16")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_supports_bf16() else None

@@ -15,6 +15,7 @@ from maskface.artifacts import EMBED_SETTINGS_FILE, save_embeddings
 from maskface.backbones import FaceEmbedder, create_model
 from maskface.crop import open_crops
 from maskface.device import autocast, inference_dtype, resolve_device
+from maskface.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def embed_crops(
     model = load_model(model_dir, torch_device)
     images, index = open_crops(crops_dir)
     if images.shape[-1] != model.input_size:
-        raise ValueError(
+        raise InputError(
             f"crops in {crops_dir} are {images.shape[-1]} px but the model in {model_dir} expects {model.input_size} px"
         )
     embeddings = embed_array(

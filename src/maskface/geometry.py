@@ -32,6 +32,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from maskface.errors import InputError
 from maskface.imageio import load_rgb
 from maskface.synthetic import GROUND_TRUTH_CSV, LANDMARK_COLUMNS
 from maskface.tables import read_csv
@@ -294,7 +295,7 @@ def ground_truth_table(paths: Sequence[str]) -> pd.DataFrame:
             continue
         truth = read_csv(table_path)
         if not {"path", *LANDMARK_COLUMNS} <= set(truth.columns):
-            raise ValueError(f"{table_path} lacks landmark columns; needed: path, {', '.join(LANDMARK_COLUMNS)}")
+            raise InputError(f"{table_path} lacks landmark columns; needed: path, {', '.join(LANDMARK_COLUMNS)}")
         points = truth[list(LANDMARK_COLUMNS)].to_numpy(dtype=np.float64).reshape(-1, 5, 2)
         for relative, landmarks in zip(truth["path"], points):
             known[os.path.normpath(os.path.join(folder, str(relative)))] = landmarks
@@ -302,7 +303,7 @@ def ground_truth_table(paths: Sequence[str]) -> pd.DataFrame:
     for path in paths:
         landmarks = known.get(os.path.normpath(str(path)))
         if landmarks is None:
-            raise ValueError(
+            raise InputError(
                 f"{path}: no ground-truth landmarks ({GROUND_TRUTH_CSV} beside its identity folder); "
                 "crop.landmarks = ground_truth works only for data.source = synthetic; valid otherwise: mtcnn"
             )
@@ -397,7 +398,7 @@ def read_landmark_table(path: str | Path) -> pd.DataFrame:
     table = read_csv(path)
     missing = [c for c in TABLE_COLUMNS if c not in table.columns]
     if missing:
-        raise ValueError(f"{path} lacks column(s) {', '.join(missing)}; rerun the split stage")
+        raise InputError(f"{path} lacks column(s) {', '.join(missing)}; rerun the split stage")
     table["detected"] = table["detected"].astype(str).str.lower().isin(["true", "1"])
     for column in (*BOX_COLUMNS, *LANDMARK_COLUMNS, "confidence", "padded"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype(np.float64)

@@ -8,7 +8,7 @@ Layout (``models/<backbone>/`` as the pipeline writes it, or a copy made by
     backbone/preprocess.json   {"input_size": S, "crop": {mode, keep_ratio, ...}} from the crop stage
     backbone/training.json     the fine-tuning summary (informative only)
     classifier/classifier.json {"classifier": name, "settings": {...}, "threshold": t}
-    classifier/classifier.joblib  the fitted pair classifier (absent for "cosine")
+    classifier/classifier.npz  the fitted pair classifier as arrays + JSON (absent for "cosine")
     manifest.json              exported copies only: format version, maskface version, sha256 of every file
 
 Inference preprocesses through :func:`preprocess_image`, which calls the crop stage's own
@@ -16,7 +16,14 @@ transform (:func:`maskface.crop.crop_details`) with the settings the crop stage 
 so a picture reaches the network as exactly the same uint8 tensor in training and in use.
 
 Every user-facing failure here is a :class:`ModelFolderError` or :class:`ImageError`
-(both ``ValueError``) whose message is one line naming the file and the reason.
+(both :class:`maskface.errors.UserError` and ``ValueError``) whose message is one line
+naming the file and the reason.
+
+Loading a folder from someone else never runs code from it: JSON files, weights through
+``torch.load(weights_only=True)``, the classifier through
+:func:`maskface.classify.read_classifier_file` (arrays with ``allow_pickle=False``,
+estimators from an allow-list). A pickled ``classifier.joblib`` from maskface before
+classifier format 2 is refused, never unpickled; any other file in the folder is ignored.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from PIL import Image, UnidentifiedImageError
 
 from maskface import __version__
 from maskface.artifacts import CLASSIFIER_META_FILE, file_sha256
+from maskface.errors import InputError, UserError
 from maskface.imageio import load_rgb, sniff_format, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -52,12 +60,14 @@ MODEL_FILE = "model.pt"
 MODEL_CONFIG_FILE = "model.json"
 PREPROCESS_FILE = "preprocess.json"
 TRAINING_FILE = "training.json"
-CLASSIFIER_FILE = "classifier.joblib"
+CLASSIFIER_FILE = "classifier.npz"
+# What maskface wrote before classifier format 2: a pickle, refused rather than loaded.
+LEGACY_PICKLE_FILE = "classifier.joblib"
 # Classifiers that score from the embeddings alone, with no fitted file.
 PARAMETER_FREE_CLASSIFIERS = ("cosine",)
 # classifier.json "format" values and "pair_features" layouts this maskface scores
 # (see maskface.classify.pair_features: [|a - b|, a * b]); absent keys mean the first ones.
-SUPPORTED_CLASSIFIER_FORMATS = (1,)
+SUPPORTED_CLASSIFIER_FORMATS = (1, 2)
 SUPPORTED_PAIR_FEATURES = ("abs_diff_product",)
 # The files that decide an embedding: two folders agreeing on these embed identically.
 EMBEDDER_FILES = (
@@ -69,11 +79,11 @@ EMBEDDER_FILES = (
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
-class ModelFolderError(ValueError):
+class ModelFolderError(UserError, ValueError):
     """A model folder is missing files, corrupt, or from an incompatible version (one-line message)."""
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """One input image cannot be used; ``source`` names it and ``reason`` says why."""
 
     def __init__(self, source: str, reason: str):
@@ -316,9 +326,21 @@ def _is_parameter_free(meta: Mapping[str, Any]) -> bool:
 
 
 def _model_file(meta: Mapping[str, Any]) -> str:
-    name = meta.get("model_file") or CLASSIFIER_FILE
+    default = CLASSIFIER_FILE if meta.get("format", 1) >= 2 else LEGACY_PICKLE_FILE
+    name = meta.get("model_file") or default
     # The file must sit in classifier/ itself: a manifest-free folder is not checksummed.
     return Path(str(name)).name
+
+
+def _refuse_pickled_classifier(meta: Mapping[str, Any], meta_path: Path) -> None:
+    """A learned classifier stored as a pickle (format 1) would run code when loaded: refuse it."""
+    name = _model_file(meta)
+    if meta.get("format", 1) < 2 or not name.endswith(".npz"):
+        raise ModelFolderError(
+            f"{meta_path.parent / name}: a pickled classifier (maskface classifier format {meta.get('format', 1)}); "
+            "it is not loaded because unpickling runs code from the file; rebuild the folder with this maskface "
+            "(dvc repro classify, then maskface export)"
+        )
 
 
 def read_model_folder(path: Union[str, os.PathLike]) -> ModelFolder:
@@ -379,6 +401,7 @@ def read_model_folder(path: Union[str, os.PathLike]) -> ModelFolder:
             f"{meta_path}: pair features {features!r} are unknown to maskface {__version__}; valid: {', '.join(SUPPORTED_PAIR_FEATURES)}"
         )
     if not _is_parameter_free(classifier_meta):
+        _refuse_pickled_classifier(classifier_meta, meta_path)
         fitted = classifier_dir / _model_file(classifier_meta)
         if not fitted.is_file():
             raise ModelFolderError(f"{fitted}: missing; classifier {classifier_meta['classifier']!r} needs its fitted file")
@@ -418,7 +441,7 @@ class PairScorer:
         a = np.atleast_2d(np.asarray(a, dtype=np.float32))
         b = np.atleast_2d(np.asarray(b, dtype=np.float32))
         if a.shape != b.shape:
-            raise ValueError(f"embedding shapes differ: {a.shape} vs {b.shape}")
+            raise InputError(f"embedding shapes differ: {a.shape} vs {b.shape}")
         if len(a) == 0:
             return np.empty(0, dtype=np.float64)
         # The classify stage's own scoring function, so inference cannot drift from it.
@@ -430,20 +453,32 @@ class PairScorer:
 def load_pair_scorer(folder: ModelFolder) -> PairScorer:
     """The folder's pair classifier with its chosen threshold.
 
-    The joblib file is a pickle: load model folders only from sources you trust (the
-    manifest checksums catch corruption, not tampering by whoever wrote the manifest).
+    The classifier file holds arrays and JSON only (see :func:`maskface.classify.read_classifier_file`):
+    loading it runs no code from the folder.
     """
     if _is_parameter_free(folder.classifier_meta):
         return PairScorer(folder.classifier, folder.threshold)
-    import joblib
+    from maskface.classify import pair_features, read_classifier_file
 
+    meta_path = folder.root / CLASSIFIER_DIR / CLASSIFIER_META_FILE
+    _refuse_pickled_classifier(folder.classifier_meta, meta_path)
     path = folder.root / CLASSIFIER_DIR / _model_file(folder.classifier_meta)
     try:
-        model = joblib.load(path)
-    except Exception as error:  # noqa: BLE001 - unpickling can fail in any library's code
-        raise ModelFolderError(f"{path}: cannot load the classifier: {_one_line(error)[:300]}") from None
+        model = read_classifier_file(path)
+    except UserError as error:
+        raise ModelFolderError(_one_line(error)) from None
     if not hasattr(model, "predict_proba"):
         raise ModelFolderError(f"{path}: holds a {type(model).__name__}, which has no predict_proba")
+    size = int(folder.model_config["embedding_size"])
+    try:
+        # One probe pair: shapes that do not fit the embedding size fail here, naming the file.
+        probe = model.predict_proba(pair_features(np.zeros((1, size)), np.zeros((1, size))))
+    except (ValueError, IndexError, AttributeError) as error:
+        raise ModelFolderError(
+            f"{path}: the classifier does not score {size}-dimensional embeddings: {_one_line(error)[:300]}"
+        ) from None
+    if probe.shape != (1, 2):
+        raise ModelFolderError(f"{path}: the classifier gives {probe.shape[1]} classes; a pair classifier gives 2 (different, same)")
     return PairScorer(folder.classifier, folder.threshold, model)
 
 
@@ -472,22 +507,82 @@ def build_manifest(root: Path, folder: ModelFolder) -> dict:
     }
 
 
+def _protected_folders() -> list[tuple[Path, str]]:
+    """Folders no export may replace, however they look: the working folder, home, the root."""
+    folders = [(Path.cwd().resolve(), "the working folder"), (Path(Path.cwd().anchor).resolve(), "the file-system root")]
+    home = os.path.expanduser("~")
+    if home and home != "~":
+        folders.append((Path(home).resolve(), "your home folder"))
+    return folders
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_export_target(source: Path, destination: Path, overwrite: bool) -> None:
+    """Refuse an export target that would lose anything not made by a maskface export.
+
+    ``destination`` may never be the source, inside it, or a folder holding it; nor the
+    working folder, home or the root (or a folder holding them). An existing
+    ``destination`` is replaced only with ``overwrite`` and only when it is an exported
+    model folder: a maskface manifest.json and no file that manifest does not list.
+    """
+    source_real, target_real = source.resolve(), destination.resolve()
+    if _is_within(source_real, target_real):
+        what = "the source folder itself" if source_real == target_real else f"a folder holding the source {source}"
+        raise ModelFolderError(f"--out {destination}: is {what}; exporting there would destroy the source; choose another --out")
+    if _is_within(target_real, source_real):
+        raise ModelFolderError(f"--out {destination}: is inside the source folder {source}; choose a folder outside it")
+    for folder, name in _protected_folders():
+        if _is_within(folder, target_real):
+            what = name if folder == target_real else f"a folder holding {name} ({folder})"
+            raise ModelFolderError(f"--out {destination}: is {what}; maskface never replaces it; choose a new folder")
+    if not os.path.lexists(destination):
+        return
+    if not overwrite:
+        raise ModelFolderError(f"--out {destination}: already exists; choose another --out or pass --overwrite")
+    if destination.is_symlink() or not destination.is_dir():
+        kind = "a symbolic link" if destination.is_symlink() else "not a folder"
+        raise ModelFolderError(f"--out {destination}: is {kind}; --overwrite replaces only a folder made by maskface export")
+    manifest_path = destination / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME or not isinstance(manifest.get("files"), dict):
+        raise ModelFolderError(
+            f"--out {destination}: holds no maskface manifest.json, so it is not a folder made by maskface export; "
+            "--overwrite replaces only such a folder; choose a new --out or remove it yourself"
+        )
+    listed = set(manifest["files"]) | {MANIFEST_FILE}
+    for path in sorted(destination.rglob("*")):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        relative = path.relative_to(destination).as_posix()
+        if relative not in listed:
+            raise ModelFolderError(
+                f"--out {destination}: holds {relative}, which its manifest.json does not list (not written by maskface export); "
+                "--overwrite would delete it; move it away or choose a new --out"
+            )
+
+
 def export_model_folder(source: Union[str, os.PathLike], destination: Union[str, os.PathLike], overwrite: bool = False) -> dict:
     """Copy a model folder to ``destination`` and write its manifest.json; returns the manifest.
 
-    The source is checked first (a corrupt folder is not exported). ``destination`` must
-    not exist unless ``overwrite``; it is written beside itself and renamed into place so
-    a failed export leaves nothing half-written.
+    The source is checked first (a corrupt folder is not exported) and the target by
+    :func:`check_export_target` (``overwrite`` replaces only an earlier export). The copy is
+    written in a hidden folder beside ``destination`` and renamed into place; an earlier
+    export is moved aside first and deleted only once the new one is in place, so an
+    interrupted export leaves the old folder (or nothing) behind, never half a folder.
     """
+    import tempfile
+
     folder = read_model_folder(source)
     destination = Path(destination)
-    if destination.exists() and not overwrite:
-        raise ModelFolderError(f"{destination}: already exists; choose another --out or pass --overwrite")
-    if destination.resolve() == folder.root.resolve():
-        raise ModelFolderError(f"{destination}: is the source folder itself; choose another --out")
-    staging = destination.with_name(f".{destination.name}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    check_export_target(folder.root, destination, overwrite)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".partial", dir=destination.parent))
     try:
         for relative in folder_files(folder.root):
             target = staging / relative
@@ -495,11 +590,27 @@ def export_model_folder(source: Union[str, os.PathLike], destination: Union[str,
             shutil.copyfile(folder.root / relative, target)
         manifest = build_manifest(staging, folder)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
+        _swap_in(staging, destination)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     logger.info("exported %s -> %s (%d files)", folder.root, destination, len(manifest["files"]))
     return manifest
+
+
+def _swap_in(staging: Path, destination: Path) -> None:
+    """Rename ``staging`` to ``destination``; an existing ``destination`` is moved aside, then deleted."""
+    import tempfile
+
+    if not os.path.lexists(destination):
+        staging.rename(destination)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".old", dir=destination.parent))
+    aside.rmdir()  # only the unique name is wanted; rename needs it free
+    destination.rename(aside)
+    try:
+        staging.rename(destination)
+    except BaseException:
+        aside.rename(destination)
+        raise
+    shutil.rmtree(aside)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from maskface.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -50,7 +52,7 @@ def assign_splits(manifest: pd.DataFrame, ratios: Sequence[float], seed: int, by
     if by == "identity":
         identities = np.array(sorted(manifest["identity"].unique()))
         if len(identities) < 3:
-            raise ValueError(
+            raise InputError(
                 f"split.by=identity needs at least 3 identities (train, val, test); found {len(identities)}"
             )
         rng.shuffle(identities)
@@ -221,7 +223,7 @@ def split_dataset(manifest: pd.DataFrame, ratios: Sequence[float], seed: int, by
         images = pairable[pairable["split"] == name]
         pairs[name] = make_pairs(images, pair_types, max_genuine_per_identity, seed + offset)
         if pairs[name].empty or pairs[name]["label"].nunique() < 2:
-            raise ValueError(
+            raise InputError(
                 f"the {name} split has no usable {'/'.join(pair_types)} pairs "
                 f"({images['identity'].nunique()} identities, {len(images)} images); "
                 "more identities, other split.ratios or other split.pair_types are needed"

@@ -56,6 +56,7 @@ from maskface.distributed import (
     wrap_model,
 )
 from maskface.embed import embed_array, save_model
+from maskface.errors import InputError
 from maskface.losses import ArcFaceLoss
 from maskface.metrics import choose_threshold, confusion_at_threshold, roc_auc
 from maskface.tables import read_csv
@@ -322,7 +323,7 @@ def validate(model: FaceEmbedder, images: np.ndarray, index: pd.DataFrame, pairs
     row_of_path = {path: row for row, path in enumerate(index["path"])}
     missing = [p for p in needed if p not in row_of_path]
     if missing:
-        raise ValueError(f"{len(missing)} validation pair images are not in the crops, e.g. {missing[0]!r}; rerun the crop stage")
+        raise InputError(f"{len(missing)} validation pair images are not in the crops, e.g. {missing[0]!r}; rerun the crop stage")
     rows = np.array([row_of_path[p] for p in needed])
     embeddings = embed_array(model, images, rows, batch_size=batch_size, device=device, progress=False)
     scores = pair_scores(embeddings, {p: i for i, p in enumerate(needed)}, pairs)
@@ -449,16 +450,16 @@ def _finetune(
     preprocess = json.loads((crops_dir / PREPROCESS_FILE).read_text())
     train_rows = np.flatnonzero((index["split"] == "train").to_numpy())
     if len(train_rows) == 0:
-        raise ValueError(f"no training images in {crops_dir}; check split.ratios")
+        raise InputError(f"no training images in {crops_dir}; check split.ratios")
     identities = sorted(index.loc[train_rows, "identity"].unique())
     if len(identities) < 2:
-        raise ValueError(f"ArcFace needs at least 2 training identities; found {len(identities)}")
+        raise InputError(f"ArcFace needs at least 2 training identities; found {len(identities)}")
     label_of = {identity: k for k, identity in enumerate(identities)}
     train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
     val_pairs = read_csv(val_pairs_path)
     batch_size = min(backbone_config.batch_size, len(train_rows))
     if batch_size < 2 * context.world_size:
-        raise ValueError(
+        raise InputError(
             f"batch_size {batch_size} gives fewer than 2 images per process on {context.world_size} processes "
             f"(the head's batch norm needs 2); valid: batch_size >= {2 * context.world_size}"
         )
@@ -604,7 +605,7 @@ def _finetune(
                     bar.set_postfix(loss=f"{loss.item():.3f}")
             mean_loss = all_reduce_mean(float(running.item()) / max(1, len(source)), context, device)
             if not math.isfinite(mean_loss):
-                raise ValueError(
+                raise InputError(
                     f"{backbone}: training loss became {mean_loss} in epoch {epoch}; lower backbones.{backbone}.lr "
                     f"(now {backbone_config.lr}) or head_lr, or keep finetune.grad_clip_norm > 0"
                 )

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from maskface.artifacts import file_sha256
+from maskface.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ _CHUNK_BYTES = 1 << 20
 _HEX = re.compile(r"[0-9a-f]+")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Base class of every pretrained-weights failure; the message is one line."""
 
 

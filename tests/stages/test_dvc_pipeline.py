@@ -108,7 +108,7 @@ def test_full_run_writes_metrics_and_plots(project: Path):
     assert (project / "plots" / "confusion" / "alexnet.csv").is_file()
     assert (project / "plots" / "roc" / "facenet.csv").is_file()
     assert (project / "plots" / "crop_preview" / "alexnet.png").is_file()
-    assert (project / "models" / "facenet" / "classifier" / "classifier.joblib").is_file()
+    assert (project / "models" / "facenet" / "classifier" / "classifier.npz").is_file()
     data = json.loads((project / "metrics" / "data.json").read_text())
     assert data["split"]["train"]["identities"] == 6
 
