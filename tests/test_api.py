@@ -220,3 +220,31 @@ def test_package_exposes_load_model_lazily():
     from maskface.api import load_model as api_load_model
 
     assert maskface.load_model is api_load_model
+
+
+def test_flip_recorded_by_the_pipeline_is_applied_by_the_api(build_toy_model_folder, tmp_path):
+    """A folder whose embeddings were flip-augmented embeds new photos the same way."""
+    import json
+
+    import torch
+
+    from maskface.embed import embed_crops, load_model as load_backbone
+
+    built = build_toy_model_folder(tmp_path)
+    embed_crops(built["crops"], built["dir"] / "backbone", tmp_path / "flipped", batch_size=32, device="cpu", precision="fp32", flip=True)
+    settings = json.loads((tmp_path / "flipped" / "embed.json").read_text())
+    assert settings["flip"] is True
+    meta_path = built["dir"] / "classifier" / "classifier.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "embedding": settings}))
+    flipped = load_model(built["dir"], device="cpu", batch_size=32, precision="fp32")
+    assert flipped.folder.flip and flipped.summary()["flip"]
+    images, index = open_crops(built["crops"])
+    # Oracle: the stage's own flip embeddings, and by hand the head output of image + mirror.
+    expected = np.load(tmp_path / "flipped" / "embeddings.npy")
+    np.testing.assert_allclose(flipped.embed(index["path"].tolist()), expected, atol=1e-5)
+    network = load_backbone(built["dir"] / "backbone", fold_batch_norm=False)
+    pixels = torch.from_numpy(np.asarray(images[:4]))
+    with torch.no_grad():
+        raw = network.head(network.features(pixels)) + network.head(network.features(pixels.flip(-1)))
+    np.testing.assert_allclose(expected[:4], torch.nn.functional.normalize(raw, dim=1).numpy(), atol=1e-5)

@@ -335,6 +335,7 @@ class FaceModel:
                     embed_array(
                         self.embedder, np.stack(pixels), batch_size=len(pixels), device=self.device,
                         progress=False, precision=self.precision, channels_last=self.channels_last,
+                        flip=self.folder.flip,
                     )
                 )
             bar.update(min(batch_size, len(items) - start))

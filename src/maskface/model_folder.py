@@ -237,6 +237,12 @@ class ModelFolder:
     def input_size(self) -> int:
         return int(self.preprocess["input_size"])
 
+    @property
+    def flip(self) -> bool:
+        """Whether embeddings are flip-augmented (image plus mirror image), as the embed stage
+        made the ones the threshold was chosen on; folders from before the option: False."""
+        return bool(self.classifier_meta.get("embedding", {}).get("flip", False))
+
     def path(self, relative: str) -> Path:
         return self.root / relative
 
@@ -251,6 +257,8 @@ class ModelFolder:
             for relative in EMBEDDER_FILES:
                 known = (self.manifest or {}).get("files", {}).get(relative)
                 digest.update(f"{relative}\0{known or file_sha256(self.root / relative)}\n".encode())
+            if self.flip:  # flip changes every embedding; folders without it keep their old fingerprint
+                digest.update(b"flip\n")
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -264,6 +272,8 @@ class ModelFolder:
             "crop": self.preprocess["crop"],
             "classifier": self.classifier,
             "threshold": self.threshold,
+            "flip": self.flip,
+            "started_from": self.model_config.get("started_from"),
             "format_version": (self.manifest or {}).get("format_version"),
         }
 
