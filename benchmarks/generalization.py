@@ -6,7 +6,7 @@ Masked-vs-unmasked verification, cosine similarity, on three kinds of held-out d
   (``split.ratios`` 0.7/0.1/0.2, seed 0): people the model never trained on, same collection;
 - ``lfw-masktheface``: LFW in colour with masks from another simulator (MaskTheFace), other
   people, cameras and framing; a masked copy is never paired with its own source photo;
-- ``orl-sim`` (with ``--orl``): ORL faces with masks drawn by ``maskface simulate-masks``,
+- ``orl-sim``: ORL faces with masks drawn by ``maskface simulate-masks``,
   likewise never paired with their source.
 
 Pairs are built independently of the pipeline (every genuine masked/unmasked pair and as many
@@ -56,7 +56,7 @@ from maskface.geometry import FaceDetector, detect_table, read_landmark_table, t
 from maskface.imageio import load_rgb  # noqa: E402
 from maskface.metrics import AucStatistic, bootstrap_interval, kfold_accuracy, roc_auc  # noqa: E402
 from maskface.split import assign_splits  # noqa: E402
-from maskface.tables import write_csv  # noqa: E402
+from maskface.tables import read_csv, write_csv  # noqa: E402
 from maskface.weights import WeightsError  # noqa: E402
 
 logger = logging.getLogger("generalization")
@@ -109,14 +109,30 @@ def build_pairs(manifest: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["a", "b", "label", "fold", "identity_a", "identity_b"])
 
 
+def _orl_with_simulated_masks(root: Path, cache: Path) -> pd.DataFrame:
+    """ORL's photos plus a masked copy of each drawn by `maskface simulate-masks` (cached)."""
+    from maskface.simulate import simulate_masks
+
+    originals = build_manifest(DataConfig(source="folder", root=str(root), workers=2)).manifest
+    masked_dir = cache / "masked"
+    if not (masked_dir / "manifest.csv").is_file():
+        simulate_masks(root, masked_dir, "folder", seed=0, on_no_face="template", overwrite=masked_dir.exists())
+    copies = read_csv(masked_dir / "manifest.csv")
+    copies["path"] = [str(masked_dir / p) for p in copies["path"]]
+    copies["masked"] = True
+    return pd.concat([originals[["path", "identity", "masked"]], copies[["path", "identity", "masked"]]], ignore_index=True)
+
+
 def load_collection(name: str, root: Path, work: Path, ratios_seed: int = 0, with_tight_crops: bool = False) -> Collection:
     cache = work / name
     cache.mkdir(parents=True, exist_ok=True)
-    config = DataConfig(source="rmfrd", root=str(root), workers=2)
-    manifest = build_manifest(config).manifest
+    if name == "orl-sim":
+        manifest = _orl_with_simulated_masks(root, cache)
+    else:
+        manifest = build_manifest(DataConfig(source="rmfrd", root=str(root), workers=2)).manifest
     if name == "rmfrd-test":
         manifest = manifest[assign_splits(manifest, (0.7, 0.1, 0.2), ratios_seed, "identity") == "test"]
-    elif not with_tight_crops:
+    elif name == "lfw-masktheface" and not with_tight_crops:
         # MaskTheFace's 128 x 128 `crop_*` copies: five per photo, so they would dominate the
         # pairs and the detection time; the full-frame `_surgical` copies test the same thing.
         manifest = manifest[~manifest["path"].map(lambda p: Path(p).name.startswith("crop_"))]
@@ -192,7 +208,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backbones", nargs="*", default=None, help="pretrained networks (default: those with real weights)")
     parser.add_argument("--modes", nargs="*", default=["none", "nose"], help="crop modes for the pretrained networks")
     parser.add_argument("--flip", nargs="*", type=int, default=[0, 1], help="flip TTA off (0) and/or on (1)")
-    parser.add_argument("--collections", nargs="*", default=["rmfrd-test", "lfw-masktheface"])
+    parser.add_argument("--collections", nargs="*", default=["rmfrd-test", "lfw-masktheface", "orl-sim"])
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--tight-crops", action="store_true", help="also use lfw-masktheface's 128 px crop_* copies")
     parser.add_argument("--threads", type=int, default=None)
@@ -205,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     datasets = args.datasets or datasets_root()
-    roots = {"rmfrd-test": datasets / "rmfrd-dev", "lfw-masktheface": datasets / "lfw-masktheface"}
+    roots = {"rmfrd-test": datasets / "rmfrd-dev", "lfw-masktheface": datasets / "lfw-masktheface", "orl-sim": datasets / "orl"}
     started = time.perf_counter()
     collections = [load_collection(name, roots[name], args.work, with_tight_crops=args.tight_crops) for name in args.collections]
     rows = []

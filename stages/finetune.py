@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", required=True)
     parser.add_argument("--crops", type=Path, required=True)
     parser.add_argument("--val-pairs", type=Path, required=True)
+    parser.add_argument(
+        "--cross-val-pairs", type=Path, default=None,
+        help="pairs of another collection (data.validation_sources; empty file = none)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="model folder")
     parser.add_argument("--live-dir", type=Path, required=True, help="DVCLive output folder")
     parser.add_argument(
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         section(params, ArcFaceConfig, "arcface"),
         section(params, FinetuneConfig, "finetune"),
         checkpoint_dir=checkpoint_dir,
+        cross_val_pairs_path=args.cross_val_pairs,
     )
 
 

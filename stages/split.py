@@ -10,9 +10,9 @@ import _common
 import pandas as pd
 
 from maskface.config import CropConfig, SplitConfig, load_params, section
-from maskface.datasets import DataConfig, build_manifest, write_table
+from maskface.datasets import DataConfig, build_manifest, build_validation_manifest, write_table
 from maskface.geometry import detection_rates, face_filter, filtered_sheet, landmark_table
-from maskface.split import split_dataset
+from maskface.split import make_pairs, split_dataset
 from maskface.tables import write_csv
 
 
@@ -41,8 +41,10 @@ def main(argv: list[str] | None = None) -> None:
             f"Unused: data.source is {data_config.source!r}; synthetic images are rendered here only for 'synthetic'.\n"
         )
 
+    validation = build_validation_manifest(data_config)
+    every_path = result.manifest["path"].tolist() + ([] if validation is None else validation.manifest["path"].tolist())
     # Faces are found once here, before the split, so that filtered images never enter a pair.
-    landmarks = landmark_table(result.manifest["path"].tolist(), crop_config)
+    landmarks = landmark_table(every_path, crop_config)
     dropped = face_filter(landmarks, crop_config.min_confidence)
     kept = result.manifest
     if crop_config.filter:
@@ -62,7 +64,17 @@ def main(argv: list[str] | None = None) -> None:
         split_config.pair_types,
         split_config.max_genuine_per_identity,
     )
-    rejected = result.rejected
+    # Cross-collection validation pairs (finetune reads them; nothing trains or tests on them).
+    # The file always exists, empty without data.validation_sources, so the stages' deps are fixed.
+    pairs["xval"] = pairs["val"].iloc[0:0]
+    if validation is not None:
+        other = validation.manifest
+        if crop_config.filter:
+            other = other[~other["path"].isin(set(dropped["path"]))]
+        other = other.assign(split="xval").reset_index(drop=True)
+        pairs["xval"] = make_pairs(other, split_config.pair_types, split_config.max_genuine_per_identity, split_config.seed + 3)
+        manifest = pd.concat([manifest, other], ignore_index=True)
+    rejected = result.rejected if validation is None else pd.concat([result.rejected, validation.rejected], ignore_index=True)
     if crop_config.filter and len(dropped):
         rejected = pd.concat([rejected, dropped], ignore_index=True).sort_values(["path", "reason"], kind="mergesort", ignore_index=True)
     write_table(manifest, args.manifest)
@@ -73,12 +85,14 @@ def main(argv: list[str] | None = None) -> None:
         write_csv(table, args.pairs_dir / f"{name}.csv")
 
     report = dict(result.report)
+    if validation is not None:
+        report.update(validation.report)
     report["split"] = {
         name: {
             "images": int((manifest["split"] == name).sum()),
             "identities": int(manifest.loc[manifest["split"] == name, "identity"].nunique()),
         }
-        for name in ("train", "val", "test")
+        for name in ("train", "val", "test", "xval")
     }
     report["pairs"] = {name: {"total": len(table), "genuine": int(table["label"].sum())} for name, table in pairs.items()}
     sources = landmarks["landmark_source"].value_counts()

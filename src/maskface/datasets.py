@@ -105,6 +105,9 @@ class DataConfig(_Section):
     root: str = "data/external"
     synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
     extra_sources: tuple[str, ...] = ()
+    # Other collections ("kind:root") used only for validation pairs while fine-tuning: never
+    # trained on, never in the test pairs; they tell fine-tuning when it starts to forget.
+    validation_sources: tuple[str, ...] = ()
     unmasked_root: Optional[str] = None
     masked_pattern: str = "mask"
     min_side: int = 32
@@ -117,14 +120,15 @@ class DataConfig(_Section):
             raise _fail(f"{name}.source", self.source, ", ".join(SOURCES))
         if not self.root.strip():
             raise _fail(f"{name}.root", self.root, "a non-empty path")
-        for index, entry in enumerate(self.extra_sources):
-            kind, sep, root = entry.partition(":")
-            if not sep or kind not in EXTRA_SOURCES or not root.strip():
-                raise _fail(
-                    f"{name}.extra_sources[{index}]",
-                    entry,
-                    f"'<kind>:<root>' with kind one of {', '.join(EXTRA_SOURCES)}",
-                )
+        for key in ("extra_sources", "validation_sources"):
+            for index, entry in enumerate(getattr(self, key)):
+                kind, sep, root = entry.partition(":")
+                if not sep or kind not in EXTRA_SOURCES or not root.strip():
+                    raise _fail(
+                        f"{name}.{key}[{index}]",
+                        entry,
+                        f"'<kind>:<root>' with kind one of {', '.join(EXTRA_SOURCES)}",
+                    )
         if self.unmasked_root is not None:
             if self.source != "smfrd":
                 raise _fail(
@@ -175,6 +179,26 @@ def source_specs(cfg: DataConfig) -> list[SourceSpec]:
         label = kind if seen[kind] == 1 else f"{kind}-{seen[kind]}"
         specs.append(SourceSpec(label=label, kind=kind, root=root, unmasked_root=unmasked_root))
     return specs
+
+
+def build_validation_manifest(cfg: DataConfig) -> Optional["ManifestResult"]:
+    """The images of ``cfg.validation_sources`` (None without any), identities prefixed
+    ``xval-<kind>/`` so that no name can merge with a training identity."""
+    if not cfg.validation_sources:
+        return None
+    manifests, rejected, reports = [], [], {}
+    for index, entry in enumerate(cfg.validation_sources):
+        kind, _, root = entry.partition(":")
+        one = dataclasses.replace(cfg, source=kind, root=root, extra_sources=(), validation_sources=(), unmasked_root=None)
+        result = build_manifest(one)
+        manifest = result.manifest.copy()
+        manifest["identity"] = f"xval-{kind}-{index}/" + manifest["identity"].astype(str)
+        manifests.append(manifest)
+        rejected.append(result.rejected)
+        reports[entry] = {"images": int(len(manifest)), "identities": int(manifest["identity"].nunique())}
+    return ManifestResult(
+        pd.concat(manifests, ignore_index=True), pd.concat(rejected, ignore_index=True), {"validation_sources": reports}
+    )
 
 
 @dataclasses.dataclass

@@ -25,7 +25,7 @@ from typing import NamedTuple, Optional
 
 import pandas as pd
 
-from maskface.datasets import DataConfig, scan_files, source_specs
+from maskface.datasets import DataConfig, SourceSpec, scan_files, source_specs
 from maskface.tables import read_csv, write_csv
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ def dataset_files(config: DataConfig) -> Iterator[tuple[str, Optional[str]]]:
     a CSV root (``source: manifest``) is listed with every file it names. A root that does
     not exist yields nothing: the split stage reports it.
     """
-    for spec in source_specs(config):
+    validation = [SourceSpec(f"xval-{k}", *entry.partition(":")[::2]) for k, entry in enumerate(config.validation_sources)]
+    for spec in [*source_specs(config), *validation]:
         if spec.kind == "synthetic":
             continue  # rendered by the split stage itself, from params
         for root in (spec.root, spec.unmasked_root):

@@ -82,6 +82,9 @@ class EpochResult:
     val_accuracy: float
     val_auc: float
     seconds: float
+    # Pairs of another collection (data.validation_sources), when given; None otherwise.
+    xval_accuracy: float | None = None
+    xval_auc: float | None = None
 
 
 class StopTraining(Exception):
@@ -402,6 +405,7 @@ def finetune(
     checkpoint_dir: Path | None = None,
     on_epoch_end: Callable[[EpochResult], None] | None = None,
     progress: bool = True,
+    cross_val_pairs_path: Path | None = None,
 ) -> dict:
     """Fine-tune ``backbone`` with ArcFace on the training identities; keep the best epoch.
 
@@ -415,6 +419,9 @@ def finetune(
             deleted once training completes.
         on_epoch_end: called on every rank with each epoch's result after its checkpoint;
             raising :class:`StopTraining` there stops the run, resumably.
+        cross_val_pairs_path: pairs of another collection (the split stage's ``xval.csv``);
+            when it holds both classes, the kept epoch is the best on the mean of the two
+            sets' metric, epoch 0 (the untouched network) included.
 
     Under ``torchrun`` every process calls this; see :mod:`maskface.distributed`.
     Returns the training summary (also written as training.json).
@@ -426,6 +433,7 @@ def finetune(
                 backbone, Path(crops_dir), Path(val_pairs_path), Path(out_dir), Path(live_dir),
                 backbone_config, arcface, config, context, device,
                 None if checkpoint_dir is None else Path(checkpoint_dir), on_epoch_end, progress,
+                None if cross_val_pairs_path is None else Path(cross_val_pairs_path),
             )
     finally:
         restore_determinism(previous)
@@ -445,6 +453,7 @@ def _finetune(
     checkpoint_dir: Path | None,
     on_epoch_end: Callable[[EpochResult], None] | None,
     progress: bool,
+    cross_val_pairs_path: Path | None = None,
 ) -> dict:
     images, index = open_crops(crops_dir)
     preprocess = json.loads((crops_dir / PREPROCESS_FILE).read_text())
@@ -457,6 +466,11 @@ def _finetune(
     label_of = {identity: k for k, identity in enumerate(identities)}
     train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
     val_pairs = read_csv(val_pairs_path)
+    cross_val_pairs = None
+    if cross_val_pairs_path is not None:
+        table = read_csv(cross_val_pairs_path)
+        # Both classes are needed for an AUC; an empty table means no validation_sources.
+        cross_val_pairs = table if len(table) and table["label"].astype(bool).nunique() == 2 else None
     batch_size = min(backbone_config.batch_size, len(train_rows))
     if batch_size < 2 * context.world_size:
         raise InputError(
@@ -520,7 +534,7 @@ def _finetune(
             resumed = load_checkpoint(checkpoint_path, fingerprint)
 
     history: list[EpochResult] = []
-    metric_of = {"auc": lambda r: r.val_auc, "accuracy": lambda r: r.val_accuracy}[config.select_by]
+    metric_of = _selection_metric(config.select_by, cross_val_pairs is not None)
     start_epoch, step, bad_epochs = 1, 0, 0
     best_state: dict[str, torch.Tensor]
     if resumed is not None:
@@ -551,24 +565,34 @@ def _finetune(
         # Only rank 0 saves; the others need just the score to agree on early stopping.
         return _cpu_state(model) if context.is_main else {}
 
-    def evaluate_epoch() -> tuple[float, float]:
+    def evaluate_epoch() -> tuple[float, float, float | None, float | None]:
         result = None
         if context.is_main:
             result = validate(model, images, index, val_pairs, max(batch_size, 32), device)
+            cross = (None, None)
+            if cross_val_pairs is not None:
+                cross = validate(model, images, index, cross_val_pairs, max(batch_size, 32), device)
+            result = (*result, *cross)
         return broadcast_object(result, context)
+
+    def log_validation(result: EpochResult) -> None:
+        live.log_metric("val/accuracy", result.val_accuracy)
+        live.log_metric("val/auc", result.val_auc)
+        if result.xval_auc is not None:
+            live.log_metric("xval/accuracy", result.xval_accuracy)
+            live.log_metric("xval/auc", result.xval_auc)
 
     try:
         if resumed_from is None:
             started = time.perf_counter()
-            accuracy, auc = evaluate_epoch()
-            initial = EpochResult(0, float("nan"), 0.0, accuracy, auc, time.perf_counter() - started)
+            accuracy, auc, xval_accuracy, xval_auc = evaluate_epoch()
+            initial = EpochResult(0, float("nan"), 0.0, accuracy, auc, time.perf_counter() - started, xval_accuracy, xval_auc)
             best_score, best_epoch, best_state = metric_of(initial), 0, keep_state()
             if live is not None:
                 live.step = 0
-                live.log_metric("val/accuracy", accuracy)
-                live.log_metric("val/auc", auc)
+                log_validation(initial)
                 live.next_step()
-                logger.info("%s: before fine-tuning val accuracy %.4f auc %.4f", backbone, accuracy, auc)
+                logger.info("%s: before fine-tuning val accuracy %.4f auc %.4f%s", backbone, accuracy, auc, _cross_text(initial))
 
         for epoch in range(start_epoch, backbone_config.epochs + 1):
             if stopped_early:
@@ -609,8 +633,10 @@ def _finetune(
                     f"{backbone}: training loss became {mean_loss} in epoch {epoch}; lower backbones.{backbone}.lr "
                     f"(now {backbone_config.lr}) or head_lr, or keep finetune.grad_clip_norm > 0"
                 )
-            accuracy, auc = evaluate_epoch()
-            result = EpochResult(epoch, mean_loss, multiplier, accuracy, auc, time.perf_counter() - started)
+            accuracy, auc, xval_accuracy, xval_auc = evaluate_epoch()
+            result = EpochResult(
+                epoch, mean_loss, multiplier, accuracy, auc, time.perf_counter() - started, xval_accuracy, xval_auc
+            )
             history.append(result)
             if metric_of(result) > best_score:
                 best_score, best_epoch, best_state, bad_epochs = metric_of(result), epoch, keep_state(), 0
@@ -621,12 +647,11 @@ def _finetune(
                 live.step = epoch
                 live.log_metric("train/loss", result.loss)
                 live.log_metric("train/lr_multiplier", multiplier)
-                live.log_metric("val/accuracy", accuracy)
-                live.log_metric("val/auc", auc)
+                log_validation(result)
                 live.next_step()
                 logger.info(
-                    "%s epoch %d: loss %.4f val accuracy %.4f auc %.4f (%.0f s)%s",
-                    backbone, epoch, result.loss, accuracy, auc, result.seconds,
+                    "%s epoch %d: loss %.4f val accuracy %.4f auc %.4f%s (%.0f s)%s",
+                    backbone, epoch, result.loss, accuracy, auc, _cross_text(result), result.seconds,
                     f"; no better epoch for {bad_epochs}, stopping" if stopped_early else "",
                 )
             if checkpoint_path is not None:
@@ -670,6 +695,8 @@ def _finetune(
         "trainable_parameters": n_trainable,
         "best_epoch": best_epoch,
         "select_by": config.select_by,
+        # val: the val pairs alone; val+xval: their mean with another collection's pairs.
+        "selected_on": "val+xval" if cross_val_pairs is not None else "val",
         "best_val_" + config.select_by: best_score,
         "stopped_early": stopped_early,
         "resumed_from_epoch": resumed_from,
@@ -707,6 +734,21 @@ def _finetune(
         logger.info("%s: kept epoch %d (val %s %.4f) -> %s", backbone, best_epoch, config.select_by, best_score, out_dir)
     barrier(context)
     return summary
+
+
+def _selection_metric(select_by: str, cross_validated: bool) -> Callable[[EpochResult], float]:
+    """The score that picks the kept epoch: the val pairs' AUC (or accuracy), averaged with the
+    other collection's when there is one, so an epoch that gains here by forgetting there loses."""
+    field = {"auc": "auc", "accuracy": "accuracy"}[select_by]
+    if not cross_validated:
+        return lambda r: getattr(r, f"val_{field}")
+    return lambda r: 0.5 * (getattr(r, f"val_{field}") + getattr(r, f"xval_{field}"))
+
+
+def _cross_text(result: EpochResult) -> str:
+    if result.xval_auc is None:
+        return ""
+    return f", other collection accuracy {result.xval_accuracy:.4f} auc {result.xval_auc:.4f}"
 
 
 def _without_wall_time(result: EpochResult) -> dict:

@@ -4,6 +4,7 @@ one-line exit 2 for bad data and full tracebacks for bugs (via stages/_common.py
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -135,3 +136,48 @@ def test_a_library_bug_keeps_its_traceback(split_stage, stage_logging, tmp_path,
     with pytest.raises(type(bug)) as raised:
         _common.run(split_stage.main, SPLIT_ARGV)
     assert raised.value is bug
+
+
+def test_validation_sources_become_xval_pairs_never_train_or_test(split_main, tmp_path, monkeypatch):
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    other = tmp_path / "other"
+    rng = np.random.default_rng(0)
+    for person in range(6):
+        folder = other / f"p{person}"
+        folder.mkdir(parents=True)
+        for k in range(4):
+            name = f"{k}_mask.png" if k % 2 else f"{k}.png"
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / name)
+    params = {
+        "data": {
+            "source": "synthetic",
+            "synthetic": {"identities": 10, "images_per_identity": 6, "min_size": 64, "max_size": 72},
+            "validation_sources": [f"folder:{other}"],
+        },
+        "split": {"ratios": [0.6, 0.2, 0.2], "seed": 3},
+    }
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    split_main(SPLIT_ARGV)
+    manifest = pd.read_csv(tmp_path / "data" / "manifest.csv")
+    xval_images = manifest[manifest["split"] == "xval"]
+    assert len(xval_images) == 24 and xval_images["identity"].str.startswith("xval-folder-0/").all()
+    xval = pd.read_csv(tmp_path / "data" / "pairs" / "xval.csv")
+    assert len(xval) and set(xval["path_a"]) | set(xval["path_b"]) <= set(xval_images["path"])
+    for name in ("val", "test"):
+        pairs = pd.read_csv(tmp_path / "data" / "pairs" / f"{name}.csv")
+        assert not (set(pairs["path_a"]) | set(pairs["path_b"])) & set(xval_images["path"])
+    data = json.loads((tmp_path / "metrics" / "data.json").read_text())
+    assert data["split"]["xval"]["images"] == 24 and data["pairs"]["xval"]["total"] == len(xval)
+
+
+def test_without_validation_sources_xval_is_an_empty_table(split_main, tmp_path, monkeypatch):
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    _run(split_main, tmp_path)
+    xval = pd.read_csv(tmp_path / "data" / "pairs" / "xval.csv")
+    assert xval.empty and "path_a" in xval.columns
