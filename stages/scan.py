@@ -1,4 +1,5 @@
-"""DVC stage `scan`: list the dataset's files with their SHA-256, for the stages that read them."""
+"""DVC stage `scan`: list the dataset's files and each backbone's pretrained weight file with
+their SHA-256, for the stages that read them (both live outside DVC's view)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import _common
 
 from maskface.config import load_params, section
 from maskface.datasets import DataConfig
-from maskface.scan import write_scan
+from maskface.scan import write_scan, write_weights_records
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -17,8 +18,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="scan table (CSV): path, size, sha256, problem")
     parser.add_argument("--cache", type=Path, default=None, help="hash cache by path, size and mtime (CSV; not a DVC output)")
+    parser.add_argument("--weights-out", type=Path, default=None, help="folder for <backbone>.json: the pretrained file each starts from")
     args = parser.parse_args(argv)
-    write_scan(section(load_params(args.params), DataConfig, "data"), args.out, args.cache)
+    params = load_params(args.params)
+    write_scan(section(params, DataConfig, "data"), args.out, args.cache)
+    if args.weights_out is not None:
+        write_weights_records(params, args.weights_out)
 
 
 if __name__ == "__main__":

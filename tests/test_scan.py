@@ -122,3 +122,42 @@ def test_synthetic_source_scans_nothing_and_an_unreadable_file_is_recorded(tmp_p
         os.chmod(locked, 0o644)
     row = table[table["path"] == os.fsdecode(locked)].iloc[0]
     assert row["sha256"] == "" and row["problem"].startswith("unreadable")
+
+
+def test_weights_records_say_which_file_each_backbone_starts_from(tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    from maskface import weights
+    from maskface.scan import write_weights_records
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(weights, "_download", lambda url, destination: (_ for _ in ()).throw(OSError("offline")))
+    folder = tmp_path / "share"
+    folder.mkdir()
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
+    params = {"backbones": {"mobilefacenet": {"weights": "auto"}, "alexnet": {"weights": "none"}}}
+    out = tmp_path / "weights"
+    records = write_weights_records(params, out)
+    assert records["alexnet"]["spec"] is None and records["mobilefacenet"]["spec"] is None  # auto, nothing found
+    # The file appears: the record changes, so DVC reruns that backbone's fine-tuning.
+    real = weights.get_source("mobilefacenet:ms1m")
+    monkeypatch.setitem(weights._registry(), "mobilefacenet:ms1m", weights.WeightSource(**{**real.__dict__, "sha256": hashlib.sha256(b"w").hexdigest()}))
+    (folder / "mobilefacenet_ms1m.pt").write_bytes(b"w")
+    before = (out / "alexnet.json").stat().st_mtime_ns
+    records = write_weights_records(params, out)
+    saved = json.loads((out / "mobilefacenet.json").read_text())
+    assert saved == records["mobilefacenet"] and saved["sha256"] == hashlib.sha256(b"w").hexdigest()
+    assert saved["spec"] == "mobilefacenet:ms1m" and saved["origin"] == "official"
+    assert (out / "alexnet.json").stat().st_mtime_ns == before  # unchanged records are not rewritten
+
+
+def test_an_explicit_weights_name_that_cannot_be_found_stops_the_scan(tmp_path, monkeypatch):
+    from maskface import weights
+    from maskface.scan import write_weights_records
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(weights.WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.setattr(weights, "_download", lambda url, destination: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(weights.WeightsUnavailableError, match="edgeface_xs_q.pt"):
+        write_weights_records({"backbones": {"edgeface": {"weights": "webface12m"}}}, tmp_path / "weights")

@@ -117,3 +117,21 @@ def test_converted_weights_are_recorded_as_such(tmp_path):
     official = tmp_path / source.filename
     official.write_bytes(b"x")
     assert weights.weights_origin(source, official) == "official"
+
+
+def test_without_a_published_hash_the_first_file_is_recorded_and_a_different_one_refused(tmp_path):
+    source = WeightSource(
+        backbone="toy", name="w", filename="toy.pt", url="http://127.0.0.1:9/toy.pt", sha256=None,
+        cache_subdir="checkpoints", note="no published hash",
+    )
+    cached = source.cache_path()
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"first")
+    assert resolve_source(source) == cached
+    ledger = weights.ledger_path()
+    import json
+
+    assert json.loads(ledger.read_text()) == {"toy:w:toy.pt": hashlib.sha256(b"first").hexdigest()}
+    cached.write_bytes(b"swapped")
+    with pytest.raises(ChecksumMismatchError, match="recorded on first use"):
+        resolve_source(source)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -174,3 +175,25 @@ def write_scan(config: DataConfig, out: Path, cache_path: Optional[Path] = None)
     _write_atomically(table, Path(out))
     logger.info("%s: %d file(s), %d with problems", out, len(table), int((table["problem"] != "").sum()))
     return table
+
+
+def write_weights_records(params, out_dir: Path) -> dict[str, dict]:
+    """``out_dir/<backbone>.json`` for every entry of ``backbones``: the pretrained file it will
+    start from (:func:`maskface.weights.pretrained_record`); stale files of removed backbones go."""
+    from maskface.backbones import get_spec
+    from maskface.config import backbone_configs
+    from maskface.weights import pretrained_record
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = {}
+    for name, config in backbone_configs(params).items():
+        records[name] = pretrained_record(name, config.weights, get_spec(name).default_weights)
+        target = out_dir / f"{name}.json"
+        text = json.dumps(records[name], indent=2, sort_keys=True) + "\n"
+        if not target.is_file() or target.read_text(encoding="utf-8") != text:
+            target.write_text(text, encoding="utf-8")
+    for stale in out_dir.glob("*.json"):
+        if stale.stem not in records:
+            stale.unlink()  # inside this stage's own output folder
+    return records

@@ -14,12 +14,14 @@ Order of resolution (:func:`resolve_weights`):
 4. otherwise :class:`WeightsUnavailableError`, saying which file to place where and the
    URL to fetch it from on a machine with internet.
 
-Checksums, honestly: no publisher we use gives a full SHA-256. torchvision names its files
-``<name>-<first 8+ hex digits of the sha256>.pth`` (the convention ``torch.hub`` checks), so
-AlexNet's prefix is verified; facenet-pytorch's file names carry training timestamps
-(``20180402-114759``), not hashes, and the VGG-Face (pytorch-mcn) file has none either.
-Those sources have ``sha256=None`` and ``sha256_prefix=None``: they are used unverified
-and the observed SHA-256 is logged so that it can be pinned here once confirmed.
+Checksums, honestly: EdgeFace and MobileFaceNet files are pinned by their full SHA-256.
+torchvision names its files ``<name>-<first 8+ hex digits of the sha256>.pth`` (the
+convention ``torch.hub`` checks), so AlexNet's prefix is verified; facenet-pytorch's file
+names carry training timestamps (``20180402-114759``), not hashes, and the VGG-Face
+(pytorch-mcn) file has none either. For every file without a published full hash the first
+file used is trusted and its SHA-256 recorded in a ledger (:func:`ledger_path`,
+``$TORCH_HOME/maskface-weights-sha256.json``); a later file of the same name that differs is
+refused, as a pinned hash would be.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import dataclasses
 import functools
 import importlib
+import json
 import logging
 import os
 import re
@@ -217,7 +220,7 @@ def _registry() -> dict[str, WeightSource]:
             backbone="vggface",
             name="vgg-face-dag",
             filename="vgg_face_dag.pth",
-            url="http://www.robots.ox.ac.uk/~albanie/models/pytorch-mcn/vgg_face_dag.pth",
+            url="https://www.robots.ox.ac.uk/~albanie/models/pytorch-mcn/vgg_face_dag.pth",
             sha256=None,
             cache_subdir="checkpoints",
             note="VGG-Face VGG-16 (Parkhi et al. 2015), MatConvNet import by S. Albanie",
@@ -291,8 +294,11 @@ def get_source(spec: str) -> WeightSource:
     return registry[spec]
 
 
-def verify_file(source: WeightSource, path: Path) -> str:
+def verify_file(source: WeightSource, path: Path, name: Optional[str] = None) -> str:
     """Check ``path`` against the source's checksum; return its SHA-256.
+
+    ``name``: the file name the bytes will have (a download is checked under a temporary
+    name); first-use hashes are recorded under it.
 
     Raises:
         ChecksumMismatchError: naming the file, the expected hash (or prefix) and the actual one.
@@ -300,17 +306,47 @@ def verify_file(source: WeightSource, path: Path) -> str:
     actual = file_sha256(path)
     if source.sha256 is not None:
         ok, expected = actual == source.sha256, source.sha256
-    elif source.sha256_prefix is not None:
-        ok, expected = actual.startswith(source.sha256_prefix), f"{source.sha256_prefix}... (prefix)"
+    elif source.sha256_prefix is not None and not actual.startswith(source.sha256_prefix):
+        ok, expected = False, f"{source.sha256_prefix}... (prefix)"
     else:
-        logger.info("%s: %s has no published checksum; observed sha256 %s", source.spec, path, actual)
-        return actual
+        # No full hash is published: trust on first use. The first file seen is recorded in
+        # the ledger; any later file under this name must be the same bytes.
+        key = f"{source.spec}:{name or path.name}"
+        ledger = ledger_path()
+        recorded = _read_ledger(ledger).get(key)
+        if recorded is None:
+            _record(ledger, key, actual)
+            logger.info("%s: %s has no published full checksum; recorded sha256 %s in %s", source.spec, path, actual, ledger)
+            return actual
+        ok, expected = actual == recorded, f"{recorded} (recorded on first use in {ledger})"
     if not ok:
         raise ChecksumMismatchError(
             f"{path}: sha256 mismatch for {source.spec}: expected {expected}, actual {actual}; "
             f"the file was not used and was left in place (delete or replace it to fetch it again)"
         )
     return actual
+
+
+def ledger_path() -> Path:
+    """Where first-use hashes of files without a published SHA-256 are kept (beside the torch caches)."""
+    return torch_home() / "maskface-weights-sha256.json"
+
+
+def _read_ledger(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        raise WeightsError(f"{path}: unreadable hash ledger ({error}); fix or remove it") from None
+
+
+def _record(path: Path, key: str, sha256: str) -> None:
+    entries = {**_read_ledger(path), key: sha256}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(partial, path)
 
 
 def _download(url: str, destination: Path) -> None:
@@ -344,7 +380,7 @@ def _download_verified(source: WeightSource, target: Path) -> None:
         logger.info("downloading %s from %s", source.spec, source.url)
         _download(source.url, partial)
         try:
-            verify_file(source, partial)
+            verify_file(source, partial, target.name)
         except ChecksumMismatchError as error:
             raise ChecksumMismatchError(
                 f"download of {source.spec} from {source.url} failed verification and was discarded: {error}"
@@ -515,6 +551,27 @@ def provenance(spec: str, path: Path) -> dict:
     return {"spec": spec, "file": path.name, "sha256": file_sha256(path), "origin": weights_origin(source, path)}
 
 
+def pretrained_record(backbone: str, weights: str, default_weights: str) -> dict:
+    """What a backbone's ``weights`` setting resolves to now: ``{"weights", "spec", "file",
+    "sha256", "origin"}``, or ``"spec": None`` for random initialisation (``none``, or ``auto``
+    with no file to be had). Downloads or builds the file if it is missing, as fine-tuning would.
+
+    The scan stage writes one per backbone for fine-tuning to depend on, so that DVC reruns a
+    backbone's fine-tuning when its pretrained file changes, though the file lives outside DVC's view.
+    """
+    spec_name = default_weights if weights == "auto" else weights
+    record = {"weights": weights, "spec": None, "file": None, "sha256": None, "origin": None}
+    if weights == "none":
+        return record
+    try:
+        path = resolve_weights(f"{backbone}:{spec_name}")
+    except WeightsUnavailableError:
+        if weights != "auto":
+            raise
+        return record  # fine-tuning will start from random initialisation, with a warning
+    return {**record, **provenance(f"{backbone}:{spec_name}", path)}
+
+
 def import_weights(spec: str, folder: Path, cache_dir: Optional[Path] = None) -> Path:
     """Copy ``spec``'s file from ``folder`` into the cache, verified; return the cached path.
 
@@ -533,7 +590,7 @@ def import_weights(spec: str, folder: Path, cache_dir: Optional[Path] = None) ->
     partial = _partial_path(target)
     try:
         shutil.copyfile(found, partial)
-        verify_file(source, partial)
+        verify_file(source, partial, target.name)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
