@@ -70,3 +70,20 @@ def test_an_empty_cross_collection_table_means_val_alone(toy_dataset, toy_crops,
         ARC, FinetuneConfig(seed=0, deterministic=True), progress=False, cross_val_pairs_path=empty,
     )
     assert summary["selected_on"] == "val" and summary["before"]["xval_auc"] is None
+
+
+def test_an_identity_head_keeps_its_norm_statistics_through_training():
+    torch.manual_seed(0)
+    model = create_model("alexnet", embedding_size=256, input_size=64)
+    model.init_head_identity()
+    model.configure_training("last_1", freeze_bn_stats=True)
+    model.train()
+    norm = model.head[2]
+    assert not norm.training  # eval mode inside a training model: running stats untouched
+    model(torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8))
+    torch.testing.assert_close(norm.running_mean, torch.zeros(256))
+    torch.testing.assert_close(norm.running_var, torch.ones(256))
+    # A random head learns its statistics as before.
+    other = create_model("alexnet", embedding_size=16, input_size=64).train()
+    other(torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8))
+    assert other.head[2].training and not torch.allclose(other.head[2].running_mean, torch.zeros(16))

@@ -102,8 +102,10 @@ def _repro(project: Path) -> set[str]:
 
 def test_full_run_writes_metrics_and_plots(project: Path):
     metrics = json.loads((project / "metrics" / "evaluate.json").read_text())
-    assert set(metrics) == {"alexnet", "facenet"}
-    for backbone in metrics.values():
+    assert set(metrics) == {"alexnet", "facenet", "recommended"}
+    assert metrics["recommended"]["backbone"] in ("alexnet", "facenet")
+    assert (project / "models" / metrics["recommended"]["backbone"] / "classifier" / "classifier.json").is_file()
+    for backbone in (metrics["alexnet"], metrics["facenet"]):
         assert {"tp", "fp", "tn", "fn", "accuracy", "precision", "recall", "roc_auc"} <= set(backbone)
     assert (project / "plots" / "confusion" / "alexnet.csv").is_file()
     assert (project / "plots" / "roc" / "facenet.csv").is_file()
