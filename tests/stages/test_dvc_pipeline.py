@@ -110,7 +110,9 @@ def test_full_run_writes_metrics_and_plots(project: Path):
     assert (project / "plots" / "confusion" / "alexnet.csv").is_file()
     assert (project / "plots" / "roc" / "facenet.csv").is_file()
     assert (project / "plots" / "crop_preview" / "alexnet.png").is_file()
-    assert (project / "models" / "facenet" / "classifier" / "classifier.npz").is_file()
+    # The default cosine classifier is a threshold in classifier.json; learned ones add classifier.npz.
+    meta = json.loads((project / "models" / "facenet" / "classifier" / "classifier.json").read_text())
+    assert meta["classifier"] == "cosine" and meta["embedding"]["flip"] is True
     data = json.loads((project / "metrics" / "data.json").read_text())
     assert data["split"]["train"]["identities"] == 6
 
