@@ -120,6 +120,8 @@ def _orl_with_simulated_masks(root: Path, cache: Path) -> pd.DataFrame:
     copies = read_csv(masked_dir / "manifest.csv")
     copies["path"] = [str(masked_dir / p) for p in copies["path"]]
     copies["masked"] = True
+    # The folder reader names identities "folder/<name>"; simulate-masks keeps the bare folder name.
+    originals = originals.assign(identity=originals["identity"].str.removeprefix("folder/"))
     return pd.concat([originals[["path", "identity", "masked"]], copies[["path", "identity", "masked"]]], ignore_index=True)
 
 
