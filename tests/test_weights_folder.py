@@ -128,7 +128,7 @@ def test_without_a_published_hash_the_first_file_is_recorded_and_a_different_one
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"first")
     assert resolve_source(source) == cached
-    ledger = weights.ledger_path()
+    ledger = weights.ledger_path(source.cache_folder())
     import json
 
     assert json.loads(ledger.read_text()) == {"toy:w:toy.pt": hashlib.sha256(b"first").hexdigest()}

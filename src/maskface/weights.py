@@ -19,9 +19,9 @@ torchvision names its files ``<name>-<first 8+ hex digits of the sha256>.pth`` (
 convention ``torch.hub`` checks), so AlexNet's prefix is verified; facenet-pytorch's file
 names carry training timestamps (``20180402-114759``), not hashes, and the VGG-Face
 (pytorch-mcn) file has none either. For every file without a published full hash the first
-file used is trusted and its SHA-256 recorded in a ledger (:func:`ledger_path`,
-``$TORCH_HOME/maskface-weights-sha256.json``); a later file of the same name that differs is
-refused, as a pinned hash would be.
+file used is trusted and its SHA-256 recorded in a ledger in its cache folder
+(:func:`ledger_path`, ``maskface-weights-sha256.json``); a later file of the same name that
+differs is refused, as a pinned hash would be.
 """
 
 from __future__ import annotations
@@ -294,11 +294,14 @@ def get_source(spec: str) -> WeightSource:
     return registry[spec]
 
 
-def verify_file(source: WeightSource, path: Path, name: Optional[str] = None) -> str:
+def verify_file(
+    source: WeightSource, path: Path, name: Optional[str] = None, cache_dir: Optional[Path] = None
+) -> str:
     """Check ``path`` against the source's checksum; return its SHA-256.
 
     ``name``: the file name the bytes will have (a download is checked under a temporary
-    name); first-use hashes are recorded under it.
+    name); first-use hashes are recorded under it, in the ledger of the source's cache folder
+    (``cache_dir`` or the default one, see :func:`ledger_path`).
 
     Raises:
         ChecksumMismatchError: naming the file, the expected hash (or prefix) and the actual one.
@@ -312,7 +315,7 @@ def verify_file(source: WeightSource, path: Path, name: Optional[str] = None) ->
         # No full hash is published: trust on first use. The first file seen is recorded in
         # the ledger; any later file under this name must be the same bytes.
         key = f"{source.spec}:{name or path.name}"
-        ledger = ledger_path()
+        ledger = ledger_path(source.cache_folder(cache_dir))
         recorded = _read_ledger(ledger).get(key)
         if recorded is None:
             _record(ledger, key, actual)
@@ -327,9 +330,10 @@ def verify_file(source: WeightSource, path: Path, name: Optional[str] = None) ->
     return actual
 
 
-def ledger_path() -> Path:
-    """Where first-use hashes of files without a published SHA-256 are kept (beside the torch caches)."""
-    return torch_home() / "maskface-weights-sha256.json"
+def ledger_path(cache_folder: Path) -> Path:
+    """Where first-use hashes of files without a published SHA-256 are kept: a JSON file in
+    the cache folder (also for files read from a weights folder, which may be read-only)."""
+    return Path(cache_folder) / "maskface-weights-sha256.json"
 
 
 def _read_ledger(path: Path) -> dict:
@@ -380,7 +384,7 @@ def _download_verified(source: WeightSource, target: Path) -> None:
         logger.info("downloading %s from %s", source.spec, source.url)
         _download(source.url, partial)
         try:
-            verify_file(source, partial, target.name)
+            verify_file(source, partial, target.name, target.parent)
         except ChecksumMismatchError as error:
             raise ChecksumMismatchError(
                 f"download of {source.spec} from {source.url} failed verification and was discarded: {error}"
@@ -450,7 +454,7 @@ def weights_folders(weights_dir: Optional[Path] = None) -> list[Path]:
     return folders
 
 
-def find_in_folders(source: WeightSource, folders: Sequence[Path]) -> Optional[Path]:
+def find_in_folders(source: WeightSource, folders: Sequence[Path], cache_dir: Optional[Path] = None) -> Optional[Path]:
     """The first file of ``source`` (by its cache or upstream name) in ``folders``, verified; or None.
 
     A file that fails its checksum is refused with an error, never skipped: a folder holding a
@@ -460,7 +464,7 @@ def find_in_folders(source: WeightSource, folders: Sequence[Path]) -> Optional[P
         for name in (source.filename, *source.other_names):
             candidate = folder / name
             if candidate.is_file():
-                verify_file(source, candidate)
+                verify_file(source, candidate, cache_dir=cache_dir)
                 return candidate
     return None
 
@@ -471,11 +475,11 @@ def resolve_source(
     """Resolve one :class:`WeightSource` to a verified local file (see :func:`resolve_weights`)."""
     target = source.cache_path(cache_dir)
     if target.is_file():
-        verify_file(source, target)
+        verify_file(source, target, cache_dir=cache_dir)
         logger.info("%s: using cached %s", source.spec, target)
         return target
     folders = weights_folders(weights_dir)
-    found = find_in_folders(source, folders)
+    found = find_in_folders(source, folders, cache_dir)
     if found is not None:
         logger.info("%s: using %s from the weights folder", source.spec, found)
         return found
@@ -580,9 +584,9 @@ def import_weights(spec: str, folder: Path, cache_dir: Optional[Path] = None) ->
     source = get_source(spec)
     target = source.cache_path(cache_dir)
     if target.is_file():
-        verify_file(source, target)
+        verify_file(source, target, cache_dir=cache_dir)
         return target
-    found = find_in_folders(source, [Path(folder).expanduser()])
+    found = find_in_folders(source, [Path(folder).expanduser()], cache_dir)
     if found is None:
         names = ", ".join((source.filename, *source.other_names))
         raise WeightsUnavailableError(f"{folder} holds no file for {spec} (looked for {names})")
@@ -590,7 +594,7 @@ def import_weights(spec: str, folder: Path, cache_dir: Optional[Path] = None) ->
     partial = _partial_path(target)
     try:
         shutil.copyfile(found, partial)
-        verify_file(source, partial, target.name)
+        verify_file(source, partial, target.name, cache_dir)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
