@@ -12,6 +12,7 @@ normalisation itself, so training and inference share one preprocessing path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -644,36 +645,19 @@ _EDGEFACE_NOTE = (
 )
 
 
-@register_backbone(
-    "edgeface",
-    input_size=112,
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    pixel_range=1.0,
-    feature_dim=512,
-    weights=("webface12m",),
-    default_weights="webface12m",
-    description="EdgeFace-XS (timm edgenext_x_small, WebFace12M), 512-d; " + _EDGEFACE_NOTE,
-    template="arcface",
-)
-def _build_edgeface() -> Trunk:
-    return EdgeFaceTrunk("edgenext_x_small", "edgeface")
-
-
-@register_backbone(
-    "edgeface_xxs",
-    input_size=112,
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    pixel_range=1.0,
-    feature_dim=512,
-    weights=("webface12m",),
-    default_weights="webface12m",
-    description="EdgeFace-XXS (timm edgenext_xx_small, WebFace12M), 512-d; " + _EDGEFACE_NOTE,
-    template="arcface",
-)
-def _build_edgeface_xxs() -> Trunk:
-    return EdgeFaceTrunk("edgenext_xx_small", "edgeface_xxs")
+for _name, _variant, _size in (("edgeface", "edgenext_x_small", "XS"), ("edgeface_xxs", "edgenext_xx_small", "XXS")):
+    register_backbone(
+        _name,
+        input_size=112,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        pixel_range=1.0,
+        feature_dim=512,
+        weights=("webface12m",),
+        default_weights="webface12m",
+        description=f"EdgeFace-{_size} (timm {_variant}, WebFace12M), 512-d; " + _EDGEFACE_NOTE,
+        template="arcface",
+    )(functools.partial(EdgeFaceTrunk, _variant, _name))
 
 
 # --- mobilefacenet (MS1M) ------------------------------------------------------------------------
