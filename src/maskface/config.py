@@ -482,8 +482,13 @@ class EvaluateConfig(_Section):
     seed: int = 0
     histogram_bins: int = 40
     worst_pairs: int = 6  # false accepts and false rejects shown on each worst-pairs sheet
+    # The recommended backbone: the first entry of `backbones` whose val ROC AUC is within this
+    # of the best. A few hundred val pairs cannot rank AUCs closer than that (standard error ~0.04).
+    recommend_tolerance: float = 0.01
 
     def validate(self, name: str) -> None:
+        if not 0.0 <= self.recommend_tolerance < 0.5:
+            raise _fail(f"{name}.recommend_tolerance", self.recommend_tolerance, "an AUC difference in [0, 0.5)")
         if self.roc_points < 2:
             raise _fail(f"{name}.roc_points", self.roc_points, "an integer >= 2")
         if not self.fars or any(not 0.0 < far < 1.0 for far in self.fars):

@@ -218,7 +218,7 @@ def evaluate(
             "n/a" if report.get("eer") is None else f"{report['eer']:.4f}",
         )
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    recommended = recommend(results)
+    recommended = recommend(results, config.recommend_tolerance)
     output = {**results, "recommended": recommended}
     metrics_path.write_text(json.dumps(output, indent=2, sort_keys=True, allow_nan=False) + "\n")
     if report_path is not None:
@@ -238,15 +238,25 @@ def evaluate(
     return output
 
 
-def recommend(results: dict[str, dict]) -> Optional[dict]:
-    """The backbone to use: the highest ROC AUC on the *validation* pairs (test pairs stay
-    untouched by every choice), ties to the earlier entry of ``backbones``.
+def recommend(results: dict[str, dict], tolerance: float = 0.0) -> Optional[dict]:
+    """The backbone to use, chosen on the *validation* pairs (test pairs stay untouched by
+    every choice): the first entry of ``results`` (the order of ``backbones`` in params.yaml)
+    whose val ROC AUC is within ``tolerance`` of the best. Differences smaller than a val set
+    can resolve are no evidence, so the order of ``backbones`` (strongest network first in the
+    defaults) decides them.
 
-    Returns ``{"backbone", "model_folder", "val_roc_auc", "by"}`` or None when no backbone
-    has a val AUC (a val split with one class).
+    Returns ``{"backbone", "model_folder", "val_roc_auc", "best_val_roc_auc", "by"}`` or None
+    when no backbone has a val AUC (a val split with one class).
     """
     scored = [(name, report["val_roc_auc"]) for name, report in results.items() if report.get("val_roc_auc") is not None]
     if not scored:
         return None
-    best = max(scored, key=lambda item: item[1])  # max keeps the first of equal values
-    return {"backbone": best[0], "model_folder": f"models/{best[0]}", "val_roc_auc": best[1], "by": "val_roc_auc"}
+    best = max(auc for _, auc in scored)
+    name, auc = next((name, auc) for name, auc in scored if auc >= best - tolerance)
+    return {
+        "backbone": name,
+        "model_folder": f"models/{name}",
+        "val_roc_auc": auc,
+        "best_val_roc_auc": best,
+        "by": f"first of backbones within {tolerance:g} of the best val_roc_auc",
+    }

@@ -208,8 +208,9 @@ def render_report(
     lines.append("")
     if recommended:
         lines.append(
-            f"Recommended model: **{recommended['backbone']}** (`{recommended['model_folder']}`), the highest ROC AUC "
-            f"on the validation pairs ({number(recommended['val_roc_auc'], 4)})."
+            f"Recommended model: **{recommended['backbone']}** (`{recommended['model_folder']}`), chosen on the "
+            f"validation pairs: ROC AUC {number(recommended['val_roc_auc'], 4)}, the first of `backbones` within "
+            f"`evaluate.recommend_tolerance` of the best ({number(recommended['best_val_roc_auc'], 4)})."
         )
         lines.append("")
     setup_rows = []
