@@ -505,7 +505,7 @@ def test_console_script_end_to_end(built, tmp_path):
 def test_eval_crosses_from_rmfrd_dev_to_lfw(datasets_root, tmp_path, capsys):
     """A model trained on rmfrd-dev (small: alexnet 64 px, one epoch) evaluated on an LFW subset with simulated masks.
 
-    The full-size run (facenet, all of lfw-gray-20) is the documented command in the README.
+    The full-size run (facenet, all of lfw-gray-20) is a dated command in benchmarks/README.md.
     """
     from maskface.config import ArcFaceConfig, BackboneConfig, FinetuneConfig
     from maskface.datasets import DataConfig, build_manifest
