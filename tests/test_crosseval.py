@@ -13,7 +13,9 @@ def test_threshold_transfer_is_own_threshold_accuracy_next_to_ten_fold():
     scored = pd.DataFrame(
         {
             "score": scores, "cosine": scores, "label": labels, "fold": np.arange(labels.size) % 10,
-            "identity_a": [f"id{k % 40}" for k in range(labels.size)], "pair_type": "masked-unmasked",
+            "identity_a": [f"id{k % 40}" for k in range(labels.size)],
+            "identity_b": [f"id{(k + 1 - labels[k]) % 40}" for k in range(labels.size)],
+            "pair_type": "masked-unmasked",
         }
     )
     report = metrics_of(scored, threshold=0.5)
