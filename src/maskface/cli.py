@@ -348,10 +348,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"own threshold vs {folds}-fold: {transfer['own_threshold_accuracy']:.4f} vs {transfer['kfold_accuracy']:.4f} "
             f"(gap {transfer['gap']:+.4f}: what the model's threshold loses on this collection)"
         )
-    if "cosine_baseline" in report:
+    if "cosine_baseline" in report and model.folder.classifier != "cosine":  # the cosine model is its own baseline
         lines.append(f"cosine baseline ROC AUC {report['cosine_baseline']['roc_auc']:.4f}")
     if data["failed_images"]:
-        lines.append(f"{data['failed_images']} images could not be embedded (see {args.out / 'failed.csv'})")
+        failed = data["failed_images"]
+        lines.append(f"{failed} image{'s' if failed != 1 else ''} could not be embedded (see {args.out / 'failed.csv'})")
     lines.append(f"written to {args.out}/: metrics.json, pairs.csv, confusion/roc/det/scores.csv, curves.png, worst_pairs.png")
     _emit(args, {**report, "out": str(args.out)}, "\n".join(lines))
     return EXIT_OK
