@@ -125,9 +125,9 @@ def evaluate_backbone(
         impostor: histogram fractions) to DataFrames.
     """
     report = _report_for(val, test, "score", config)
-    val_labels = val["label"].to_numpy().astype(bool)
-    # What picks the recommended model: val pairs only, never test.
-    report["val_roc_auc"] = roc_auc(val["score"].to_numpy(), val_labels) if 0 < val_labels.sum() < len(val_labels) else None
+    # What picks the recommended model: val pairs only, never test (verification_report has
+    # already refused a val set without both classes).
+    report["val_roc_auc"] = roc_auc(val["score"].to_numpy(), val["label"].to_numpy())
     if classifier is not None:
         report["classifier"] = classifier
     if classifier != "cosine":

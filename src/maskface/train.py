@@ -347,6 +347,7 @@ def checkpoint_fingerprint(
     arcface: ArcFaceConfig,
     config: FinetuneConfig,
     world_size: int,
+    cross_val_pairs_path: Path | None = None,
 ) -> str:
     """SHA-256 of everything that decides the trained weights: settings, crops, pairs, process count."""
     settings = {k: v for k, v in asdict(config).items() if k not in _EXECUTION_ONLY}
@@ -359,6 +360,9 @@ def checkpoint_fingerprint(
         "crops": {name: file_sha256(crops_dir / name) for name in (IMAGES_FILE, "index.csv", PREPROCESS_FILE)},
         "val_pairs": file_sha256(val_pairs_path),
     }
+    if cross_val_pairs_path is not None:
+        # They pick the kept epoch too; a checkpoint written under other ones is not resumed.
+        payload["cross_val_pairs"] = file_sha256(cross_val_pairs_path)
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -527,7 +531,8 @@ def _finetune(
         checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
         if context.is_main:  # hashing the crops once is enough; every rank resumes the same file
             fingerprint = checkpoint_fingerprint(
-                backbone, crops_dir, val_pairs_path, backbone_config, arcface, config, context.world_size
+                backbone, crops_dir, val_pairs_path, backbone_config, arcface, config, context.world_size,
+                cross_val_pairs_path,
             )
         fingerprint = broadcast_object(fingerprint, context)
         if config.resume:
@@ -739,10 +744,9 @@ def _finetune(
 def _selection_metric(select_by: str, cross_validated: bool) -> Callable[[EpochResult], float]:
     """The score that picks the kept epoch: the val pairs' AUC (or accuracy), averaged with the
     other collection's when there is one, so an epoch that gains here by forgetting there loses."""
-    field = {"auc": "auc", "accuracy": "accuracy"}[select_by]
     if not cross_validated:
-        return lambda r: getattr(r, f"val_{field}")
-    return lambda r: 0.5 * (getattr(r, f"val_{field}") + getattr(r, f"xval_{field}"))
+        return lambda r: getattr(r, f"val_{select_by}")
+    return lambda r: 0.5 * (getattr(r, f"val_{select_by}") + getattr(r, f"xval_{select_by}"))
 
 
 def _cross_text(result: EpochResult) -> str:

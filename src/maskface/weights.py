@@ -37,7 +37,7 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -460,13 +460,18 @@ def find_in_folders(source: WeightSource, folders: Sequence[Path], cache_dir: Op
     A file that fails its checksum is refused with an error, never skipped: a folder holding a
     wrong file under the right name is a mistake the user needs to hear about.
     """
+    for candidate in _folder_candidates(source, folders):
+        verify_file(source, candidate, cache_dir=cache_dir)
+        return candidate
+    return None
+
+
+def _folder_candidates(source: WeightSource, folders: Sequence[Path]) -> Iterator[Path]:
+    """Existing files in ``folders`` named as ``source``'s file (cache name, then upstream names)."""
     for folder in folders:
         for name in (source.filename, *source.other_names):
-            candidate = folder / name
-            if candidate.is_file():
-                verify_file(source, candidate, cache_dir=cache_dir)
-                return candidate
-    return None
+            if (folder / name).is_file():
+                yield folder / name
 
 
 def resolve_source(
@@ -649,21 +654,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
             status, shown = "cached", target
         elif built is not None and built != target and built.is_file():
             status, shown = "built", built
-        elif (found := _quiet_find(source)) is not None:
+        elif (found := next(_folder_candidates(source, weights_folders()), None)) is not None:
+            # Listing names what is where; verification happens when the file is used.
             status, shown = "in folder", found
         else:
             status, shown = "not cached", target
         print(f"{source.spec:<{width}}  {status:<10}  {shown}  # {source.note}")
     return 0
-
-
-def _quiet_find(source: WeightSource) -> Optional[Path]:
-    # Listing names what is where; verification happens when the file is used.
-    for folder in weights_folders():
-        for name in (source.filename, *source.other_names):
-            if (folder / name).is_file():
-                return folder / name
-    return None
 
 
 def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
