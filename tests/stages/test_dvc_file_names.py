@@ -9,15 +9,11 @@ one (new mtime, same bytes) or nothing at all does not.
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from dvc_project import make_project, repro, stages_ran
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -40,14 +36,6 @@ TINY = {
 }
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "backbones":
-            merged[key] = _merge(base[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def _image(identity: int, variant: int, size: int = 64) -> Image.Image:
@@ -75,46 +63,16 @@ def _dataset(root: Path) -> None:
             _write_image(folder, name, identity, variant)
 
 
-def _run(cwd: Path, *args: str) -> str:
-    env = dict(os.environ)
-    # Stage commands call `python`: make it this interpreter (the project's venv).
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, timeout=900)
-    out = (result.stdout + result.stderr).decode("utf-8", "replace")
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{out}")
-    return out
 
 
-def _ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-def _repro(project: Path, *targets: str) -> set[str]:
-    return _ran(_run(project, sys.executable, "-m", "dvc", "repro", *targets))
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, repo_root: Path) -> Path:
     project = tmp_path_factory.mktemp("names")
-    for name in ("dvc.yaml", "stages", "src"):
-        source = repo_root / name
-        if source.is_dir():
-            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, project / name)
-    _dataset(project / "data" / "external")
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    (project / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-    _run(project, "git", "init", "-q")
-    _run(project, "git", "config", "user.email", "test@example.com")
-    _run(project, "git", "config", "user.name", "test")
-    _run(project, sys.executable, "-m", "dvc", "init", "-q")
-    _run(project, sys.executable, "-m", "dvc", "config", "core.analytics", "false")
-    (project / ".gitignore").write_text("/data/*\n!/data/external/\n/models/\n")
-    _run(project, "git", "add", "-A")
-    _run(project, "git", "commit", "-qm", "init")
-    ran = _repro(project)
+    ran = stages_ran(make_project(project, repo_root, TINY, data=lambda root: _dataset(root / "data" / "external")))
     assert ran == {"scan", "split", "crop@alexnet", "finetune@alexnet", "embed@alexnet", "classify@alexnet", "evaluate"}
     return project
 
@@ -137,39 +95,39 @@ def test_names_pass_every_stage_as_their_bytes(project: Path):
 
 
 def test_nothing_changed_reruns_only_the_scan(project: Path):
-    assert _repro(project) == {"scan"}
+    assert repro(project) == {"scan"}
 
 
 def test_touching_a_file_does_not_rerun_split(project: Path):
     path = project / os.fsdecode(_odd_path())
     stat = os.stat(path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
-    assert _repro(project, "split") == {"scan"}
+    assert repro(project, "split") == {"scan"}
 
 
 def test_editing_a_file_reruns_split(project: Path):
     with open(os.path.join(os.fsencode(project), _odd_path()), "wb") as handle:
         _image(0, 99).save(handle, format="PNG")
-    assert _repro(project, "split") == {"scan", "split"}
-    assert _repro(project, "split") == {"scan"}
+    assert repro(project, "split") == {"scan", "split"}
+    assert repro(project, "split") == {"scan"}
 
 
 def test_adding_a_file_reruns_split(project: Path):
     _write_image(os.path.join(os.fsencode(project), b"data/external/id3"), b"9_mask_\xfc.png", 3, 9)
-    assert _repro(project, "split") == {"scan", "split"}
+    assert repro(project, "split") == {"scan", "split"}
     assert os.fsdecode(b"data/external/id3/9_mask_\xfc.png") in _manifest_paths(project)
 
 
 def test_renaming_a_file_reruns_split(project: Path):
     base = os.path.join(os.fsencode(project), b"data/external/id3")
     os.rename(os.path.join(base, b"9_mask_\xfc.png"), os.path.join(base, b"9_mask_\xf6.png"))
-    assert _repro(project, "split") == {"scan", "split"}
+    assert repro(project, "split") == {"scan", "split"}
     assert os.fsdecode(b"data/external/id3/9_mask_\xf6.png") in _manifest_paths(project)
 
 
 def test_removing_a_file_reruns_split(project: Path):
     os.remove(os.path.join(os.fsencode(project), b"data/external/id3/9_mask_\xf6.png"))
-    assert _repro(project, "split") == {"scan", "split"}
+    assert repro(project, "split") == {"scan", "split"}
     assert not any("9_mask_" in path for path in _manifest_paths(project))
 
 

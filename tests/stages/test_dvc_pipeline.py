@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from dvc_project import make_project, repro, stages_ran
 
 pytestmark = pytest.mark.slow
 
@@ -34,28 +33,10 @@ TINY = {
 }
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "backbones":
-            merged[key] = _merge(base[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
-def _run(cwd: Path, *args: str) -> str:
-    env = dict(os.environ)
-    # Stage commands call `python`: make it this interpreter (the project's venv).
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result.stdout + result.stderr
 
 
-def _ran(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def _set_params(project: Path, **changes) -> None:
@@ -72,32 +53,14 @@ def _set_params(project: Path, **changes) -> None:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, repo_root: Path) -> Path:
     project = tmp_path_factory.mktemp("pipeline")
-    for name in ("dvc.yaml", "stages", "src", "data/external"):
-        source = repo_root / name
-        if source.is_dir():
-            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, project / name)
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    (project / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
-    _run(project, "git", "init", "-q")
-    _run(project, "git", "config", "user.email", "test@example.com")
-    _run(project, "git", "config", "user.name", "test")
-    _run(project, sys.executable, "-m", "dvc", "init", "-q")
-    _run(project, sys.executable, "-m", "dvc", "config", "core.analytics", "false")
-    (project / ".gitignore").write_text("/data/*\n!/data/external/\n/models/\n")
-    _run(project, "git", "add", "-A")
-    _run(project, "git", "commit", "-qm", "init")
-    output = _run(project, sys.executable, "-m", "dvc", "repro")
-    assert _ran(output) == {
+    output = make_project(project, repo_root, TINY, copied=("data/external",))
+    assert stages_ran(output) == {
         "scan", "split", "crop@alexnet", "crop@facenet", "finetune@alexnet", "finetune@facenet",
         "embed@alexnet", "embed@facenet", "classify@alexnet", "classify@facenet", "evaluate",
     }
     return project
 
 
-def _repro(project: Path) -> set[str]:
-    return _ran(_run(project, sys.executable, "-m", "dvc", "repro"))
 
 
 def test_full_run_writes_metrics_and_plots(project: Path):
@@ -119,22 +82,22 @@ def test_full_run_writes_metrics_and_plots(project: Path):
 
 def test_second_repro_runs_only_the_scan(project: Path):
     # scan always runs (dvc.yaml says why); its unchanged output reruns nothing after it.
-    assert _repro(project) == {"scan"}
+    assert repro(project) == {"scan"}
 
 
 def test_classifier_change_reruns_only_classify_and_evaluate(project: Path):
     _set_params(project, classifier="knn")
-    assert _repro(project) == {"scan", "classify@alexnet", "classify@facenet", "evaluate"}
+    assert repro(project) == {"scan", "classify@alexnet", "classify@facenet", "evaluate"}
 
 
 def test_one_backbone_learning_rate_reruns_only_its_chain(project: Path):
     _set_params(project, **{"backbones.alexnet.lr": 0.002})
-    assert _repro(project) == {"scan", "finetune@alexnet", "embed@alexnet", "classify@alexnet", "evaluate"}
+    assert repro(project) == {"scan", "finetune@alexnet", "embed@alexnet", "classify@alexnet", "evaluate"}
 
 
 def test_crop_ratio_reruns_crop_and_after_but_not_split(project: Path):
     _set_params(project, **{"crop.mode": "ratio", "crop.keep_ratio": 0.6})
-    ran = _repro(project)
+    ran = repro(project)
     assert "split" not in ran
     assert {"crop@alexnet", "crop@facenet", "finetune@alexnet", "embed@facenet", "classify@alexnet", "evaluate"} <= ran
 
