@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     # How the embeddings were made (flip TTA, the weights the network started from): the
     # threshold holds only for embeddings made the same way, so inference reads it from here.
     meta["embedding"] = read_embed_settings(args.embeddings)
+    meta["threshold_choice"] = {
+        "rule": config.threshold_rule,
+        "pair_types": list(config.threshold_pair_types),
+        "identities": "val",
+    }
     save_classifier(model, args.model, meta)
     # evaluate reads which classifier made these scores from beside them (no dependency on models/).
     (args.scores / CLASSIFIER_META_FILE).write_text((args.model / CLASSIFIER_META_FILE).read_text())

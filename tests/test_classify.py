@@ -25,6 +25,7 @@ from maskface.classify import (
     read_classifier_file,
     save_classifier,
     score_pairs,
+    threshold_pairs,
 )
 from maskface.config import (
     CLASSIFIERS,
@@ -98,8 +99,15 @@ def test_every_classifier_separates_clusters_and_picks_threshold_on_val(open_set
         embeddings, index, val, test, name, CONFIGS[name], ClassifyConfig(train_pairs_per_identity=20)
     )
     assert len(test_scored) == len(test) and list(test_scored.columns[-2:]) == ["score", "cosine"]
-    # The threshold is the validation-optimal one, never fitted on test.
-    assert threshold == choose_threshold(val_scored["score"].to_numpy(), val_scored["label"].to_numpy())
+    # The threshold comes from pairs of the validation identities only, never from test.
+    config = ClassifyConfig(train_pairs_per_identity=20)
+    chosen_on = threshold_pairs(index, config)
+    val_identities = set(index.loc[index["split"] == "val", "identity"])
+    assert set(chosen_on["identity_a"]) | set(chosen_on["identity_b"]) <= val_identities
+    assert set(chosen_on["pair_type"]) == {"masked-unmasked", "unmasked-unmasked"}
+    row_of = dict(zip(index["path"], range(len(index))))
+    scores = score_pairs(model, embeddings[chosen_on["path_a"].map(row_of)], embeddings[chosen_on["path_b"].map(row_of)])
+    assert threshold == choose_threshold(scores, chosen_on["label"].to_numpy(), "one_se")
     assert roc_auc(test_scored["score"].to_numpy(), test_scored["label"].to_numpy()) > 0.9
     a = embeddings[test["path_a"].map(dict(zip(index["path"], range(len(index))))).to_numpy()]
     b = embeddings[test["path_b"].map(dict(zip(index["path"], range(len(index))))).to_numpy()]
@@ -307,3 +315,22 @@ def test_a_damaged_classifier_file_is_refused_in_one_line(open_set, tmp_path, da
     with pytest.raises(ClassifierFileError, match=message) as caught:
         read_classifier_file(path)
     assert "\n" not in str(caught.value)
+
+
+def test_threshold_falls_back_to_val_pairs_when_val_identities_give_one_kind(open_set):
+    embeddings, index, val, test = open_set
+    # One validation identity left: only genuine threshold pairs, no impostors.
+    val_ids = sorted(index.loc[index["split"] == "val", "identity"].unique())
+    index = index.assign(split=np.where(index["identity"].isin(val_ids[1:]), "test", index["split"]))
+    config = ClassifyConfig(train_pairs_per_identity=20)
+    assert threshold_pairs(index, config)["label"].nunique() == 1
+    _, threshold, val_scored, _ = fit_and_score(embeddings, index, val, test, "cosine", CosineConfig(), config)
+    assert threshold == choose_threshold(val_scored["score"].to_numpy(), val_scored["label"].to_numpy(), "one_se")
+
+
+def test_threshold_settings_are_checked():
+    with pytest.raises(ConfigError, match="classify.threshold_rule = 'median' is invalid; valid: max_accuracy, one_se"):
+        parse_section(ClassifyConfig, {"threshold_rule": "median"}, "classify")
+    with pytest.raises(ConfigError, match="classify.threshold_pair_types = 'masked' is invalid; valid: masked-unmasked"):
+        parse_section(ClassifyConfig, {"threshold_pair_types": ["masked"]}, "classify")
+    assert parse_section(ClassifyConfig, {"threshold_rule": "max_accuracy"}, "classify").threshold_rule == "max_accuracy"

@@ -158,6 +158,28 @@ def test_chosen_threshold_reaches_best_accuracy(seed):
     assert threshold == pytest.approx((below + above) / 2)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_one_se_threshold_is_the_highest_within_one_standard_error(seed):
+    scores, labels = random_pairs(seed, n=300, quantise=seed % 2 == 0)
+    threshold = choose_threshold(scores, labels, "one_se")
+    # Brute force: every threshold that splits the sorted scores, its accuracy by counting.
+    ordered = np.unique(scores)
+    cuts = np.concatenate(([ordered[0] - 1.0], (ordered[1:] + ordered[:-1]) / 2, [ordered[-1] + 1.0]))
+    accuracy = np.array([np.mean((scores >= cut) == labels.astype(bool)) for cut in cuts])
+    best = accuracy.max()
+    within = cuts[accuracy >= best - np.sqrt(best * (1 - best) / scores.size) - 1e-12]
+    # Same gap of the sorted scores as the brute-force highest qualifying cut.
+    assert np.sum(scores < threshold) == np.sum(scores < within.max())
+    assert threshold >= choose_threshold(scores, labels)
+    far = lambda t: np.mean(scores[~labels.astype(bool)] >= t)  # noqa: E731
+    assert far(threshold) <= far(choose_threshold(scores, labels))
+
+
+def test_unknown_threshold_rule_names_the_choices():
+    with pytest.raises(ValueError, match="'median' is not one of max_accuracy, one_se"):
+        choose_threshold([0.1, 0.9], [0, 1], "median")
+
+
 def test_threshold_degenerate_inputs():
     # One class: accept everything (all genuine) / reject everything (all impostor).
     scores = np.array([0.2, 0.5, 0.9])

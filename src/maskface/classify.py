@@ -4,7 +4,8 @@ Verification (every split mode). ``cosine``, the field's standard, accepts a pai
 the cosine similarity of its two unit embeddings reaches a threshold; the learned
 classifiers (``knn``, ``mlp``, ``lda``) see symmetric pair features ``[|a - b|, a * b]``,
 so swapping the two images never changes the decision, and output the probability of
-"same person". Every classifier's threshold is chosen on the validation pairs. The
+"same person". Every classifier's threshold is chosen on pairs of the validation
+identities (``classify.threshold_rule``, ``classify.threshold_pair_types``). The
 cosine similarity of every pair is kept beside the classifier's score as the baseline.
 
 Closed-set identification (``split.by: image``: test identities also have training
@@ -178,8 +179,8 @@ def fit_and_score(
         classifier: a registered name; ``classifier_config`` its params dataclass.
 
     Returns:
-        The fitted pipeline (None for ``cosine``), the threshold chosen on val (in score
-        units), and the val/test pair tables with ``score`` (the classifier's
+        The fitted pipeline (None for ``cosine``), the threshold chosen on pairs of the
+        validation identities (:func:`threshold_pairs`, in score units), and the val/test pair tables with ``score`` (the classifier's
         probability of "same", or the cosine for ``cosine``) and ``cosine`` columns.
     """
     registered = _registered(classifier)
@@ -201,8 +202,32 @@ def fit_and_score(
         table["score"] = score_pairs(model, a, b)
         table["cosine"] = cosine_similarity(a, b)
         scored.append(table)
-    threshold = choose_threshold(scored[0]["score"].to_numpy(), scored[0]["label"].to_numpy())
+    threshold_table = threshold_pairs(index, config)
+    if threshold_table["label"].nunique() < 2:
+        logger.warning(
+            "the validation identities give no %s pairs of both kinds; the threshold is chosen on the val pairs",
+            " / ".join(config.threshold_pair_types),
+        )
+        threshold_table = scored[0]
+    else:
+        a, b = _pair_embeddings(embeddings, row_of, threshold_table)
+        threshold_table = threshold_table.assign(score=score_pairs(model, a, b))
+    threshold = choose_threshold(threshold_table["score"].to_numpy(), threshold_table["label"].to_numpy(), config.threshold_rule)
+    logger.info(
+        "threshold %.4g (%s) on %d pairs of the validation identities (%d genuine)",
+        threshold, config.threshold_rule, len(threshold_table), int(threshold_table["label"].sum()),
+    )
     return model, threshold, scored[0], scored[1]
+
+
+def threshold_pairs(index: pd.DataFrame, config: ClassifyConfig) -> pd.DataFrame:
+    """Balanced pairs of ``config.threshold_pair_types`` among the validation identities.
+
+    Drawn across all of them (no folds), so that a fold's few identities do not decide
+    which impostors the threshold sees.
+    """
+    val = index[index["split"] == "val"]
+    return make_pairs(val, config.threshold_pair_types, config.threshold_pairs_per_identity, config.seed, n_folds=1)
 
 
 # --------------------------------------------------------------------------- identification

@@ -19,6 +19,8 @@ import yaml
 from maskface.errors import UserError
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
+# How a decision threshold is chosen on validation pairs (maskface.metrics.choose_threshold).
+THRESHOLD_RULES = ("max_accuracy", "one_se")
 CROP_MODES = ("none", "ratio", "eyes", "mask", "nose")
 SPLIT_BY = ("identity", "image")
 CLASSIFIERS = ("cosine", "knn", "mlp", "lda")
@@ -462,14 +464,31 @@ class CosineConfig(_Section):
 
 @dataclasses.dataclass(frozen=True)
 class ClassifyConfig(_Section):
-    """How training pairs for the pair classifier are drawn from the training identities."""
+    """Training pairs for the pair classifier, and how its decision threshold is chosen.
+
+    The threshold pairs are drawn from the validation identities, of the types in
+    ``threshold_pair_types`` (a deployed verifier meets unmasked pairs too, and collections
+    easier than the training one need thresholds like theirs), and ``threshold_rule`` picks
+    the threshold on them (:func:`maskface.metrics.choose_threshold`).
+    """
 
     train_pairs_per_identity: int = 30
     seed: int = 0
+    threshold_rule: str = "one_se"
+    threshold_pair_types: tuple[str, ...] = ("masked-unmasked", "unmasked-unmasked")
+    threshold_pairs_per_identity: int = 30
 
     def validate(self, name: str) -> None:
-        if self.train_pairs_per_identity < 1:
-            raise _fail(f"{name}.train_pairs_per_identity", self.train_pairs_per_identity, "an integer >= 1")
+        for key in ("train_pairs_per_identity", "threshold_pairs_per_identity"):
+            if getattr(self, key) < 1:
+                raise _fail(f"{name}.{key}", getattr(self, key), "an integer >= 1")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            raise _fail(f"{name}.threshold_rule", self.threshold_rule, ", ".join(THRESHOLD_RULES))
+        if not self.threshold_pair_types:
+            raise _fail(f"{name}.threshold_pair_types", [], ", ".join(PAIR_TYPES))
+        for pair_type in self.threshold_pair_types:
+            if pair_type not in PAIR_TYPES:
+                raise _fail(f"{name}.threshold_pair_types", pair_type, ", ".join(PAIR_TYPES))
 
 
 @dataclasses.dataclass(frozen=True)

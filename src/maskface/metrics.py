@@ -26,6 +26,8 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 from tqdm.auto import tqdm
 
+from maskface.config import THRESHOLD_RULES
+
 logger = logging.getLogger(__name__)
 
 Statistic = Callable[[np.ndarray, np.ndarray], float]
@@ -123,25 +125,38 @@ def _accept_nothing_threshold(scores: np.ndarray) -> float:
 # --------------------------------------------------------------------------- threshold
 
 
-def choose_threshold(scores: Any, labels: Any) -> float:
-    """The accuracy-maximising threshold on these (validation) pairs.
+def choose_threshold(scores: Any, labels: Any, rule: str = "max_accuracy") -> float:
+    """The decision threshold chosen on these (validation) pairs.
 
     Accuracy only changes when the threshold crosses a score, so the candidates are
     one threshold per gap between adjacent distinct scores, placed at the gap's
     midpoint (the point farthest from both neighbouring scores, so the choice is
     robust to small score shifts on new data), plus one below all scores (accept
     everything) and one above (reject everything), set half the neighbouring gap
-    away (one unit when there is a single distinct score). When several gaps reach
-    the same best accuracy the middle one in score order is taken (the lower of
-    the two middle ones for an even count), so the result is deterministic.
+    away (one unit when there is a single distinct score).
+
+    Rules:
+        ``max_accuracy``: the accuracy-maximising candidate; when several reach the same
+        best accuracy the middle one in score order is taken (the lower of the two middle
+        ones for an even count), so the result is deterministic.
+        ``one_se``: the highest candidate whose accuracy is within one binomial standard
+        error, ``sqrt(best (1 - best) / n)``, of the best (the one-standard-error rule).
+        Accuracies that close cannot be told apart on ``n`` pairs, and the highest of them
+        accepts the fewest impostors. It is also the choice that carries over: on a
+        collection whose masked photos are easier than the validation pairs', genuine
+        scores rise while impostor scores stay, so that collection's best threshold is
+        higher (docs/evaluation.md has the measurements).
 
     Args:
         scores: (N,) float similarity scores.
         labels: (N,) bool/0-1, 1 = same person.
+        rule: one of ``THRESHOLD_RULES``.
 
     Returns:
         The threshold (same units as ``scores``); predict same when ``score >= threshold``.
     """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule {rule!r} is not one of {', '.join(THRESHOLD_RULES)}")
     s, y = _as_scores_labels(scores, labels)
     distinct, inverse = np.unique(s, return_inverse=True)
     k = distinct.size
@@ -152,9 +167,19 @@ def choose_threshold(scores: Any, labels: Any) -> float:
     # Candidate c puts the first c distinct values below the threshold: those are
     # predicted different (correct for impostors), the rest same (correct for genuines).
     correct = cum_neg + (cum_pos[-1] - cum_pos)
-    best = np.flatnonzero(correct == correct.max())
-    c = int(best[(best.size - 1) // 2])
+    if rule == "one_se":
+        best_accuracy = correct.max() / s.size
+        tolerance = np.sqrt(best_accuracy * (1.0 - best_accuracy) / s.size) * s.size
+        c = int(np.flatnonzero(correct >= correct.max() - tolerance)[-1])
+    else:
+        best = np.flatnonzero(correct == correct.max())
+        c = int(best[(best.size - 1) // 2])
+    return _candidate_threshold(distinct, c)
 
+
+def _candidate_threshold(distinct: np.ndarray, c: int) -> float:
+    """The threshold of candidate ``c``: below the first ``c`` distinct scores' gap midpoint."""
+    k = distinct.size
     if c == 0:
         half_gap = (distinct[1] - distinct[0]) / 2 if k > 1 else 1.0
         return float(distinct[0] - half_gap)
