@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-metrics", type=Path, required=True)
     parser.add_argument("--landmarks", type=Path, required=True, help="landmark table (CSV) of every accepted image")
     parser.add_argument("--filtered-preview", type=Path, required=True, help="sheet of the images crop.filter dropped (PNG)")
+    parser.add_argument(
+        "--landmark-cache", type=Path, default=None,
+        help="MTCNN detections of earlier runs by file SHA-256 and settings (not an output: only saves time)",
+    )
     args = parser.parse_args(argv)
 
     params = load_params(args.params)
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     validation = build_validation_manifest(data_config)
     every_path = result.manifest["path"].tolist() + ([] if validation is None else validation.manifest["path"].tolist())
     # Faces are found once here, before the split, so that filtered images never enter a pair.
-    landmarks = landmark_table(every_path, crop_config)
+    landmarks = landmark_table(every_path, crop_config, args.landmark_cache)
     dropped = face_filter(landmarks, crop_config.min_confidence)
     kept = result.manifest
     if crop_config.filter:

@@ -89,6 +89,21 @@ def test_a_bad_image_raises_naming_it_and_batches_skip_it(model, built, tmp_path
     np.testing.assert_allclose(result.embeddings, built["embeddings"][[2, 2]], atol=1e-5)
 
 
+@pytest.mark.parametrize("batch_size, workers", [(1, 1), (2, 3), (3, 2)])
+def test_overlapped_decoding_keeps_order_and_failures_across_batches(built, tmp_path, batch_size, workers):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("shopping list")
+    paths = built["index"]["path"].tolist()[:7]
+    mixed = [paths[0], bad, *paths[1:4], tmp_path / "gone.png", *paths[4:]]
+    model = load_model(built["dir"], device="cpu", batch_size=batch_size, precision="fp32", decode_workers=workers)
+    result = model.embed_many(mixed)
+    assert result.positions == [0, 2, 3, 4, 6, 7, 8]
+    assert [f.source for f in result.failures] == [str(bad), str(tmp_path / "gone.png")]
+    np.testing.assert_allclose(result.embeddings, built["embeddings"][:7], atol=1e-5)
+    with pytest.raises(ValueError, match="decode_workers 0 is invalid"):
+        load_model(built["dir"], device="cpu", decode_workers=0)
+
+
 def test_a_failing_crop_is_an_image_error_naming_the_file(model, built, monkeypatch):
     import maskface.crop
 

@@ -1,5 +1,7 @@
 """Landmark detection (MTCNN with a border), the landmark table, similarity alignment, crop modes."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -181,6 +183,57 @@ def test_landmark_table_round_trip_filter_and_rates(tmp_path, detector):
     # No stage needs landmarks: nothing is detected.
     skipped = landmark_table(paths, CropConfig())
     assert not skipped["detected"].any() and set(skipped["landmark_source"]) == {"none"}
+
+
+def test_landmark_cache_detects_only_new_or_edited_images(tmp_path, monkeypatch):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = []
+    for i, (image, _) in enumerate(_faces(3, masked=False, seed=5)):
+        paths.append(str(folder / f"face{i}.png"))
+        image.save(paths[-1])
+    paths.append(str(folder / "blank.png"))
+    Image.new("RGB", (120, 120), (90, 90, 90)).save(paths[-1])
+    detected: list[int] = []
+    real_detect = FaceDetector.detect
+
+    def counting_detect(self, images):
+        detected.append(len(images))
+        return real_detect(self, images)
+
+    monkeypatch.setattr(FaceDetector, "detect", counting_detect)
+    config = CropConfig(landmarks="mtcnn", detect_batch_size=2)
+    cache = tmp_path / "landmark-cache.csv"
+    uncached = landmark_table(paths, config)
+    first = landmark_table(paths, config, cache)
+    pd.testing.assert_frame_equal(first, uncached)
+    assert cache.is_file()
+
+    detected.clear()
+    pd.testing.assert_frame_equal(landmark_table(paths, config, cache), uncached)
+    assert detected == []  # every image from the cache
+
+    # A renamed copy is found by its content; an edited image is detected again.
+    renamed = str(folder / "renamed.png")
+    Path(paths[0]).rename(renamed)
+    _faces(1, masked=False, seed=9)[0][0].save(paths[1])
+    changed = [renamed, *paths[1:]]
+    detected.clear()
+    again = landmark_table(changed, config, cache)
+    assert sum(detected) == 1
+    pd.testing.assert_frame_equal(again, landmark_table(changed, config))
+    assert again["path"].tolist() == changed
+
+    # Other detector settings: nothing is reused.
+    detected.clear()
+    landmark_table(changed, CropConfig(landmarks="mtcnn", detect_batch_size=2, detect_pad=0.2), cache)
+    assert sum(detected) == len(changed)
+
+    # A damaged cache only costs time.
+    cache.write_text("not,a\ncache,file\n")
+    detected.clear()
+    pd.testing.assert_frame_equal(landmark_table(changed, config, cache), again)
+    assert sum(detected) == len(changed)
 
 
 def test_ground_truth_table_reads_the_renderer_landmarks(tmp_path):

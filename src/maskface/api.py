@@ -247,11 +247,15 @@ class FaceModel:
         batch_size: int = 64,
         precision: str = "auto",
         channels_last: bool = True,
+        decode_workers: int = 2,
     ):
         from maskface.device import inference_dtype, resolve_device
 
         if batch_size < 1:
             raise InputError(f"batch_size {batch_size!r} is invalid; valid: an integer >= 1")
+        if decode_workers < 1:
+            raise InputError(f"decode_workers {decode_workers!r} is invalid; valid: an integer >= 1")
+        self.decode_workers = int(decode_workers)
         self.folder = folder
         self.precision = precision
         self.channels_last = bool(channels_last)
@@ -302,6 +306,32 @@ class FaceModel:
             # Crop modes that locate the face (alignment) raise ValueError when they cannot.
             raise ImageError(source, f"preprocessing failed: {' '.join(str(error).split())}") from None
 
+    def _prepare_or_fail(self, image: ImageInput, position: int) -> Union[np.ndarray, ImageError]:
+        try:
+            return self._prepare(image, position)
+        except ImageError as error:
+            return error
+
+    def _prepared_batches(self, items: list, batch_size: int) -> Iterable[list[tuple[int, Union[np.ndarray, ImageError]]]]:
+        """Batches of (position, pixels or the ImageError), in order, the next batch decoded
+        in threads while the caller runs the network on this one.
+
+        Threads, not processes: decoding and resizing in PIL, and MTCNN in torch, release the
+        GIL, and a worker process would pay the interpreter and torch start-up that a
+        command-line run cannot afford. At most two batches are in memory at once.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        starts = list(range(0, len(items), batch_size))
+        with ThreadPoolExecutor(max_workers=self.decode_workers) as pool:
+            def submit(start: int) -> list:
+                return [(k, pool.submit(self._prepare_or_fail, items[k], k)) for k in range(start, min(start + batch_size, len(items)))]
+
+            pending = submit(starts[0]) if starts else []
+            for following in [*starts[1:], None]:
+                current, pending = pending, (submit(following) if following is not None else [])
+                yield [(position, future.result()) for position, future in current]
+
     def embed_many(self, images: Any, batch_size: Optional[int] = None, progress: Optional[bool] = False) -> EmbedResult:
         """Embed every usable image, skipping (and reporting) the ones that fail.
 
@@ -318,17 +348,15 @@ class FaceModel:
         # tqdm: disable=None hides the bar when stderr is not a terminal.
         disable = {True: False, None: None}.get(progress, True)
         bar = tqdm(total=len(items), desc=f"embed ({self.backbone})", unit="img", disable=disable)
-        for start in range(0, len(items), batch_size):
+        for batch in self._prepared_batches(items, batch_size):
             pixels = []
-            for position in range(start, min(start + batch_size, len(items))):
-                image = items[position]
-                try:
-                    pixels.append(self._prepare(image, position))
-                except ImageError as error:
-                    failures.append(Failure(error.source, error.reason))
-                    logger.info("skipping %s", error)
+            for position, prepared in batch:
+                if isinstance(prepared, ImageError):
+                    failures.append(Failure(prepared.source, prepared.reason))
+                    logger.info("skipping %s", prepared)
                     continue
-                sources.append(describe_input(image, position))
+                pixels.append(prepared)
+                sources.append(describe_input(items[position], position))
                 positions.append(position)
             if pixels:
                 chunks.append(
@@ -338,7 +366,7 @@ class FaceModel:
                         flip=self.folder.flip,
                     )
                 )
-            bar.update(min(batch_size, len(items) - start))
+            bar.update(len(batch))
         bar.close()
         embeddings = np.concatenate(chunks) if chunks else np.empty((0, self.embedding_size), dtype=np.float32)
         return EmbedResult(embeddings, sources, positions, failures)
@@ -476,8 +504,12 @@ def load_model(
     batch_size: int = 64,
     precision: str = "auto",
     channels_last: bool = True,
+    decode_workers: int = 2,
 ) -> FaceModel:
     """Load a model folder (``models/<backbone>`` or an exported copy); see :mod:`maskface.model_folder`.
+
+    ``decode_workers``: threads that decode and preprocess the next batch of images while
+    the network embeds this one.
 
     ``precision``: ``auto`` (as the embed stage: bf16 on GPUs and on CPUs with native bf16,
     else fp32), ``fp32`` or ``bf16``. ``channels_last`` and ``batch_size`` default to the
@@ -488,7 +520,8 @@ def load_model(
     corrupt (checksum) or incompatible folder.
     """
     return FaceModel(
-        read_model_folder(path), device=device, batch_size=batch_size, precision=precision, channels_last=channels_last
+        read_model_folder(path), device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
+        decode_workers=decode_workers,
     )
 
 

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from maskface.errors import InputError
 from maskface.imageio import load_rgb
 from maskface.synthetic import GROUND_TRUTH_CSV, LANDMARK_COLUMNS
-from maskface.tables import read_csv
+from maskface.tables import read_csv, write_csv_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +171,11 @@ class FaceDetector:
         self.pad = float(pad)
         self.batch_size = int(batch_size)
         self.max_side = int(max_side)
+        # Everything that can change a detection: a cached one is reused only under the same.
+        self.settings = (
+            f"mtcnn pad={self.pad} thresholds={list(thresholds)} min_face={int(min_face_size)} "
+            f"max_side={self.max_side} batch={self.batch_size} device={self.device.type}"
+        )
         self._mtcnn = MTCNN(
             keep_all=True,
             select_largest=False,
@@ -317,12 +322,58 @@ def skipped_table(paths: Sequence[str]) -> pd.DataFrame:
     return _frame([_row(str(p), Detection(None, None, float("nan"), 0.0), "none") for p in paths])
 
 
-def landmark_table(paths: Sequence[str], config) -> pd.DataFrame:
+CACHE_KEY_COLUMNS = ("sha256", "settings")
+
+
+def cached_detect_table(paths: Sequence[str], detector: FaceDetector, cache_path: Path) -> pd.DataFrame:
+    """:func:`detect_table`, reusing the detections of earlier runs kept in ``cache_path``.
+
+    The cache is keyed by each file's SHA-256 and the detector's settings, so an image is
+    detected again only when its bytes or the settings change; a renamed or moved file is
+    found by its content. It only ever saves time: an unreadable cache is ignored, and the
+    table is the same as :func:`detect_table` gives (the cached rows are what it wrote).
+    """
+    from maskface.artifacts import file_sha256
+
+    paths = [str(p) for p in paths]
+    known: dict[tuple[str, str], dict] = {}
+    if cache_path.is_file():
+        try:
+            cache = read_csv(cache_path)
+            if not {*CACHE_KEY_COLUMNS, *TABLE_COLUMNS[1:]} <= set(cache.columns):
+                raise ValueError(f"columns {list(cache.columns)}")
+            cache = _typed(cache)
+            for row in cache.to_dict("records"):
+                known[(str(row["sha256"]), str(row["settings"]))] = row
+        except (OSError, ValueError) as error:
+            logger.warning("ignoring the unreadable landmark cache %s (%s)", cache_path, error)
+            known = {}
+    digests = [file_sha256(path) for path in tqdm(paths, desc="hashing for the landmark cache", unit="img")]
+    missing = [path for path, digest in zip(paths, digests) if (digest, detector.settings) not in known]
+    fresh = detect_table(missing, detector) if missing else _frame([])
+    fresh_rows = {row["path"]: row for row in fresh.to_dict("records")}
+    rows = []
+    for path, digest in zip(paths, digests):
+        row = fresh_rows.get(path)
+        if row is None:
+            row = {column: known[(digest, detector.settings)][column] for column in TABLE_COLUMNS[1:]}
+        else:
+            known[(digest, detector.settings)] = {"sha256": digest, "settings": detector.settings, **row}
+        rows.append({**row, "path": path})
+    logger.info("landmarks: %d of %d images from the cache %s, %d detected", len(paths) - len(missing), len(paths), cache_path, len(missing))
+    if missing:
+        columns = [*CACHE_KEY_COLUMNS, *TABLE_COLUMNS[1:]]
+        write_csv_atomically(pd.DataFrame([{c: row[c] for c in columns} for row in known.values()], columns=columns), cache_path)
+    return _frame(rows)
+
+
+def landmark_table(paths: Sequence[str], config, cache_path: Optional[Path] = None) -> pd.DataFrame:
     """The landmark table the settings call for (``config``: :class:`maskface.config.CropConfig`).
 
     Detection is skipped (source ``none``) when no stage uses landmarks
     (``config.needs_landmarks`` False); ``landmarks: ground_truth`` reads the synthetic
-    renderer's; otherwise MTCNN runs with the ``detect_*`` settings.
+    renderer's; otherwise MTCNN runs with the ``detect_*`` settings, through the cache at
+    ``cache_path`` when one is given (:func:`cached_detect_table`).
     """
     paths = [str(p) for p in paths]
     if not config.needs_landmarks:
@@ -336,6 +387,8 @@ def landmark_table(paths: Sequence[str], config) -> pd.DataFrame:
         min_face_size=config.detect_min_face,
         batch_size=config.detect_batch_size,
     )
+    if cache_path is not None:
+        return cached_detect_table(paths, detector, cache_path)
     return detect_table(paths, detector)
 
 
@@ -399,6 +452,11 @@ def read_landmark_table(path: str | Path) -> pd.DataFrame:
     missing = [c for c in TABLE_COLUMNS if c not in table.columns]
     if missing:
         raise InputError(f"{path} lacks column(s) {', '.join(missing)}; rerun the split stage")
+    return _typed(table)
+
+
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    """A landmark table read from CSV with its types back: bool ``detected``, float coordinates."""
     table["detected"] = table["detected"].astype(str).str.lower().isin(["true", "1"])
     for column in (*BOX_COLUMNS, *LANDMARK_COLUMNS, "confidence", "padded"):
         table[column] = pd.to_numeric(table[column], errors="coerce").astype(np.float64)

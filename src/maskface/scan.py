@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple, Optional
@@ -27,7 +26,7 @@ from typing import NamedTuple, Optional
 import pandas as pd
 
 from maskface.datasets import DataConfig, SourceSpec, scan_files, source_specs
-from maskface.tables import read_csv, write_csv
+from maskface.tables import read_csv, write_csv_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -101,17 +100,6 @@ def _load_cache(path: Optional[Path]) -> dict[tuple[str, _Stat], str]:
         return {}
 
 
-def _write_atomically(frame: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write_csv(frame, temporary)
-        os.replace(temporary, path)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-
-
 def scan_dataset(
     files: Iterable[tuple[str, Optional[str]]], cache_path: Optional[Path] = None, workers: int = 4
 ) -> pd.DataFrame:
@@ -156,7 +144,7 @@ def scan_dataset(
             for r in ordered
             if r["_stat"] is not None
         ]
-        _write_atomically(pd.DataFrame(cached, columns=list(CACHE_COLUMNS)), cache_path)
+        write_csv_atomically(pd.DataFrame(cached, columns=list(CACHE_COLUMNS)), cache_path)
     return pd.DataFrame([{k: r[k] for k in SCAN_COLUMNS} for r in ordered], columns=list(SCAN_COLUMNS))
 
 
@@ -172,7 +160,7 @@ def write_scan(config: DataConfig, out: Path, cache_path: Optional[Path] = None)
     skip = {os.path.realpath(p) for p in (out, cache_path) if p is not None}
     files = ((path, problem) for path, problem in dataset_files(config) if os.path.realpath(path) not in skip)
     table = scan_dataset(files, cache_path, workers=config.workers)
-    _write_atomically(table, Path(out))
+    write_csv_atomically(table, Path(out))
     logger.info("%s: %d file(s), %d with problems", out, len(table), int((table["problem"] != "").sum()))
     return table
 

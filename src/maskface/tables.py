@@ -11,6 +11,8 @@ Columns that hold file names or identities are always read as text: a file or fo
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -45,3 +47,17 @@ def printable(text: object) -> str:
     Only for showing a name; tables keep the exact bytes.
     """
     return str(text).encode(ENCODING, ERRORS).decode(ENCODING, "replace")
+
+
+def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
+    """:func:`write_csv` to a temporary file beside ``path``, then renamed over it: a reader
+    (or a run stopped half way) never sees half a table."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write_csv(frame, temporary)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
