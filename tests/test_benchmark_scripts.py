@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -26,3 +28,31 @@ def test_gpu_throughput_script_runs_on_cpu():
     rates = [float(value) for value in re.findall(r"([\d.]+) img/s", line)]
     assert len(rates) == 4 and all(rate > 0 for rate in rates), line
     assert "device:" in result.stdout and "mixed precision here" in result.stdout
+
+
+def test_scale_script_runs_every_pipeline_stage_and_computes_growth(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import scale
+
+    # The commands are dvc.yaml's own, in pipeline order.
+    assert [name for name, _ in scale.stage_commands()] == ["scan", "split", "crop", "finetune", "embed", "classify", "evaluate"]
+    rows = scale.measure(tmp_path, 200)
+    assert [row["stage"] for row in rows] == ["scan", "split", "crop", "finetune", "embed", "classify", "evaluate"]
+    assert all(row["seconds"] > 0 and row["peak_rss_mib"] > 0 for row in rows)
+    assert (tmp_path / "faces-200" / "manifest.csv").is_file()  # rendered once, kept for reuse
+
+    # Growth against hand-computed values: 10x the images in 20x the time is exponent log 20 / log 10.
+    import math
+
+    import pandas as pd
+
+    table = pd.DataFrame([
+        {"images": 100, "stage": "embed", "seconds": 2.0, "peak_rss_mib": 100.0},
+        {"images": 1000, "stage": "embed", "seconds": 40.0, "peak_rss_mib": 150.0},
+    ])
+    growth = scale.growth(table)
+    assert growth.loc[0, "time_exponent"] == pytest.approx(math.log(20) / math.log(10))
+    assert growth.loc[0, "time_per_image_ratio"] == pytest.approx(2.0)
+    assert growth.loc[0, "peak_rss_ratio"] == pytest.approx(1.5)
+    full = scale.extrapolate(table, growth)
+    assert full.loc[0, "RMFRD (extrapolated, s)"] == pytest.approx(40.0 * (92_671 / 1000) ** (math.log(20) / math.log(10)))
