@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from maskface.config import (
     BackboneConfig,
@@ -89,7 +90,7 @@ def test_wrong_types_are_refused():
 
 def test_sections_are_frozen():
     config = parse_section(CropConfig, {}, "crop")
-    with pytest.raises(AttributeError):
+    with pytest.raises(ValidationError, match="frozen"):
         config.mode = "ratio"
 
 
