@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -203,9 +202,9 @@ def main(argv: list[str] | None = None) -> int:
         "weights_file": str(weights_file),
         "splits": splits,
         "finetune": {
-            "backbone": dataclasses.asdict(tuned_config),
+            "backbone": tuned_config.model_dump(),
             "arcface": {"scale": args.scale, "margin_rad": args.margin_rad},
-            "finetune": dataclasses.asdict(finetune_config),
+            "finetune": finetune_config.model_dump(),
             "best_epoch": summary["best_epoch"],
             "epochs": summary["epochs"],
             "before": summary["before"],

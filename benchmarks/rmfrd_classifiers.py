@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             embed_crops(folder / "crops", folder / "model", folder / "embeddings", batch_size=64, device="cpu")
             embeddings, index = load_embeddings(folder / "embeddings")
             network_seconds = time.perf_counter() - step
-            results["settings"][backbone] = dataclasses.asdict(config)
+            results["settings"][backbone] = config.model_dump()
             results.setdefault("best_epoch", {})[f"{crop_name} / {backbone}"] = summary["best_epoch"]
             for classifier in args.classifiers:
                 classifier_config = config_class(classifier)()

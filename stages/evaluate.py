@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 from pathlib import Path
 
 import _common
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         section(params, EvaluateConfig, "evaluate"),
         report_path=args.report,
         data_metrics_path=args.data_metrics,
-        settings={name: asdict(config) for name, config in backbones.items()},
+        settings={name: config.model_dump() for name, config in backbones.items()},
         crop={"mode": crop.mode, "keep_ratio": crop.keep_ratio},
         links=links,
     )

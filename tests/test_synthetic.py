@@ -57,7 +57,7 @@ def test_same_config_gives_byte_identical_files(tmp_path):
     assert len(files_a) == 3 * 4 + 1
     assert files_a == files_b
     # A different seed draws different people.
-    other = generate_dataset(tmp_path / "c", dataclasses.replace(config, seed=12))
+    other = generate_dataset(tmp_path / "c", config.model_copy(update={"seed": 12}))
     assert _all_files(tmp_path / "c") != files_a
     assert not np.allclose(other[list(LANDMARK_COLUMNS)], first[list(LANDMARK_COLUMNS)])
 
@@ -74,7 +74,7 @@ def test_rerun_replaces_only_what_it_owns(tmp_path):
     generate_dataset(tmp_path, big)
     (tmp_path / "README.txt").write_text("keep me")
     (tmp_path / "previews").mkdir()
-    generate_dataset(tmp_path, dataclasses.replace(big, identities=2))
+    generate_dataset(tmp_path, big.model_copy(update={"identities": 2}))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.txt", "ground_truth.csv", "id00", "id01", "previews"]
     assert len(pd.read_csv(tmp_path / "ground_truth.csv")) == 2 * 4
 

@@ -1,6 +1,5 @@
 """Fine-tuning: schedule, optimiser groups, precision choice, data, resume, early stopping."""
 
-import dataclasses
 import json
 import logging
 import math
@@ -203,11 +202,11 @@ def test_fingerprint_tracks_what_decides_the_weights(toy_crops, tmp_path, caplog
 
     base = fingerprint()
     assert fingerprint() == base
-    assert fingerprint(backbone_config=dataclasses.replace(SMALL, lr=5e-4)) != base
-    assert fingerprint(config=dataclasses.replace(DETERMINISTIC, mask_augment_p=0.2)) != base
+    assert fingerprint(backbone_config=SMALL.model_copy(update={"lr": 5e-4})) != base
+    assert fingerprint(config=DETERMINISTIC.model_copy(update={"mask_augment_p": 0.2})) != base
     assert fingerprint(world_size=2) != base
     # Where and how it runs does not change what it computes.
-    assert fingerprint(config=dataclasses.replace(DETERMINISTIC, device="cpu", loader_workers=2, resume=False)) == base
+    assert fingerprint(config=DETERMINISTIC.model_copy(update={"device": "cpu", "loader_workers": 2, "resume": False})) == base
     changed = tmp_path / "crops"
     changed.mkdir()
     for name in (IMAGES_FILE, "index.csv", "preprocess.json"):
@@ -241,7 +240,7 @@ def test_best_epoch_is_kept_and_patience_stops(toy_crops, tmp_path, monkeypatch)
 
     config = FinetuneConfig(seed=0, patience=2)
     summary = _run(
-        toy_crops, tmp_path, "es", backbone_config=dataclasses.replace(SMALL, epochs=6),
+        toy_crops, tmp_path, "es", backbone_config=SMALL.model_copy(update={"epochs": 6}),
         config=config, checkpoint_dir=tmp_path / "ck", on_epoch_end=remember,
     )
     assert [e["epoch"] for e in summary["epochs"]] == [1, 2, 3]

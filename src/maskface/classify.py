@@ -23,7 +23,6 @@ description (estimator class names from a fixed allow-list, their parameters), r
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -315,7 +314,7 @@ def classifier_metadata(
     return {
         "format": META_FORMAT,
         "classifier": classifier,
-        "settings": dataclasses.asdict(classifier_config) if classifier_config is not None else {},
+        "settings": classifier_config.model_dump() if classifier_config is not None else {},
         "threshold": float(threshold),
         "embedding_size": int(embedding_size),
         "score": "probability" if learned else "cosine",

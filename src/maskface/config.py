@@ -1,20 +1,24 @@
 """Typed, strict views of ``params.yaml``.
 
-Each DVC stage reads only its own sections through these frozen dataclasses. An
-unknown or misspelt key is an error that names the valid keys, so a typo can never
-silently fall back to a default (the failure mode of EasyDict-style merges).
+Each DVC stage reads only its own sections through these frozen pydantic models. An unknown
+or misspelt key is an error that names the valid keys, so a typo can never silently fall back
+to a default (the failure mode of EasyDict-style merges). :func:`parse_section` turns
+pydantic's errors into one line that names the key by its dotted path, the bad value and what
+is valid, the last worded from the field's type and constraints (or its :class:`Valid` text).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from maskface.errors import UserError
 
@@ -26,6 +30,8 @@ SPLIT_BY = ("identity", "image")
 CLASSIFIERS = ("cosine", "knn", "mlp", "lda")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+# MASK_STYLES repeats maskface.masks's so that reading params never imports the drawing code.
+MASK_STYLES = ("surgical", "cloth", "n95")
 
 # Every top-level section a stage may read; anything else in params.yaml is a typo.
 TOP_LEVEL_KEYS = (
@@ -54,126 +60,170 @@ def _fail(key: str, value: Any, valid: str) -> ConfigError:
     return ConfigError(f"params: {key} = {value!r} is invalid; valid: {valid}")
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Union and type(None) in args:
-        if value is None:
-            return None
-        inner = next(a for a in args if a is not type(None))
-        return _coerce(value, inner, key)
-    if dataclasses.is_dataclass(annotation):
-        return parse_section(annotation, value, key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _fail(key, value, "a list")
-        item_type = args[0]
-        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise _fail(key, value, "true or false")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(key, value, "an integer")
-        return value
-    if annotation is float:
-        # YAML reads "1e-3" (no dot) as a string; accept it as the number it obviously is.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise _fail(key, value, "a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(key, value, "a number")
-        if not math.isfinite(float(value)):
-            raise _fail(key, value, "a finite number")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, str):
-            raise _fail(key, value, "a string")
-        return value
+@dataclasses.dataclass(frozen=True)
+class Valid:
+    """Field metadata: what an error message calls valid, where the constraints would word it badly."""
+
+    text: str
+
+
+def bad_value(key: str, value: Any, valid: str) -> PydanticCustomError:
+    """The error a cross-field check raises: ``key`` of this section holds ``value``; ``valid``
+    may name sibling keys as ``{section}.key`` (filled in with the section's dotted path)."""
+    context = {"key": key, "value": value, "valid": valid}
+    return PydanticCustomError("bad_value", "{key} = {value} is invalid; valid: {valid}", context)
+
+
+def _number(value: Any) -> Any:
+    # YAML reads "1e-3" (no dot) as a string; accept it as the number it obviously is.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
     return value
 
 
-def parse_section(cls: type, raw: Any, name: str):
-    """Build the frozen dataclass ``cls`` from the params mapping ``raw`` (section ``name``).
+T = TypeVar("T")
+Number = Annotated[float, BeforeValidator(_number)]
+Items = Annotated[tuple[T, ...], Field(strict=False)]  # a YAML list, kept as a tuple
+Share = Annotated[Number, Field(gt=0, lt=1)]
 
-    Missing keys take the dataclass defaults; unknown keys are refused.
+
+class Section(BaseModel):
+    """A params section: unknown keys, wrong types (no ``"2"`` for 2) and values out of range are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_default(cls, raw: Any) -> Any:
+        return {} if raw is None else raw  # `section:` with nothing under it
+
+
+def parse_section(cls: type[Section], raw: Any, name: str):
+    """Build the section model ``cls`` from the params mapping ``raw`` (section ``name``).
+
+    Missing keys take the defaults; unknown keys are refused.
     """
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"params: {name} must be a mapping of keys, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise ConfigError(
-            f"params: unknown key {', '.join(f'{name}.{k}' for k in unknown)}; "
-            f"valid keys of {name}: {', '.join(names)}"
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"params: {_message(cls, name, error.errors(include_url=False))}") from None
+
+
+def _path(name: str, loc: Sequence) -> str:
+    return name + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+
+
+def _message(cls: type[Section], name: str, errors: list) -> str:
+    unknown = [e["loc"] for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:  # every unknown key of the first section that has one
+        parent = unknown[0][:-1]
+        owner, field = _field(cls, parent)
+        keys = (owner if field is None else field.annotation).model_fields
+        return (
+            f"unknown key {', '.join(_path(name, loc) for loc in unknown if loc[:-1] == parent)}; "
+            f"valid keys of {_path(name, parent)}: {', '.join(keys) or 'none (it takes no settings)'}"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in raw.items()}
-    instance = cls(**kwargs)
-    instance.validate(name)
-    return instance
+    error = errors[0]
+    loc, kind, ctx = error["loc"], error["type"], error.get("ctx") or {}
+    if kind == "bad_value":
+        where = _path(name, loc)
+        return f"{where}.{ctx['key']} = {ctx['value']!r} is invalid; valid: {ctx['valid'].replace('{section}', where)}"
+    _, field = _field(cls, loc)
+    if loc and isinstance(loc[-1], int):  # one item of a list
+        field = FieldInfo.from_annotation(get_args(field.annotation)[0])
+        if kind == "literal_error":
+            loc = loc[:-1]  # the message names the list and the bad choice
+    valid = "a finite number" if kind == "finite_number" else _describe(field) if field else "a mapping of keys"
+    return f"{_path(name, loc)} = {error['input']!r} is invalid; valid: {valid}"
 
 
-class _Section:
-    def validate(self, name: str) -> None:  # overridden where values have ranges
-        return None
+def _field(cls: type[Section], loc: Sequence) -> tuple[type[Section], Optional[FieldInfo]]:
+    """The model holding the last key named in ``loc``, and that key's field (None for no key)."""
+    model, field = cls, None
+    for part in loc:
+        if isinstance(part, str):
+            if field is not None:
+                model = field.annotation  # a nested section
+            field = model.model_fields.get(part)
+    return model, field
 
 
-@dataclasses.dataclass(frozen=True)
-class SyntheticConfig(_Section):
+def _describe(field: FieldInfo) -> str:
+    """What a value must be, in words: the field's Valid text or its type and constraints, then
+    its description (units, what 0 means) in parentheses."""
+    words = next((m.text for m in field.metadata if isinstance(m, Valid)), None) or _words(field)
+    return f"{words} ({field.description})" if field.description else words
+
+
+def _words(field: FieldInfo) -> str:
+    annotation, args = field.annotation, get_args(field.annotation)
+    if type(None) in args:
+        return "null or " + _describe(FieldInfo.from_annotation(next(a for a in args if a is not type(None))))
+    if get_origin(annotation) is Literal:
+        return ", ".join(args)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "a mapping of keys"
+    keys = ("gt", "ge", "lt", "le", "min_length", "max_length")
+    limit = {key: getattr(m, key) for m in field.metadata for key in keys if hasattr(m, key)}
+    if get_origin(annotation) is tuple:
+        item = FieldInfo.from_annotation(args[0])
+        size = limit.get("min_length", 0)
+        kind = f"list of {size}" if size == limit.get("max_length") else "non-empty list" if size else "list"
+        return f"a {kind}, each {'one of ' if get_origin(item.annotation) is Literal else ''}{_describe(item)}"
+    noun = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[annotation]
+    low = f"({limit['gt']}" if "gt" in limit else f"[{limit['ge']}" if "ge" in limit else ""
+    high = f"{limit['lt']})" if "lt" in limit else f"{limit['le']}]" if "le" in limit else ""
+    if low and high:
+        return f"{noun} in {low}, {high}"
+    if low:
+        return f"{noun} {'>' if low[0] == '(' else '>='} {low[1:]}"
+    if high:
+        return f"{noun} {'<' if high[-1] == ')' else '<='} {high[:-1]}"
+    return noun
+
+
+class SyntheticConfig(Section):
     """The embedded default dataset (see :mod:`maskface.synthetic`)."""
 
-    identities: int = 24
-    images_per_identity: int = 12
-    masked_share: float = 0.4
-    min_size: int = 112
+    identities: Annotated[int, Field(ge=2)] = 24
+    images_per_identity: Annotated[int, Field(ge=4)] = 12
+    masked_share: Share = 0.4
+    min_size: Annotated[int, Field(ge=64)] = 112
     max_size: int = 160
     seed: int = 0
 
-    def validate(self, name: str) -> None:
-        if self.identities < 2:
-            raise _fail(f"{name}.identities", self.identities, "an integer >= 2")
-        if self.images_per_identity < 4:
-            raise _fail(f"{name}.images_per_identity", self.images_per_identity, "an integer >= 4")
-        if not 0.0 < self.masked_share < 1.0:
-            raise _fail(f"{name}.masked_share", self.masked_share, "a number in (0, 1)")
-        if not 64 <= self.min_size <= self.max_size:
-            raise _fail(f"{name}.min_size/max_size", (self.min_size, self.max_size), "64 <= min_size <= max_size")
+    @model_validator(mode="after")
+    def _sizes_in_order(self) -> "SyntheticConfig":
+        if self.min_size > self.max_size:
+            raise bad_value("min_size/max_size", (self.min_size, self.max_size), "64 <= min_size <= max_size")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class SplitConfig(_Section):
-    ratios: tuple[float, ...] = (0.7, 0.1, 0.2)
+class SplitConfig(Section):
+    ratios: Items[Share] = Field((0.7, 0.1, 0.2), min_length=3, max_length=3, description="train, val, test")
     seed: int = 0
-    by: str = "identity"
-    pair_types: tuple[str, ...] = ("masked-unmasked",)
-    max_genuine_per_identity: int = 20
+    by: Literal[SPLIT_BY] = "identity"
+    pair_types: Items[Literal[PAIR_TYPES]] = Field(("masked-unmasked",), min_length=1)
+    max_genuine_per_identity: Annotated[int, Field(ge=1)] = 20
 
-    def validate(self, name: str) -> None:
-        if len(self.ratios) != 3:
-            raise _fail(f"{name}.ratios", list(self.ratios), "three numbers [train, val, test]")
-        if any(not 0.0 < r < 1.0 for r in self.ratios):
-            raise _fail(f"{name}.ratios", list(self.ratios), "each ratio in (0, 1)")
+    @model_validator(mode="after")
+    def _ratios_sum_to_one(self) -> "SplitConfig":
         if not math.isclose(sum(self.ratios), 1.0, abs_tol=1e-6):
-            raise _fail(f"{name}.ratios", list(self.ratios), "ratios summing to 1")
-        if self.by not in SPLIT_BY:
-            raise _fail(f"{name}.by", self.by, ", ".join(SPLIT_BY))
-        if not self.pair_types:
-            raise _fail(f"{name}.pair_types", [], ", ".join(PAIR_TYPES))
-        for pair_type in self.pair_types:
-            if pair_type not in PAIR_TYPES:
-                raise _fail(f"{name}.pair_types", pair_type, ", ".join(PAIR_TYPES))
-        if self.max_genuine_per_identity < 1:
-            raise _fail(f"{name}.max_genuine_per_identity", self.max_genuine_per_identity, "an integer >= 1")
+            raise bad_value("ratios", list(self.ratios), "ratios summing to 1")
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class CropConfig(_Section):
+# The crop section's choices, repeated here so that reading params never imports the geometry code.
+ALIGN_POINTS = ("eyes", "all", "auto")
+TEMPLATES = ("facenet", "arcface", "auto")
+BLANKS = ("mean", "constant")
+LANDMARK_SOURCES = ("none", "mtcnn", "ground_truth", "auto")
+
+
+class CropConfig(Section):
     """What the networks see of each face, and how faces are found and aligned.
 
     Modes (maskface.crop): ``none`` the whole face; ``ratio`` the top ``keep_ratio`` of the
@@ -185,276 +235,166 @@ class CropConfig(_Section):
     ``eyes`` and ``mask`` need them, the filter needs MTCNN's.
     """
 
-    mode: str = "none"
-    keep_ratio: float = 0.5  # ratio mode: share of the height kept from the top (0.5 = the study)
-    preview_images: int = 8
+    mode: Literal[CROP_MODES] = "none"
+    # Ratio mode: share of the height kept from the top (0.5 = the study).
+    keep_ratio: Annotated[Number, Field(gt=0, le=1)] = 0.5
+    preview_images: Annotated[int, Field(ge=1)] = 8
     align: bool = False  # similarity-align each face to `template` from its landmarks
-    align_points: str = "eyes"  # eyes | all | auto (all five for unmasked, eyes for masked images)
-    template: str = "facenet"  # facenet (loose) | arcface (tight, insightface) | auto (each backbone's own)
-    eye_line: float = 0.4  # eyes mode: the cut, in eye distances below the eye line
-    blank: str = "mean"  # mask mode: fill the mask with the image mean | constant (blank_value)
-    blank_value: int = 0  # mask mode with blank: constant, grey level 0-255
+    align_points: Literal[ALIGN_POINTS] = "eyes"  # auto: all five for unmasked, eyes for masked images
+    # facenet (loose) | arcface (tight, insightface) | auto (each backbone's own)
+    template: Literal[TEMPLATES] = "facenet"
+    # Eyes mode: the cut.
+    eye_line: Annotated[Number, Field(ge=0.1, le=2, description="eye distances below the eyes")] = 0.4
+    blank: Literal[BLANKS] = "mean"  # mask mode: fill the mask with the image mean | constant (blank_value)
+    blank_value: Annotated[int, Field(ge=0, le=255)] = 0  # mask mode with blank: constant, grey level
     blank_without_mask: bool = True  # mask mode, no mask found: blank where a mask would be
-    nose_line: float = 0.0  # nose mode: grey below this many eye distances under the nose tip
-    landmarks: str = "none"  # none (no detection) | mtcnn | ground_truth (synthetic only) | auto (either, by data.source)
-    detect_pad: float = 0.3  # border added before detection, fraction of the longer side
-    detect_thresholds: tuple[float, ...] = (0.2, 0.3, 0.3)  # MTCNN P/R/O-Net thresholds
-    detect_min_face: int = 20  # smallest face searched for, pixels
-    detect_batch_size: int = 16
-    detect_device: str = "auto"
+    # Nose mode: grey below this line.
+    nose_line: Annotated[Number, Field(ge=-1, le=1, description="eye distances below the nose")] = 0.0
+    # none (no detection) | mtcnn | ground_truth (synthetic only) | auto (either, by data.source)
+    landmarks: Literal[LANDMARK_SOURCES] = "none"
+    # Border added before detection.
+    detect_pad: Annotated[Number, Field(ge=0, le=2, description="fraction of the image side")] = 0.3
+    detect_thresholds: Items[Share] = Field((0.2, 0.3, 0.3), min_length=3, max_length=3)  # MTCNN P/R/O-Net
+    detect_min_face: Annotated[int, Field(ge=12, description="pixels")] = 20  # smallest face searched for
+    detect_batch_size: Annotated[int, Field(ge=1)] = 16
+    detect_device: Literal[DEVICES] = "auto"
     filter: bool = False  # drop images without a face or below min_confidence (split stage)
-    min_confidence: float = 0.9  # MTCNN face probability a kept image needs when filtering
+    # MTCNN face probability a kept image needs when filtering.
+    min_confidence: Annotated[Number, Field(ge=0, lt=1)] = 0.9
 
-    # Not fields (no annotation): the valid choices, repeated here so that reading params
-    # never imports the geometry code.
-    ALIGN_POINTS = ("eyes", "all", "auto")
-    TEMPLATES = ("facenet", "arcface", "auto")
-    BLANKS = ("mean", "constant")
-    LANDMARK_SOURCES = ("none", "mtcnn", "ground_truth", "auto")
+    ALIGN_POINTS: ClassVar[tuple[str, ...]] = ALIGN_POINTS
+    TEMPLATES: ClassVar[tuple[str, ...]] = TEMPLATES
+    BLANKS: ClassVar[tuple[str, ...]] = BLANKS
+    LANDMARK_SOURCES: ClassVar[tuple[str, ...]] = LANDMARK_SOURCES
 
     def for_source(self, source: str) -> "CropConfig":
         """``landmarks: auto`` made concrete for ``data.source``: the renderer's ground truth for
         synthetic data, MTCNN for real photos (the same alignment code either way)."""
         if self.landmarks != "auto":
             return self
-        return dataclasses.replace(self, landmarks="ground_truth" if source == "synthetic" else "mtcnn")
+        return self.model_copy(update={"landmarks": "ground_truth" if source == "synthetic" else "mtcnn"})
 
     @property
     def needs_landmarks(self) -> bool:
         """Whether the split stage finds landmarks (``landmarks`` is not none)."""
         return self.landmarks != "none"
 
-    def validate(self, name: str) -> None:
-        if self.mode not in CROP_MODES:
-            raise _fail(f"{name}.mode", self.mode, ", ".join(CROP_MODES))
-        if not 0.0 < self.keep_ratio <= 1.0:
-            raise _fail(f"{name}.keep_ratio", self.keep_ratio, "a number in (0, 1]")
-        if self.preview_images < 1:
-            raise _fail(f"{name}.preview_images", self.preview_images, "an integer >= 1")
-        if self.align_points not in self.ALIGN_POINTS:
-            raise _fail(f"{name}.align_points", self.align_points, ", ".join(self.ALIGN_POINTS))
-        if self.template not in self.TEMPLATES:
-            raise _fail(f"{name}.template", self.template, ", ".join(self.TEMPLATES))
-        if not 0.1 <= self.eye_line <= 2.0:
-            raise _fail(f"{name}.eye_line", self.eye_line, "a number in [0.1, 2] (eye distances below the eyes)")
-        if self.blank not in self.BLANKS:
-            raise _fail(f"{name}.blank", self.blank, ", ".join(self.BLANKS))
-        if not 0 <= self.blank_value <= 255:
-            raise _fail(f"{name}.blank_value", self.blank_value, "an integer in [0, 255]")
-        if self.landmarks not in self.LANDMARK_SOURCES:
-            raise _fail(f"{name}.landmarks", self.landmarks, ", ".join(self.LANDMARK_SOURCES))
+    @model_validator(mode="after")
+    def _landmarks_for_their_users(self) -> "CropConfig":
         if self.filter and self.landmarks not in ("mtcnn", "auto"):
-            raise _fail(f"{name}.landmarks", self.landmarks, f"mtcnn while {name}.filter is true (it filters on MTCNN's confidence)")
-        if not -1.0 <= self.nose_line <= 1.0:
-            raise _fail(f"{name}.nose_line", self.nose_line, "a number in [-1, 1] (eye distances below the nose)")
-        users = [f"{name}.align is true"] if self.align else []
+            valid = "mtcnn while {section}.filter is true (it filters on MTCNN's confidence)"
+            raise bad_value("landmarks", self.landmarks, valid)
+        users = ["{section}.align is true"] if self.align else []
         if self.mode in ("eyes", "mask", "nose"):
-            users.append(f"{name}.mode is {self.mode}")
+            users.append(f"{{section}}.mode is {self.mode}")
         if users and self.landmarks == "none":
-            raise _fail(f"{name}.landmarks", self.landmarks, f"mtcnn or ground_truth (synthetic data) while {' and '.join(users)}")
-        if not 0.0 <= self.detect_pad <= 2.0:
-            raise _fail(f"{name}.detect_pad", self.detect_pad, "a number in [0, 2] (fraction of the image side)")
-        if len(self.detect_thresholds) != 3 or any(not 0.0 < t < 1.0 for t in self.detect_thresholds):
-            raise _fail(f"{name}.detect_thresholds", list(self.detect_thresholds), "three probabilities in (0, 1)")
-        if self.detect_min_face < 12:
-            raise _fail(f"{name}.detect_min_face", self.detect_min_face, "an integer >= 12 (pixels)")
-        if self.detect_batch_size < 1:
-            raise _fail(f"{name}.detect_batch_size", self.detect_batch_size, "an integer >= 1")
-        if self.detect_device not in DEVICES:
-            raise _fail(f"{name}.detect_device", self.detect_device, ", ".join(DEVICES))
-        if not 0.0 <= self.min_confidence < 1.0:
-            raise _fail(f"{name}.min_confidence", self.min_confidence, "a probability in [0, 1)")
+            valid = f"mtcnn or ground_truth (synthetic data) while {' and '.join(users)}"
+            raise bad_value("landmarks", self.landmarks, valid)
+        return self
 
 
-@dataclasses.dataclass(frozen=True)
-class BackboneConfig(_Section):
+# What fine-tuning updates: all, the embedding head only, or the head and the last n layer groups.
+TrainLayers = Annotated[str, Field(pattern=r"^(all|head|last_0*[1-9][0-9]*)$"), Valid("all, head, last_<n>")]
+
+
+class BackboneConfig(Section):
     """One entry of the ``backbones`` mapping; the mapping key is the registry name."""
 
     weights: str = "none"
-    input_size: Optional[int] = None  # None: the registry's own input size
-    embedding_size: int = 128
-    epochs: int = 3
-    lr: float = 1e-3
-    head_lr: Optional[float] = None  # None: same as lr
-    weight_decay: float = 5e-4
-    batch_size: int = 32
-    train_layers: str = "all"
+    input_size: Optional[Annotated[int, Field(ge=32, le=512)]] = None  # None: the registry's own input size
+    embedding_size: Annotated[int, Field(ge=2)] = 128
+    epochs: Annotated[int, Field(ge=0, description="0: no fine-tuning")] = 3
+    lr: Annotated[Number, Field(gt=0)] = 1e-3
+    head_lr: Optional[Annotated[Number, Field(gt=0)]] = None  # None: same as lr
+    weight_decay: Annotated[Number, Field(ge=0)] = 5e-4
+    batch_size: Annotated[int, Field(ge=2)] = 32
+    train_layers: TrainLayers = "all"
     # Keep pretrained batch-norm statistics; ignored for weights: none (nothing to keep).
     freeze_bn_stats: bool = True
-    optimizer: str = "adamw"  # adamw | sgd (with momentum, Nesterov)
-    momentum: float = 0.9  # sgd only
-    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0 at the last epoch
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: with momentum, Nesterov
+    momentum: Annotated[Number, Field(ge=0, lt=1)] = 0.9  # sgd only
+    # Linear warm-up, then cosine decay to 0 at the last epoch.
+    warmup_epochs: Annotated[Number, Field(ge=0, description="epochs")] = 1.0
     # identity: the embedding head starts as the identity map (embedding_size must equal the
     # backbone's feature size), so fine-tuning starts from the pretrained embedding itself.
-    head_init: str = "random"
+    head_init: Literal["random", "identity"] = "random"
     # Pull toward the pretrained network: this weight times the mean (1 - cosine) between each
     # training image's embedding and the one the untouched network gives it is added to the
     # ArcFace loss, so a few hundred faces cannot drag the embedding far from what millions
     # taught it. 0 = off; needs pretrained weights.
-    anchor: float = 0.0
-
-    # Not fields (no annotation): the valid choices.
-    OPTIMIZERS = ("adamw", "sgd")
-    HEAD_INITS = ("random", "identity")
-
-    def validate(self, name: str) -> None:
-        if self.optimizer not in self.OPTIMIZERS:
-            raise _fail(f"{name}.optimizer", self.optimizer, ", ".join(self.OPTIMIZERS))
-        if not 0.0 <= self.momentum < 1.0:
-            raise _fail(f"{name}.momentum", self.momentum, "a number in [0, 1)")
-        if self.warmup_epochs < 0:
-            raise _fail(f"{name}.warmup_epochs", self.warmup_epochs, "a number >= 0 (epochs)")
-        if self.head_init not in self.HEAD_INITS:
-            raise _fail(f"{name}.head_init", self.head_init, ", ".join(self.HEAD_INITS))
-        if self.anchor < 0:
-            raise _fail(f"{name}.anchor", self.anchor, "a number >= 0 (0: no pull toward the pretrained embedding)")
-        if self.input_size is not None and not 32 <= self.input_size <= 512:
-            raise _fail(f"{name}.input_size", self.input_size, "null or an integer in [32, 512]")
-        if self.embedding_size < 2:
-            raise _fail(f"{name}.embedding_size", self.embedding_size, "an integer >= 2")
-        if self.epochs < 0:
-            raise _fail(f"{name}.epochs", self.epochs, "an integer >= 0 (0: no fine-tuning)")
-        if not self.lr > 0:
-            raise _fail(f"{name}.lr", self.lr, "a number > 0")
-        if self.head_lr is not None and not self.head_lr > 0:
-            raise _fail(f"{name}.head_lr", self.head_lr, "null or a number > 0")
-        if self.weight_decay < 0:
-            raise _fail(f"{name}.weight_decay", self.weight_decay, "a number >= 0")
-        if self.batch_size < 2:
-            raise _fail(f"{name}.batch_size", self.batch_size, "an integer >= 2")
-        valid_layers = ("all", "head", "last_<n>")
-        if self.train_layers not in ("all", "head"):
-            suffix = self.train_layers.removeprefix("last_")
-            if suffix == self.train_layers or not suffix.isdigit() or int(suffix) < 1:
-                raise _fail(f"{name}.train_layers", self.train_layers, ", ".join(valid_layers))
+    anchor: Annotated[Number, Field(ge=0, description="0: no pull toward the pretrained embedding")] = 0.0
 
 
-@dataclasses.dataclass(frozen=True)
-class ArcFaceConfig(_Section):
+class ArcFaceConfig(Section):
     """ArcFace additive angular margin: logits = scale * cos(theta + margin_rad)."""
 
-    scale: float = 30.0
-    margin_rad: float = 0.5
-
-    def validate(self, name: str) -> None:
-        if not self.scale > 0:
-            raise _fail(f"{name}.scale", self.scale, "a number > 0")
-        if not 0.0 <= self.margin_rad < math.pi / 2:
-            raise _fail(f"{name}.margin_rad", self.margin_rad, "radians in [0, pi/2)")
+    scale: Annotated[Number, Field(gt=0)] = 30.0
+    margin_rad: Annotated[Number, Field(ge=0, lt=math.pi / 2), Valid("radians in [0, pi/2)")] = 0.5
 
 
-@dataclasses.dataclass(frozen=True)
-class FinetuneConfig(_Section):
+Unit = Annotated[Number, Field(ge=0, le=1)]
+
+
+class FinetuneConfig(Section):
     """Training settings shared by every backbone (the per-backbone ones are in BackboneConfig)."""
 
     seed: int = 0
-    device: str = "auto"
+    device: Literal[DEVICES] = "auto"
     deterministic: bool = False
     amp: bool = True  # CUDA only: bf16 autocast where supported, else fp16 with a gradient scaler
-    flip_p: float = 0.5
+    flip_p: Unit = 0.5
     # Share of the unmasked training images that get a simulated mask each time they are drawn.
-    mask_augment_p: float = 0.5
-    mask_styles: tuple[str, ...] = ("surgical", "cloth", "n95")
+    mask_augment_p: Unit = 0.5
+    mask_styles: Items[Literal[MASK_STYLES]] = Field(MASK_STYLES, min_length=1)
     # Colour jitter strengths: a factor drawn from [1 - x, 1 + x] per image.
-    brightness: float = 0.2
-    contrast: float = 0.2
-    saturation: float = 0.2
-    grad_clip_norm: float = 5.0  # max global L2 norm of the gradients; 0 = no clipping
-    select_by: str = "auc"  # the validation metric that picks the best epoch: auc | accuracy
-    patience: Optional[int] = None  # stop after this many epochs without a better one; null = never
-    loader_workers: int = 0  # batch-preparing worker processes; 0 = in the training process
+    brightness: Unit = 0.2
+    contrast: Unit = 0.2
+    saturation: Unit = 0.2
+    # The max global L2 norm of the gradients.
+    grad_clip_norm: Annotated[Number, Field(ge=0, description="0: no clipping")] = 5.0
+    select_by: Literal["auc", "accuracy"] = "auc"  # the validation metric that picks the best epoch
+    # Stop after this many epochs without a better one; null = never.
+    patience: Optional[Annotated[int, Field(ge=1)]] = Field(None, description="epochs")
+    # Batch-preparing worker processes; 0 = in the training process.
+    loader_workers: Annotated[int, Field(ge=0)] = 0
     resume: bool = True  # continue from a checkpoint written with the same settings and data
 
-    # Not fields (no annotation): the valid choices. MASK_STYLES repeats maskface.masks's
-    # so that reading params never imports the drawing code.
-    SELECT_BY = ("auc", "accuracy")
-    MASK_STYLES = ("surgical", "cloth", "n95")
-
-    def validate(self, name: str) -> None:
-        if self.device not in DEVICES:
-            raise _fail(f"{name}.device", self.device, ", ".join(DEVICES))
-        for key in ("flip_p", "mask_augment_p", "brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
-                raise _fail(f"{name}.{key}", getattr(self, key), "a number in [0, 1]")
-        if not self.mask_styles:
-            raise _fail(f"{name}.mask_styles", [], ", ".join(self.MASK_STYLES))
-        for style in self.mask_styles:
-            if style not in self.MASK_STYLES:
-                raise _fail(f"{name}.mask_styles", style, ", ".join(self.MASK_STYLES))
-        if self.grad_clip_norm < 0:
-            raise _fail(f"{name}.grad_clip_norm", self.grad_clip_norm, "a number >= 0 (0: no clipping)")
-        if self.select_by not in self.SELECT_BY:
-            raise _fail(f"{name}.select_by", self.select_by, ", ".join(self.SELECT_BY))
-        if self.patience is not None and self.patience < 1:
-            raise _fail(f"{name}.patience", self.patience, "null or an integer >= 1 (epochs)")
-        if self.loader_workers < 0:
-            raise _fail(f"{name}.loader_workers", self.loader_workers, "an integer >= 0")
+    MASK_STYLES: ClassVar[tuple[str, ...]] = MASK_STYLES
 
 
-@dataclasses.dataclass(frozen=True)
-class EmbedConfig(_Section):
-    batch_size: int = 64
-    device: str = "auto"
+class EmbedConfig(Section):
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    device: Literal[DEVICES] = "auto"
     # auto: bf16 where the device computes it natively (CUDA with bf16, CPUs with
     # AVX512-BF16/AMX), whose embeddings agree with fp32 to cosine >= 0.999 (tested); else fp32.
-    precision: str = "auto"
+    precision: Literal[PRECISIONS] = "auto"
     channels_last: bool = True
     flip: bool = True  # flip test-time augmentation: embed each image and its mirror image
 
-    def validate(self, name: str) -> None:
-        if self.batch_size < 1:
-            raise _fail(f"{name}.batch_size", self.batch_size, "an integer >= 1")
-        if self.precision not in PRECISIONS:
-            raise _fail(f"{name}.precision", self.precision, ", ".join(PRECISIONS))
-        if self.device not in DEVICES:
-            raise _fail(f"{name}.device", self.device, ", ".join(DEVICES))
+
+class KnnConfig(Section):
+    n_neighbors: Annotated[int, Field(ge=1)] = 15
+    weights: Literal["uniform", "distance"] = "distance"
 
 
-@dataclasses.dataclass(frozen=True)
-class KnnConfig(_Section):
-    n_neighbors: int = 15
-    weights: str = "distance"
-
-    def validate(self, name: str) -> None:
-        if self.n_neighbors < 1:
-            raise _fail(f"{name}.n_neighbors", self.n_neighbors, "an integer >= 1")
-        if self.weights not in ("uniform", "distance"):
-            raise _fail(f"{name}.weights", self.weights, "uniform, distance")
-
-
-@dataclasses.dataclass(frozen=True)
-class MlpConfig(_Section):
-    hidden_layer_sizes: tuple[int, ...] = (64,)
-    alpha: float = 1e-4
-    max_iter: int = 500
+class MlpConfig(Section):
+    hidden_layer_sizes: Items[Annotated[int, Field(ge=1)]] = Field((64,), min_length=1)
+    alpha: Annotated[Number, Field(ge=0)] = 1e-4
+    max_iter: Annotated[int, Field(ge=1)] = 500
     seed: int = 0
 
-    def validate(self, name: str) -> None:
-        if not self.hidden_layer_sizes or any(h < 1 for h in self.hidden_layer_sizes):
-            raise _fail(f"{name}.hidden_layer_sizes", list(self.hidden_layer_sizes), "a list of integers >= 1")
-        if self.alpha < 0:
-            raise _fail(f"{name}.alpha", self.alpha, "a number >= 0")
-        if self.max_iter < 1:
-            raise _fail(f"{name}.max_iter", self.max_iter, "an integer >= 1")
 
-
-@dataclasses.dataclass(frozen=True)
-class LdaConfig(_Section):
+class LdaConfig(Section):
     """Linear discriminant analysis (lsqr solver) on the pair features, or on embeddings for identities.
 
     ``shrinkage``: null = Ledoit-Wolf (chosen from the data; stable when features outnumber
     the samples per class), a number in [0, 1] = that fixed shrinkage (0 = plain LDA).
     """
 
-    shrinkage: Optional[float] = None
-
-    def validate(self, name: str) -> None:
-        if self.shrinkage is not None and not 0.0 <= self.shrinkage <= 1.0:
-            raise _fail(f"{name}.shrinkage", self.shrinkage, "null (Ledoit-Wolf) or a number in [0, 1]")
+    shrinkage: Annotated[Optional[Unit], Valid("null (Ledoit-Wolf) or a number in [0, 1]")] = None
 
 
-@dataclasses.dataclass(frozen=True)
-class CosineConfig(_Section):
+class CosineConfig(Section):
     """The field's baseline: same person when cosine(a, b) >= the threshold chosen on val.
 
     Nothing to set: the threshold is the whole model. The section exists so that every
@@ -462,8 +402,7 @@ class CosineConfig(_Section):
     """
 
 
-@dataclasses.dataclass(frozen=True)
-class ClassifyConfig(_Section):
+class ClassifyConfig(Section):
     """Training pairs for the pair classifier, and how its decision threshold is chosen.
 
     The threshold pairs are drawn from the validation identities, of the types in
@@ -472,52 +411,29 @@ class ClassifyConfig(_Section):
     the threshold on them (:func:`maskface.metrics.choose_threshold`).
     """
 
-    train_pairs_per_identity: int = 30
+    train_pairs_per_identity: Annotated[int, Field(ge=1)] = 30
     seed: int = 0
-    threshold_rule: str = "one_se"
-    threshold_pair_types: tuple[str, ...] = ("masked-unmasked", "unmasked-unmasked")
-    threshold_pairs_per_identity: int = 30
-
-    def validate(self, name: str) -> None:
-        for key in ("train_pairs_per_identity", "threshold_pairs_per_identity"):
-            if getattr(self, key) < 1:
-                raise _fail(f"{name}.{key}", getattr(self, key), "an integer >= 1")
-        if self.threshold_rule not in THRESHOLD_RULES:
-            raise _fail(f"{name}.threshold_rule", self.threshold_rule, ", ".join(THRESHOLD_RULES))
-        if not self.threshold_pair_types:
-            raise _fail(f"{name}.threshold_pair_types", [], ", ".join(PAIR_TYPES))
-        for pair_type in self.threshold_pair_types:
-            if pair_type not in PAIR_TYPES:
-                raise _fail(f"{name}.threshold_pair_types", pair_type, ", ".join(PAIR_TYPES))
+    threshold_rule: Literal[THRESHOLD_RULES] = "one_se"
+    threshold_pair_types: Items[Literal[PAIR_TYPES]] = Field(
+        ("masked-unmasked", "unmasked-unmasked"), min_length=1
+    )
+    threshold_pairs_per_identity: Annotated[int, Field(ge=1)] = 30
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluateConfig(_Section):
+class EvaluateConfig(Section):
     """Test-set metrics: curve resolution, TAR@FAR levels, bootstrap and the plot details."""
 
-    roc_points: int = 200
-    fars: tuple[float, ...] = (1e-2, 1e-3)
-    bootstrap: int = 1000  # resamples over identities for the 95 % intervals; 0 = none
+    roc_points: Annotated[int, Field(ge=2)] = 200
+    fars: Items[Share] = Field((1e-2, 1e-3), min_length=1)
+    # Resamples over identities for the 95 % intervals.
+    bootstrap: Annotated[int, Field(ge=0, description="0: no intervals")] = 1000
     seed: int = 0
-    histogram_bins: int = 40
-    worst_pairs: int = 6  # false accepts and false rejects shown on each worst-pairs sheet
+    histogram_bins: Annotated[int, Field(ge=2)] = 40
+    # False accepts and false rejects shown on each worst-pairs sheet.
+    worst_pairs: Annotated[int, Field(ge=0, description="0: no sheet")] = 6
     # The recommended backbone: the first entry of `backbones` whose val ROC AUC is within this
     # of the best. A few hundred val pairs cannot rank AUCs closer than that (standard error ~0.04).
-    recommend_tolerance: float = 0.01
-
-    def validate(self, name: str) -> None:
-        if not 0.0 <= self.recommend_tolerance < 0.5:
-            raise _fail(f"{name}.recommend_tolerance", self.recommend_tolerance, "an AUC difference in [0, 0.5)")
-        if self.roc_points < 2:
-            raise _fail(f"{name}.roc_points", self.roc_points, "an integer >= 2")
-        if not self.fars or any(not 0.0 < far < 1.0 for far in self.fars):
-            raise _fail(f"{name}.fars", list(self.fars), "a non-empty list of rates in (0, 1)")
-        if self.bootstrap < 0:
-            raise _fail(f"{name}.bootstrap", self.bootstrap, "an integer >= 0 (0: no intervals)")
-        if self.histogram_bins < 2:
-            raise _fail(f"{name}.histogram_bins", self.histogram_bins, "an integer >= 2")
-        if self.worst_pairs < 0:
-            raise _fail(f"{name}.worst_pairs", self.worst_pairs, "an integer >= 0 (0: no sheet)")
+    recommend_tolerance: Annotated[Number, Field(ge=0, lt=0.5, description="an AUC difference")] = 0.01
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:

@@ -43,7 +43,7 @@ import functools
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -73,12 +73,12 @@ _EYES_KEYS = ("eye_line", "template")
 _MASK_KEYS = ("blank", "blank_value", "blank_without_mask", "template")
 _NOSE_KEYS = ("nose_line", "template")
 _DETECT_KEYS = ("landmarks", "detect_pad", "detect_thresholds", "detect_min_face", "detect_device")
-_DEFAULTS = {key: value for key, value in asdict(CropConfig()).items() if key != "preview_images"}
+_DEFAULTS = {key: value for key, value in CropConfig().model_dump().items() if key != "preview_images"}
 
 
 def crop_settings(config: CropConfig | Mapping[str, Any]) -> dict:
     """The ``crop`` block of preprocess.json: the keys the configured preprocessing uses."""
-    values = asdict(config) if isinstance(config, CropConfig) else {**_DEFAULTS, **dict(config)}
+    values = config.model_dump() if isinstance(config, CropConfig) else {**_DEFAULTS, **dict(config)}
     keys = list(_BASE_KEYS)
     mode, align = values["mode"], bool(values.get("align", False))
     if align:

@@ -32,7 +32,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from maskface.config import PAIR_TYPES
+from maskface.config import PAIR_TYPES, parse_section
 from maskface.datasets import EXTRA_SOURCES
 from maskface.errors import InputError
 from maskface.metrics import (
@@ -88,8 +88,8 @@ def read_dataset(
     for name, value in (("--max-identities", max_identities), ("--max-images-per-identity", max_images_per_identity)):
         if value is not None and value < 2:
             raise InputError(f"{name} {value!r} is invalid; valid: an integer >= 2")
-    config = DataConfig(source=source, root=str(root), unmasked_root=unmasked_root, masked_pattern=masked_pattern, workers=workers)
-    config.validate("data")
+    raw = {"source": source, "root": str(root), "unmasked_root": unmasked_root, "masked_pattern": masked_pattern, "workers": workers}
+    config = parse_section(DataConfig, raw, "data")
     result = build_manifest(config, None)
     manifest = result.manifest
     rng = np.random.default_rng(seed)

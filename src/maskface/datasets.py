@@ -29,13 +29,14 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple, Optional
+from typing import Annotated, Any, Literal, NamedTuple, Optional
 
 import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from maskface.config import ConfigError, SyntheticConfig, _Section
+from maskface.config import ConfigError, Items, Section, SyntheticConfig, Valid, bad_value
 from maskface.errors import UserError
 from maskface.imageio import sniff_format, to_rgb
 from maskface.tables import read_csv, write_csv
@@ -89,71 +90,47 @@ class DatasetError(UserError, RuntimeError):
     """A dataset root is missing, malformed, or yields no usable image."""
 
 
-def _fail(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"params: {key} = {value!r} is invalid; valid: {valid}")
+# One more dataset, "kind:root".
+SourceEntry = Annotated[
+    str,
+    Field(pattern=rf"(?s)^(?:{'|'.join(EXTRA_SOURCES)}):.*\S"),
+    Valid(f"'<kind>:<root>' with kind one of {', '.join(EXTRA_SOURCES)}"),
+]
+NonEmpty = Annotated[str, Field(pattern=r"\S")]
+NonEmptyPath = Annotated[NonEmpty, Valid("a non-empty path")]
 
 
-@dataclasses.dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(Section):
     """The ``data`` params section: where images come from and what counts as usable.
 
     ``root`` and the roots in ``extra_sources`` ("kind:root") are relative to the working
     directory. ``min_side`` is in pixels; ``max_pixels`` bounds width * height.
     """
 
-    source: str = "synthetic"
-    root: str = "data/external"
-    synthetic: SyntheticConfig = dataclasses.field(default_factory=SyntheticConfig)
-    extra_sources: tuple[str, ...] = ()
+    source: Literal[SOURCES] = "synthetic"
+    root: NonEmptyPath = "data/external"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    extra_sources: Items[SourceEntry] = ()
     # Other collections ("kind:root") used only for validation pairs while fine-tuning: never
     # trained on, never in the test pairs; they tell fine-tuning when it starts to forget.
-    validation_sources: tuple[str, ...] = ()
-    unmasked_root: Optional[str] = None
-    masked_pattern: str = "mask"
-    min_side: int = 32
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    workers: int = 2
-    min_images_per_identity: int = 2
+    validation_sources: Items[SourceEntry] = ()
+    unmasked_root: Optional[NonEmptyPath] = None
+    masked_pattern: Annotated[NonEmpty, Valid("a non-empty string such as 'mask'")] = "mask"
+    min_side: Annotated[int, Field(ge=1, description="pixels")] = 32
+    max_pixels: Annotated[int, Field(ge=1, description="width * height")] = DEFAULT_MAX_PIXELS
+    workers: Annotated[int, Field(ge=1, description="1: no worker processes")] = 2
+    min_images_per_identity: Annotated[int, Field(ge=1)] = 2
 
-    def validate(self, name: str) -> None:
-        if self.source not in SOURCES:
-            raise _fail(f"{name}.source", self.source, ", ".join(SOURCES))
-        if not self.root.strip():
-            raise _fail(f"{name}.root", self.root, "a non-empty path")
-        for key in ("extra_sources", "validation_sources"):
-            for index, entry in enumerate(getattr(self, key)):
-                kind, sep, root = entry.partition(":")
-                if not sep or kind not in EXTRA_SOURCES or not root.strip():
-                    raise _fail(
-                        f"{name}.{key}[{index}]",
-                        entry,
-                        f"'<kind>:<root>' with kind one of {', '.join(EXTRA_SOURCES)}",
-                    )
-        if self.unmasked_root is not None:
-            if self.source != "smfrd":
-                raise _fail(
-                    f"{name}.unmasked_root",
-                    self.unmasked_root,
-                    f"null unless {name}.source is smfrd (it is {self.source!r})",
-                )
-            if not self.unmasked_root.strip():
-                raise _fail(f"{name}.unmasked_root", self.unmasked_root, "null or a non-empty path")
-        if not self.masked_pattern.strip():
-            raise _fail(f"{name}.masked_pattern", self.masked_pattern, "a non-empty string such as 'mask'")
-        if self.min_side < 1:
-            raise _fail(f"{name}.min_side", self.min_side, "an integer >= 1 (pixels)")
-        if self.max_pixels < 1:
-            raise _fail(f"{name}.max_pixels", self.max_pixels, "an integer >= 1 (width * height)")
+    @model_validator(mode="after")
+    def _consistent(self) -> "DataConfig":
+        if self.unmasked_root is not None and self.source != "smfrd":
+            valid = f"null unless {{section}}.source is smfrd (it is {self.source!r})"
+            raise bad_value("unmasked_root", self.unmasked_root, valid)
         if self.max_pixels < self.min_side * self.min_side:
-            raise _fail(
-                f"{name}.max_pixels",
-                self.max_pixels,
-                f"an integer >= min_side**2 = {self.min_side * self.min_side}, or no image could pass",
-            )
-        if self.workers < 1:
-            raise _fail(f"{name}.workers", self.workers, "an integer >= 1 (1: no worker processes)")
-        if self.min_images_per_identity < 1:
-            raise _fail(f"{name}.min_images_per_identity", self.min_images_per_identity, "an integer >= 1")
+            square = self.min_side * self.min_side
+            valid = f"an integer >= min_side**2 = {square}, or no image could pass"
+            raise bad_value("max_pixels", self.max_pixels, valid)
+        return self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,7 +166,8 @@ def build_validation_manifest(cfg: DataConfig) -> Optional["ManifestResult"]:
     manifests, rejected, reports = [], [], {}
     for index, entry in enumerate(cfg.validation_sources):
         kind, _, root = entry.partition(":")
-        one = dataclasses.replace(cfg, source=kind, root=root, extra_sources=(), validation_sources=(), unmasked_root=None)
+        alone = {"source": kind, "root": root, "extra_sources": (), "validation_sources": (), "unmasked_root": None}
+        one = cfg.model_copy(update=alone)
         result = build_manifest(one)
         manifest = result.manifest.copy()
         manifest["identity"] = f"xval-{kind}-{index}/" + manifest["identity"].astype(str)

@@ -154,6 +154,7 @@ def simulate_masks(
     Returns:
         The manifest written to ``dst_root/manifest.csv`` (columns :data:`MANIFEST_COLUMNS`).
     """
+    from maskface.config import parse_section
     from maskface.datasets import DataConfig, build_manifest, write_table
     from maskface.geometry import FaceDetector, template_points
 
@@ -174,8 +175,7 @@ def simulate_masks(
     if dst_root.exists() and any(dst_root.iterdir()) and not overwrite:
         raise ValueError(f"output {dst_root} is not empty; choose an empty folder or pass overwrite")
 
-    config = DataConfig(source=source_kind, root=src_root, workers=max(1, int(workers)))
-    config.validate("data")
+    config = parse_section(DataConfig, {"source": source_kind, "root": src_root, "workers": max(1, int(workers))}, "data")
     result = build_manifest(config)
     images = result.manifest
     label = f"{source_kind}/"

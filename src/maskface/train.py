@@ -350,11 +350,11 @@ def checkpoint_fingerprint(
     cross_val_pairs_path: Path | None = None,
 ) -> str:
     """SHA-256 of everything that decides the trained weights: settings, crops, pairs, process count."""
-    settings = {k: v for k, v in asdict(config).items() if k not in _EXECUTION_ONLY}
+    settings = {k: v for k, v in config.model_dump().items() if k not in _EXECUTION_ONLY}
     payload = {
         "backbone": backbone,
-        "backbone_config": asdict(backbone_config),
-        "arcface": asdict(arcface),
+        "backbone_config": backbone_config.model_dump(),
+        "arcface": arcface.model_dump(),
         "finetune": settings,
         "world_size": world_size,
         "crops": {name: file_sha256(crops_dir / name) for name in (IMAGES_FILE, "index.csv", PREPROCESS_FILE)},
@@ -714,9 +714,9 @@ def _finetune(
         "processes": context.world_size,
         "precision": _dtype_name(dtype),
         "settings": {
-            "backbone": asdict(backbone_config),
-            "arcface": asdict(arcface),
-            "finetune": asdict(config),
+            "backbone": backbone_config.model_dump(),
+            "arcface": arcface.model_dump(),
+            "finetune": config.model_dump(),
         },
     }
     if context.is_main:
