@@ -233,7 +233,7 @@ def test_best_epoch_is_kept_and_patience_stops(toy_crops, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     # Scripted validation AUCs for epochs 0..: best at epoch 1, then two worse epochs.
     aucs = iter([0.50, 0.70, 0.60, 0.65, 0.99, 0.99])
-    monkeypatch.setattr(train, "validate", lambda *args, **kwargs: (0.5, next(aucs)))
+    monkeypatch.setattr(train, "pair_metrics", lambda *args, **kwargs: (0.5, next(aucs)))
     states = {}
 
     def remember(result):
