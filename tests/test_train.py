@@ -1,5 +1,6 @@
-"""Fine-tuning: schedule, optimiser groups, precision choice, data, resume, early stopping."""
+"""Fine-tuning: schedule, optimiser groups, precision choice, data, the Trainer's steps, resume, early stopping."""
 
+import contextlib
 import json
 import logging
 import math
@@ -10,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader
 
 import maskface.train as train
@@ -22,6 +24,7 @@ from maskface.train import (
     BatchSource,
     EpochResult,
     StopTraining,
+    Trainer,
     build_optimizer,
     cosine_schedule,
     finetune,
@@ -156,6 +159,147 @@ def test_batch_source_is_the_same_in_worker_processes(toy_crops):
     assert pickle.loads(pickle.dumps(source))._images is None
 
 
+# --------------------------------------------------------------------------- the Trainer's steps, one by one
+
+
+@contextlib.contextmanager
+def seeded(config=DETERMINISTIC):
+    # As finetune() does before building a Trainer; the global switches are put back after.
+    previous = seed_everything(config.seed, config.deterministic)
+    try:
+        yield
+    finally:
+        restore_determinism(previous)
+
+
+def _trainer(toy_crops, root, backbone_config=SMALL, config=DETERMINISTIC, **kwargs):
+    return Trainer(
+        "alexnet", toy_crops["crops"], toy_crops["val"], root / "model", root / "live",
+        backbone_config, ARC, config, progress=False, **kwargs,
+    )
+
+
+def _brute_force_accuracy(scores, labels):
+    # The best accuracy of "same when score >= t" over every threshold that changes a decision.
+    return max(np.mean((scores >= t) == labels) for t in [*np.unique(scores), np.inf])
+
+
+def test_validate_scores_the_untouched_network_as_epoch_0(toy_crops, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    xval = toy_crops["val"].with_name("test.csv")  # other identities stand in for another collection
+    with seeded():
+        trainer = _trainer(toy_crops, tmp_path, backbone_config=SMALL.model_copy(update={"epochs": 1}), cross_val_pairs_path=xval)
+        scores = trainer.validate()
+
+        # Oracle: the same network's embeddings by a plain forward pass, scikit-learn's AUC and
+        # the best threshold found by trying them all.
+        images, index = open_crops(toy_crops["crops"])
+        row_of = {path: row for row, path in enumerate(index["path"])}
+        trainer.model.eval()
+        for pairs_path, accuracy, auc in ((toy_crops["val"], scores.accuracy, scores.auc), (xval, scores.xval_accuracy, scores.xval_auc)):
+            pairs = pd.read_csv(pairs_path)
+            with torch.no_grad():
+                a = trainer.model(torch.from_numpy(images[pairs["path_a"].map(row_of).to_numpy()])).numpy()
+                b = trainer.model(torch.from_numpy(images[pairs["path_b"].map(row_of).to_numpy()])).numpy()
+            similarity = (a * b).sum(axis=1)
+            labels = pairs["label"].astype(bool).to_numpy()
+            assert auc == pytest.approx(roc_auc_score(labels, similarity), abs=1e-9)
+            assert accuracy == pytest.approx(_brute_force_accuracy(similarity, labels), abs=1e-9)
+
+        # The whole run's epoch 0 is that score, and it is the first candidate for the kept epoch.
+        summary = trainer.fit()
+    before = summary["before"]
+    assert (before["val_accuracy"], before["val_auc"], before["xval_accuracy"], before["xval_auc"]) == tuple(scores)
+    assert summary["selected_on"] == "val+xval"
+    assert trainer.initial.epoch == 0 and math.isnan(trainer.initial.loss)
+
+
+def test_train_epoch_takes_the_scheduled_steps_and_moves_only_trainable_layers(toy_crops, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with seeded():
+        trainer = _trainer(toy_crops, tmp_path)
+        frozen = trainer.model.trunk.conv1[0].weight.detach().clone()
+        trained = trainer.model.trunk.conv5[0].weight.detach().clone()
+        loss, multiplier = trainer.train_epoch(1)
+    # One process, incomplete batches dropped: floor(train images / batch) optimiser steps.
+    n_train = int((open_crops(toy_crops["crops"])[1]["split"] == "train").sum())
+    steps = n_train // SMALL.batch_size
+    assert trainer.steps_per_epoch == steps and trainer.step == steps
+    # The multiplier of the epoch's last step: linear warm-up over warmup_epochs, then cosine.
+    warmup = min(2 * steps, round(SMALL.warmup_epochs * steps))
+    assert multiplier == pytest.approx(cosine_schedule(steps - 1, 2 * steps, warmup))
+    assert math.isfinite(loss) and loss > 0
+    assert torch.equal(trainer.model.trunk.conv1[0].weight, frozen)  # train_layers last_2
+    assert not torch.equal(trainer.model.trunk.conv5[0].weight, trained)
+    assert trainer.history == [] and trainer.epoch == 0  # train_epoch records nothing
+
+
+def _result(epoch, auc):
+    return EpochResult(epoch, float("nan") if epoch == 0 else 1.0, 1.0, 0.5, auc, 0.0)
+
+
+def test_record_keeps_the_best_epoch_and_should_stop_after_patience_epochs(toy_crops, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    trainer = _trainer(toy_crops, tmp_path, backbone_config=SMALL.model_copy(update={"epochs": 6}), config=FinetuneConfig(patience=2))
+    weights = {}
+    for epoch, auc in enumerate([0.5, 0.7, 0.6, 0.65]):
+        with torch.no_grad():  # a different network each epoch, to see which one is kept
+            trainer.model.head[1].weight.fill_(epoch)
+        weights[epoch] = trainer.model.head[1].weight.detach().clone()
+        trainer.record(_result(epoch, auc))
+        # Better than every earlier epoch resets the count; patience = 2 worse ones in a row stops.
+        assert trainer.should_stop() == (epoch == 3), epoch
+    assert (trainer.best_epoch, trainer.best_score, trainer.bad_epochs) == (1, 0.7, 2)
+    assert torch.equal(trainer.best_state["head.1.weight"], weights[1])
+    assert [r.epoch for r in trainer.history] == [1, 2, 3] and trainer.initial.epoch == 0
+
+    # An equal score is not better; at the last epoch there is nothing left to stop.
+    trainer.record(_result(4, 0.7))
+    assert (trainer.best_epoch, trainer.bad_epochs, trainer.should_stop()) == (1, 3, True)
+    trainer.record(_result(5, 0.6))
+    trainer.record(_result(6, 0.6))
+    assert trainer.bad_epochs == 5 and not trainer.should_stop()
+    # Without patience it never stops.
+    endless = _trainer(toy_crops, tmp_path / "endless", backbone_config=SMALL.model_copy(update={"epochs": 6}))
+    for epoch, auc in enumerate([0.9, 0.1, 0.1, 0.1]):
+        endless.record(_result(epoch, auc))
+    assert endless.bad_epochs == 3 and not endless.should_stop()
+
+
+def test_resume_from_a_checkpoint_continues_as_if_never_stopped(toy_crops, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    checkpoints = tmp_path / "ck"
+    with seeded():
+        first = _trainer(toy_crops, tmp_path / "first", checkpoint_dir=checkpoints)
+        first.validate_untouched()
+        first.run_epoch(1)
+        first.save_checkpoint()
+        after_one = {k: v.clone() for k, v in first.model.state_dict().items()}
+        step = first.step
+        first.run_epoch(2)
+    assert step == first.steps_per_epoch
+
+    with seeded():
+        second = _trainer(toy_crops, tmp_path / "second", checkpoint_dir=checkpoints)
+        random.seed(1), np.random.seed(1), torch.manual_seed(1)  # resume puts the generators back too
+        assert second.resume()
+        assert (second.epoch, second.step, second.resumed_from) == (1, step, 1)
+        assert all(torch.equal(v, after_one[k]) for k, v in second.model.state_dict().items())
+        assert second.history == first.history[:1]
+        assert second.best_score == max(first.initial.val_auc, first.history[0].val_auc)
+        assert (second.initial.val_accuracy, second.initial.val_auc) == (first.initial.val_accuracy, first.initial.val_auc)
+        second.run_epoch(2)
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(second.model.state_dict()[key], value), key
+    assert second.history[1].loss == first.history[1].loss and second.best_epoch == first.best_epoch
+
+    # Other settings, or resume off: the checkpoint is not used and nothing changes.
+    other = _trainer(toy_crops, tmp_path / "other", backbone_config=SMALL.model_copy(update={"lr": 5e-4}), checkpoint_dir=checkpoints)
+    off = _trainer(toy_crops, tmp_path / "off", config=DETERMINISTIC.model_copy(update={"resume": False}), checkpoint_dir=checkpoints)
+    for trainer in (other, off):
+        assert not trainer.resume() and trainer.epoch == 0 and trainer.step == 0 and trainer.history == []
+
+
 # --------------------------------------------------------------------------- whole runs
 
 
@@ -232,7 +376,7 @@ def test_best_epoch_is_kept_and_patience_stops(toy_crops, tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     # Scripted validation AUCs for epochs 0..: best at epoch 1, then two worse epochs.
     aucs = iter([0.50, 0.70, 0.60, 0.65, 0.99, 0.99])
-    monkeypatch.setattr(train, "validate", lambda *args, **kwargs: (0.5, next(aucs)))
+    monkeypatch.setattr(train, "pair_metrics", lambda *args, **kwargs: (0.5, next(aucs)))
     states = {}
 
     def remember(result):

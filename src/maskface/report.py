@@ -170,9 +170,23 @@ def render_report(
         bootstrap: resamples behind the intervals (0: none).
         recommended: :func:`maskface.evaluate.recommend`'s choice, stated under Setup.
     """
-    settings = settings or {}
     fars = _fars_of(results)
-    lines = [
+    lines = _introduction(bootstrap)
+    lines += _setup_section(results, settings or {}, crop, recommended)
+    if data:
+        lines += _data_section(data)
+    lines += _verification_section(results, fars)
+    lines += _pair_type_section(results, fars)
+    lines += _confusion_section(results)
+    lines += _identification_section(results)
+    if plots:
+        lines += _plots_section(plots, report_dir)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _introduction(bootstrap: int) -> list[str]:
+    """The title and how every number below was measured."""
+    return [
         "# Evaluation report",
         "",
         "_Written by the `evaluate` stage on every run; do not edit by hand._",
@@ -192,20 +206,37 @@ def render_report(
         + f"TAR @ FAR gives the number of impostor pairs behind it; {NOT_ACHIEVABLE} marks a FAR below "
         "1 / that number, where the figure is really TAR at zero false accepts.",
         "",
-        "## Setup",
-        "",
     ]
-    crop_text = "none (whole face)"
+
+
+def _crop_text(crop: Optional[Mapping]) -> str:
     if crop and crop.get("mode") == "ratio":
-        crop_text = f"ratio: the top {100 * float(crop.get('keep_ratio', 0.5)):.0f} % of the face height, resized to square"
-    elif crop and crop.get("mode") in ("eyes", "mask", "nose"):
-        crop_text = {
+        return f"ratio: the top {100 * float(crop.get('keep_ratio', 0.5)):.0f} % of the face height, resized to square"
+    if crop and crop.get("mode") in ("eyes", "mask", "nose"):
+        return {
             "eyes": "eyes: everything above a line below the eyes, resized to square",
             "mask": "mask: the mask (or where one would be) blanked",
             "nose": "nose: everything below the nose line greyed, on every photo",
         }[crop["mode"]]
-    lines.append(f"Crop: {crop_text}.")
-    lines.append("")
+    return "none (whole face)"
+
+
+def _started_text(block: Mapping, weights: Any) -> str:
+    """What a backbone's trunk started from: the resolved weights file, from scratch, or the spec asked for."""
+    started = block.get("started_from")
+    if started:
+        return f"{started['spec']} ({started['origin']}, sha256 {started['sha256'][:12]})"
+    if "started_from" in block or weights in (None, "none"):
+        # Known to be random (auto found no file), or asked to be.
+        return "none (from scratch)"
+    return str(weights)
+
+
+def _setup_section(
+    results: Mapping[str, Mapping], settings: Mapping[str, Mapping], crop: Optional[Mapping], recommended: Optional[Mapping]
+) -> list[str]:
+    """The crop, the recommended model, and per backbone its weights, sizes, classifier and threshold."""
+    lines = ["## Setup", "", f"Crop: {_crop_text(crop)}.", ""]
     if recommended:
         lines.append(
             f"Recommended model: **{recommended['backbone']}** (`{recommended['model_folder']}`), chosen on the "
@@ -213,22 +244,13 @@ def render_report(
             f"`evaluate.recommend_tolerance` of the best ({number(recommended['best_val_roc_auc'], 4)})."
         )
         lines.append("")
-    setup_rows = []
+    rows = []
     for backbone, block in results.items():
         s = settings.get(backbone, {})
-        weights = s.get("weights")
-        started = block.get("started_from")
-        if started:
-            started_text = f"{started['spec']} ({started['origin']}, sha256 {started['sha256'][:12]})"
-        elif "started_from" in block or weights in (None, "none"):
-            # Known to be random (auto found no file), or asked to be.
-            started_text = "none (from scratch)"
-        else:
-            started_text = str(weights)
-        setup_rows.append(
+        rows.append(
             [
                 backbone,
-                started_text,
+                _started_text(block, s.get("weights")),
                 number(s.get("input_size")) if s.get("input_size") is not None else "default",
                 number(s.get("embedding_size")) if s.get("embedding_size") is not None else "?",
                 number(s.get("epochs")) if s.get("epochs") is not None else "?",
@@ -239,24 +261,30 @@ def render_report(
         )
     lines += _table(
         ["backbone", "started from", "input px", "embedding", "fine-tuning epochs", "classifier", "threshold", "val accuracy"],
-        setup_rows,
+        rows,
     )
     lines.append("")
-    if data:
-        lines += _data_section(data)
+    return lines
 
-    header = ["backbone", "classifier", "accuracy", "k-fold accuracy", "F1", "ROC AUC", "EER", *map(_far_label, fars)]
-    lines += ["## Verification, all pair types", ""]
+
+def _verification_header(fars: list[float]) -> list[str]:
+    return ["backbone", "classifier", "accuracy", "k-fold accuracy", "F1", "ROC AUC", "EER", *map(_far_label, fars)]
+
+
+def _verification_section(results: Mapping[str, Mapping], fars: list[float]) -> list[str]:
+    """One row per backbone over all test pairs, and one for its cosine baseline when there is one."""
     rows = []
     for backbone, block in results.items():
         rows.append([backbone, str(block.get("classifier", "?")), *_verification_cells(block, fars)])
         baseline = block.get("cosine_baseline")
         if baseline:
             rows.append([backbone, "cosine (baseline)", *_verification_cells(baseline, fars)])
-    lines += _table(header, rows)
-    lines.append("")
+    return ["## Verification, all pair types", "", *_table(_verification_header(fars), rows), ""]
 
-    lines += ["## Verification by pair type", ""]
+
+def _pair_type_section(results: Mapping[str, Mapping], fars: list[float]) -> list[str]:
+    """Per backbone, one table of its pair types (masked-unmasked, ...), classifier and cosine baseline."""
+    lines = ["## Verification by pair type", ""]
     for backbone, block in results.items():
         types = _pair_types(block)
         if not types:
@@ -273,68 +301,74 @@ def render_report(
                     rows.append([pair_type, scorer, counts, f"n/a: {sub['note']}"] + [""] * (4 + len(fars)))
                 else:
                     rows.append([pair_type, scorer, counts, *_verification_cells(sub, fars)])
-        lines += _table(["pair type", "classifier", "pairs (genuine)", *header[2:]], rows)
+        lines += _table(["pair type", "classifier", "pairs (genuine)", *_verification_header(fars)[2:]], rows)
         lines.append("")
+    return lines
 
-    lines += ["## Confusion counts at the validation threshold", ""]
-    lines += _table(
-        ["backbone", "classifier", "threshold", "tp", "fp", "tn", "fn", "precision", "recall"],
+
+def _confusion_section(results: Mapping[str, Mapping]) -> list[str]:
+    rows = [
         [
+            backbone,
+            str(block.get("classifier", "?")),
+            number(block.get("threshold"), 4),
+            *(number(block.get(k)) for k in ("tp", "fp", "tn", "fn", "precision", "recall")),
+        ]
+        for backbone, block in results.items()
+    ]
+    header = ["backbone", "classifier", "threshold", "tp", "fp", "tn", "fn", "precision", "recall"]
+    return ["## Confusion counts at the validation threshold", "", *_table(header, rows), ""]
+
+
+def _identification_section(results: Mapping[str, Mapping]) -> list[str]:
+    """Rank-1 / rank-5 of the closed-set runs (split.by: image); nothing when there are none."""
+    identified = {b: block["identification"] for b, block in results.items() if block.get("identification")}
+    if not identified:
+        return []
+    rows = []
+    for backbone, ident in identified.items():
+        by_type = ident.get("by_query_type") or {}
+        rows.append(
             [
                 backbone,
-                str(block.get("classifier", "?")),
-                number(block.get("threshold"), 4),
-                *(number(block.get(k)) for k in ("tp", "fp", "tn", "fn", "precision", "recall")),
+                str(results[backbone].get("classifier", "?")),
+                str(ident.get("n_queries")),
+                with_interval(ident.get("rank_1"), _interval(ident, "rank_1")),
+                with_interval(ident.get("rank_5"), _interval(ident, "rank_5")),
+                number((by_type.get("masked") or {}).get("rank_1")),
+                number((by_type.get("unmasked") or {}).get("rank_1")),
             ]
-            for backbone, block in results.items()
-        ],
-    )
-    lines.append("")
+        )
+    return [
+        "## Closed-set identification",
+        "",
+        "Each test image is ranked against every training identity (split.by: image); "
+        "ties count against the true identity.",
+        "",
+        *_table(["backbone", "classifier", "queries", "rank-1", "rank-5", "rank-1 masked", "rank-1 unmasked"], rows),
+        "",
+    ]
 
-    identified = {b: block["identification"] for b, block in results.items() if block.get("identification")}
-    if identified:
-        lines += [
-            "## Closed-set identification",
-            "",
-            "Each test image is ranked against every training identity (split.by: image); "
-            "ties count against the true identity.",
-            "",
-        ]
-        rows = []
-        for backbone, ident in identified.items():
-            by_type = ident.get("by_query_type") or {}
-            rows.append(
-                [
-                    backbone,
-                    str(results[backbone].get("classifier", "?")),
-                    str(ident.get("n_queries")),
-                    with_interval(ident.get("rank_1"), _interval(ident, "rank_1")),
-                    with_interval(ident.get("rank_5"), _interval(ident, "rank_5")),
-                    number((by_type.get("masked") or {}).get("rank_1")),
-                    number((by_type.get("unmasked") or {}).get("rank_1")),
-                ]
-            )
-        lines += _table(["backbone", "classifier", "queries", "rank-1", "rank-5", "rank-1 masked", "rank-1 unmasked"], rows)
-        lines.append("")
 
-    if plots:
-        lines += [
-            "## Plots",
-            "",
-            "`dvc plots show` renders the CSV data (confusion, ROC, DET, score histograms) and the "
-            "images; `dvc plots diff <exp> <exp>` overlays experiments.",
-            "",
-        ]
-        for backbone, paths in plots.items():
-            existing = {kind: Path(path) for kind, path in paths.items() if Path(path).exists()}
-            if not existing:
-                continue
-            lines += [f"### {backbone}", ""]
-            if "curves" in existing:
-                lines += [f"![{backbone}: ROC, DET and score histograms]({_link(existing['curves'], report_dir)})", ""]
-            links = [f"[{PLOT_LABELS.get(kind, kind)}]({_link(path, report_dir)})" for kind, path in existing.items()]
-            lines += ["- " + " · ".join(links), ""]
-    return "\n".join(lines).rstrip() + "\n"
+def _plots_section(plots: Mapping[str, Mapping[str, Path]], report_dir: Path) -> list[str]:
+    """Per backbone, the curves image inline and links to every plot file that exists."""
+    lines = [
+        "## Plots",
+        "",
+        "`dvc plots show` renders the CSV data (confusion, ROC, DET, score histograms) and the "
+        "images; `dvc plots diff <exp> <exp>` overlays experiments.",
+        "",
+    ]
+    for backbone, paths in plots.items():
+        existing = {kind: Path(path) for kind, path in paths.items() if Path(path).exists()}
+        if not existing:
+            continue
+        lines += [f"### {backbone}", ""]
+        if "curves" in existing:
+            lines += [f"![{backbone}: ROC, DET and score histograms]({_link(existing['curves'], report_dir)})", ""]
+        links = [f"[{PLOT_LABELS.get(kind, kind)}]({_link(path, report_dir)})" for kind, path in existing.items()]
+        lines += ["- " + " · ".join(links), ""]
+    return lines
 
 
 def write_report(path: Path, results: Mapping[str, Mapping], **kwargs: Any) -> str:

@@ -1,7 +1,9 @@
 """ArcFace fine-tuning of a registered backbone on the crop stage's arrays.
 
 One function, :func:`finetune`, runs the same way on a CPU, one GPU, or N GPUs under
-``torchrun --nproc_per_node=N`` (see :mod:`maskface.distributed`):
+``torchrun --nproc_per_node=N`` (see :mod:`maskface.distributed`). It seeds, enters the
+distributed session and runs a :class:`Trainer`, whose steps (epoch, validation,
+checkpoint and resume, early stopping) are its methods:
 
 - batches are read straight from the crop stage's uint8 memory map (optionally in
   ``loader_workers`` processes) and augmented there (:mod:`maskface.augment`);
@@ -31,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -320,7 +323,7 @@ def pair_scores(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.DataFr
     return np.einsum("ij,ij->i", a, b)
 
 
-def validate(model: FaceEmbedder, images: np.ndarray, index: pd.DataFrame, pairs: pd.DataFrame, batch_size: int, device) -> tuple[float, float]:
+def pair_metrics(model: FaceEmbedder, images: np.ndarray, index: pd.DataFrame, pairs: pd.DataFrame, batch_size: int, device) -> tuple[float, float]:
     """Val pair accuracy (threshold chosen on the same pairs: a model-selection signal) and ROC AUC."""
     needed = sorted(set(pairs["path_a"]) | set(pairs["path_b"]))
     row_of_path = {path: row for row, path in enumerate(index["path"])}
@@ -433,312 +436,476 @@ def finetune(
     previous = seed_everything(config.seed, config.deterministic)
     try:
         with distributed_session(config.device) as (context, device):
-            return _finetune(
-                backbone, Path(crops_dir), Path(val_pairs_path), Path(out_dir), Path(live_dir),
-                backbone_config, arcface, config, context, device,
-                None if checkpoint_dir is None else Path(checkpoint_dir), on_epoch_end, progress,
-                None if cross_val_pairs_path is None else Path(cross_val_pairs_path),
+            trainer = Trainer(
+                backbone, crops_dir, val_pairs_path, out_dir, live_dir, backbone_config, arcface, config,
+                context=context, device=device, checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end,
+                progress=progress, cross_val_pairs_path=cross_val_pairs_path,
             )
+            return trainer.fit()
     finally:
         restore_determinism(previous)
 
 
-def _finetune(
-    backbone: str,
-    crops_dir: Path,
-    val_pairs_path: Path,
-    out_dir: Path,
-    live_dir: Path,
-    backbone_config: BackboneConfig,
-    arcface: ArcFaceConfig,
-    config: FinetuneConfig,
-    context: DistributedContext,
-    device: torch.device,
-    checkpoint_dir: Path | None,
-    on_epoch_end: Callable[[EpochResult], None] | None,
-    progress: bool,
-    cross_val_pairs_path: Path | None = None,
-) -> dict:
-    images, index = open_crops(crops_dir)
-    preprocess = json.loads((crops_dir / PREPROCESS_FILE).read_text())
-    train_rows = np.flatnonzero((index["split"] == "train").to_numpy())
-    if len(train_rows) == 0:
-        raise InputError(f"no training images in {crops_dir}; check split.ratios")
-    identities = sorted(index.loc[train_rows, "identity"].unique())
-    if len(identities) < 2:
-        raise InputError(f"ArcFace needs at least 2 training identities; found {len(identities)}")
-    label_of = {identity: k for k, identity in enumerate(identities)}
-    train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
-    val_pairs = read_csv(val_pairs_path)
-    cross_val_pairs = None
-    if cross_val_pairs_path is not None:
-        table = read_csv(cross_val_pairs_path)
-        # Both classes are needed for an AUC; an empty table means no validation_sources.
-        cross_val_pairs = table if len(table) and table["label"].astype(bool).nunique() == 2 else None
-    batch_size = min(backbone_config.batch_size, len(train_rows))
-    if batch_size < 2 * context.world_size:
-        raise InputError(
-            f"batch_size {batch_size} gives fewer than 2 images per process on {context.world_size} processes "
-            f"(the head's batch norm needs 2); valid: batch_size >= {2 * context.world_size}"
+class Validation(NamedTuple):
+    """Pair accuracy and ROC AUC on the val pairs, and on the other collection's (None without them)."""
+
+    accuracy: float
+    auc: float
+    xval_accuracy: float | None = None
+    xval_auc: float | None = None
+
+
+class Trainer:
+    """One ArcFace fine-tuning run, as steps that can be called one by one.
+
+    Construction reads the crops and pairs and builds the model, the ArcFace class centres,
+    the optimiser, the gradient scaler and the training module (DDP across processes). It
+    draws from the global random generators: seed first (:func:`finetune` does, and enters
+    the distributed session that gives ``context`` and ``device``).
+
+    :meth:`fit` is the whole run: :meth:`resume` or epoch 0 (:meth:`validate_untouched`);
+    then per epoch :meth:`run_epoch` (:meth:`train_epoch`, :meth:`validate`, :meth:`record`,
+    :meth:`should_stop`), :meth:`save_checkpoint` and the ``on_epoch_end`` callback; at the
+    end :meth:`summary` and :meth:`save_outputs`.
+
+    Between steps the run's state is in ``epoch`` (the last one finished, 0 = only the
+    untouched network), ``step`` (optimiser steps so far), ``initial`` (epoch 0),
+    ``history`` (epochs 1..), ``best_score`` / ``best_epoch`` / ``best_state``,
+    ``bad_epochs`` (epochs since the best) and ``stopped_early``.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        crops_dir: Path,
+        val_pairs_path: Path,
+        out_dir: Path,
+        live_dir: Path,
+        backbone_config: BackboneConfig,
+        arcface: ArcFaceConfig,
+        config: FinetuneConfig,
+        *,
+        context: DistributedContext | None = None,
+        device: torch.device | str = "cpu",
+        checkpoint_dir: Path | None = None,
+        on_epoch_end: Callable[[EpochResult], None] | None = None,
+        progress: bool = True,
+        cross_val_pairs_path: Path | None = None,
+    ):
+        self.backbone = backbone
+        self.crops_dir, self.val_pairs_path = Path(crops_dir), Path(val_pairs_path)
+        self.cross_val_pairs_path = None if cross_val_pairs_path is None else Path(cross_val_pairs_path)
+        self.out_dir, self.live_dir = Path(out_dir), Path(live_dir)
+        self.backbone_config, self.arcface, self.config = backbone_config, arcface, config
+        self.context = context if context is not None else DistributedContext()
+        self.device = torch.device(device)
+        self.checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+        self.on_epoch_end = on_epoch_end
+        self.progress = progress
+
+        self._read_data()
+        self._build_model()
+        self.steps_per_epoch = len(epoch_batches(len(self.train_rows), self.batch_size, self.context, config.seed, 0))
+        self.total_steps = self.steps_per_epoch * backbone_config.epochs
+        self.warmup = min(self.total_steps, round(backbone_config.warmup_epochs * self.steps_per_epoch))
+        self._log_plan()
+        self.fingerprint = self._fingerprint()
+        self.metric_of = _selection_metric(config.select_by, self.cross_val_pairs is not None)
+
+        self.epoch = 0
+        self.step = 0
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self.initial: EpochResult | None = None
+        self.history: list[EpochResult] = []
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.resumed_from: int | None = None
+        self.live = None
+
+    # ----------------------------------------------------------------------- construction
+
+    def _read_data(self) -> None:
+        """The training rows with their class labels and mask landmarks, the batch source, the pairs."""
+        self.images, self.index = open_crops(self.crops_dir)
+        index = self.index
+        preprocess = json.loads((self.crops_dir / PREPROCESS_FILE).read_text())
+        self.train_rows = train_rows = np.flatnonzero((index["split"] == "train").to_numpy())
+        if len(train_rows) == 0:
+            raise InputError(f"no training images in {self.crops_dir}; check split.ratios")
+        self.identities = sorted(index.loc[train_rows, "identity"].unique())
+        if len(self.identities) < 2:
+            raise InputError(f"ArcFace needs at least 2 training identities; found {len(self.identities)}")
+        label_of = {identity: k for k, identity in enumerate(self.identities)}
+        train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
+        self.val_pairs = read_csv(self.val_pairs_path)
+        self.cross_val_pairs = None
+        if self.cross_val_pairs_path is not None:
+            table = read_csv(self.cross_val_pairs_path)
+            # Both classes are needed for an AUC; an empty table means no validation_sources.
+            self.cross_val_pairs = table if len(table) and table["label"].astype(bool).nunique() == 2 else None
+        world_size = self.context.world_size
+        self.batch_size = min(self.backbone_config.batch_size, len(train_rows))
+        if self.batch_size < 2 * world_size:
+            raise InputError(
+                f"batch_size {self.batch_size} gives fewer than 2 images per process on {world_size} processes "
+                f"(the head's batch norm needs 2); valid: batch_size >= {2 * world_size}"
+            )
+
+        landmarks, sources = crop_landmarks(
+            index.iloc[train_rows].reset_index(drop=True), preprocess.get("crop", {}), self.images.shape[-1]
+        )
+        self.landmark_sources = {str(name): int(count) for name, count in zip(*np.unique(sources, return_counts=True))}
+        self.source = BatchSource(
+            self.crops_dir / IMAGES_FILE, train_rows, train_labels, index["masked"].to_numpy()[train_rows], landmarks,
+            self.config, self.context.rank,
         )
 
-    landmarks, sources = crop_landmarks(index.iloc[train_rows].reset_index(drop=True), preprocess.get("crop", {}), images.shape[-1])
-    landmark_sources = {str(name): int(count) for name, count in zip(*np.unique(sources, return_counts=True))}
-    source = BatchSource(
-        crops_dir / IMAGES_FILE, train_rows, train_labels, index["masked"].to_numpy()[train_rows], landmarks, config, context.rank
-    )
-
-    model = create_model(
-        backbone,
-        weights=backbone_config.weights,
-        embedding_size=backbone_config.embedding_size,
-        input_size=images.shape[-1],
-    )
-    if backbone_config.head_init == "identity":
-        model.init_head_identity()
-    pretrained = model.pretrained is not None
-    trainable = model.configure_training(backbone_config.train_layers, backbone_config.freeze_bn_stats and pretrained)
-    loss_fn = ArcFaceLoss(backbone_config.embedding_size, len(identities), scale=arcface.scale, margin_rad=arcface.margin_rad)
-    model.to(device)
-    loss_fn.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(parameter_groups(model, loss_fn, backbone_config), backbone_config)
-    dtype, use_scaler = training_precision(device, config.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    anchor = None
-    if backbone_config.anchor > 0 and pretrained:
-        anchor = copy.deepcopy(model).eval().requires_grad_(False)
-    trainer = wrap_model(ArcFaceTrainer(model, loss_fn, anchor, backbone_config.anchor), context, device)
-
-    steps_per_epoch = len(epoch_batches(len(train_rows), batch_size, context, config.seed, 0))
-    total_steps = steps_per_epoch * backbone_config.epochs
-    warmup = min(total_steps, round(backbone_config.warmup_epochs * steps_per_epoch))
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if context.is_main:
-        logger.info(
-            "%s: %d training images of %d identities; trainable %s (%d parameters); %d x %d steps of %d images "
-            "on %d process(es), device %s, precision %s; mask landmarks %s",
-            backbone, len(train_rows), len(identities), trainable or "head only", n_trainable,
-            backbone_config.epochs, steps_per_epoch, batch_size, context.world_size, device,
-            _dtype_name(dtype), landmark_sources,
+    def _build_model(self) -> None:
+        """Embedder, ArcFace class centres, optimiser, gradient scaler and the training module, on ``device``."""
+        backbone_config, device = self.backbone_config, self.device
+        model = create_model(
+            self.backbone,
+            weights=backbone_config.weights,
+            embedding_size=backbone_config.embedding_size,
+            input_size=self.images.shape[-1],
         )
+        if backbone_config.head_init == "identity":
+            model.init_head_identity()
+        pretrained = model.pretrained is not None
+        self.trainable = model.configure_training(
+            backbone_config.train_layers, backbone_config.freeze_bn_stats and pretrained
+        )
+        loss_fn = ArcFaceLoss(
+            backbone_config.embedding_size, len(self.identities),
+            scale=self.arcface.scale, margin_rad=self.arcface.margin_rad,
+        )
+        model.to(device)
+        loss_fn.to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(parameter_groups(model, loss_fn, backbone_config), backbone_config)
+        self.dtype, use_scaler = training_precision(device, self.config.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        anchor = None
+        if backbone_config.anchor > 0 and pretrained:
+            anchor = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model, self.loss_fn = model, loss_fn
+        self.network = wrap_model(ArcFaceTrainer(model, loss_fn, anchor, backbone_config.anchor), self.context, device)
+        self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    fingerprint = None
-    checkpoint_path = None
-    resumed = None
-    if checkpoint_dir is not None:
-        checkpoint_path = checkpoint_dir / CHECKPOINT_FILE
-        if context.is_main:  # hashing the crops once is enough; every rank resumes the same file
+    def _log_plan(self) -> None:
+        if self.context.is_main:
+            logger.info(
+                "%s: %d training images of %d identities; trainable %s (%d parameters); %d x %d steps of %d images "
+                "on %d process(es), device %s, precision %s; mask landmarks %s",
+                self.backbone, len(self.train_rows), len(self.identities), self.trainable or "head only",
+                self.n_trainable, self.backbone_config.epochs, self.steps_per_epoch, self.batch_size,
+                self.context.world_size, self.device, _dtype_name(self.dtype), self.landmark_sources,
+            )
+
+    def _fingerprint(self) -> str | None:
+        """What a checkpoint must have been written for to be resumed; None without checkpoints."""
+        if self.checkpoint_path is None:
+            return None
+        fingerprint = None
+        if self.context.is_main:  # hashing the crops once is enough; every rank resumes the same file
             fingerprint = checkpoint_fingerprint(
-                backbone, crops_dir, val_pairs_path, backbone_config, arcface, config, context.world_size,
-                cross_val_pairs_path,
+                self.backbone, self.crops_dir, self.val_pairs_path, self.backbone_config, self.arcface, self.config,
+                self.context.world_size, self.cross_val_pairs_path,
             )
-        fingerprint = broadcast_object(fingerprint, context)
-        if config.resume:
-            resumed = load_checkpoint(checkpoint_path, fingerprint)
+        return broadcast_object(fingerprint, self.context)
 
-    history: list[EpochResult] = []
-    metric_of = _selection_metric(config.select_by, cross_val_pairs is not None)
-    start_epoch, step, bad_epochs = 1, 0, 0
-    best_state: dict[str, torch.Tensor]
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        loss_fn.load_state_dict(resumed["loss"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scaler.load_state_dict(resumed["scaler"])
-        rng_states = resumed["rng"]
-        set_rng_state(rng_states[context.rank])
-        history = [EpochResult(**entry) for entry in resumed["history"]]
-        initial = EpochResult(**resumed["initial"])
-        best_score, best_epoch, best_state = resumed["best_score"], resumed["best_epoch"], resumed["best_state"]
-        start_epoch, step, bad_epochs = resumed["epoch"] + 1, resumed["step"], resumed["bad_epochs"]
-        if context.is_main:
-            logger.info("%s: resuming after epoch %d from %s", backbone, resumed["epoch"], checkpoint_path)
-    resumed_from = None if resumed is None else resumed["epoch"]
-    stopped_early = bool(resumed["stopped_early"]) if resumed is not None else False
-    del resumed
+    # ----------------------------------------------------------------------- the run
 
-    live = None
-    if context.is_main:
-        from dvclive import Live
+    def fit(self) -> dict:
+        """Resume, or score the untouched network (epoch 0); train epoch by epoch with a checkpoint
+        after each until the last epoch or early stopping; save the best epoch. -> the summary."""
+        resumed = self.resume()
+        if self.context.is_main:
+            from dvclive import Live
 
-        live_dir.mkdir(parents=True, exist_ok=True)
-        live = Live(dir=str(live_dir), resume=resumed_from is not None, save_dvc_exp=False, dvcyaml=None, report=None)
+            self.live_dir.mkdir(parents=True, exist_ok=True)
+            self.live = Live(dir=str(self.live_dir), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+        try:
+            if not resumed:
+                self.validate_untouched()
+            for epoch in range(self.epoch + 1, self.backbone_config.epochs + 1):
+                if self.stopped_early:
+                    break
+                result = self.run_epoch(epoch)
+                self.save_checkpoint()
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(result)
+        finally:
+            if self.live is not None:
+                self.live.end()
+        summary = self.summary()
+        self.save_outputs(summary)
+        return summary
 
-    def keep_state() -> dict[str, torch.Tensor]:
-        # Only rank 0 saves; the others need just the score to agree on early stopping.
-        return _cpu_state(model) if context.is_main else {}
+    def validate_untouched(self) -> EpochResult:
+        """Epoch 0: the network before any training step, the first candidate for the kept epoch."""
+        started = time.perf_counter()
+        scores = self.validate()
+        result = EpochResult(
+            0, float("nan"), 0.0, scores.accuracy, scores.auc, time.perf_counter() - started,
+            scores.xval_accuracy, scores.xval_auc,
+        )
+        self.record(result)
+        self._log(result)
+        return result
 
-    def evaluate_epoch() -> tuple[float, float, float | None, float | None]:
+    def run_epoch(self, epoch: int) -> EpochResult:
+        """Train one epoch, score it, keep it if it is the best so far, decide on early stopping."""
+        started = time.perf_counter()
+        loss, multiplier = self.train_epoch(epoch)
+        scores = self.validate()
+        result = EpochResult(
+            epoch, loss, multiplier, scores.accuracy, scores.auc, time.perf_counter() - started,
+            scores.xval_accuracy, scores.xval_auc,
+        )
+        self.record(result)
+        self.stopped_early = self.should_stop()
+        self._log(result)
+        return result
+
+    # ----------------------------------------------------------------------- the steps
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        """One pass over this epoch's batches -> (mean loss over all processes, last LR multiplier).
+
+        Raises InputError when the loss is no longer finite (a learning rate too high).
+        """
+        config, device = self.config, self.device
+        self.source.set_epoch(epoch, epoch_batches(len(self.train_rows), self.batch_size, self.context, config.seed, epoch))
+        loader = DataLoader(
+            self.source, batch_size=None, shuffle=False, num_workers=config.loader_workers,
+            pin_memory=device.type == "cuda",
+        )
+        self.network.train()
+        running = torch.zeros((), dtype=torch.float64, device=device)
+        multiplier = 0.0
+        bar = tqdm(
+            loader, desc=f"{self.backbone} epoch {epoch}", unit="step", leave=False,
+            disable=not (self.progress and self.context.is_main),
+        )
+        for batch, (pixels, labels) in enumerate(bar):
+            loss, multiplier = self.train_step(pixels, labels)
+            running += loss.detach()
+            if batch % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        mean_loss = all_reduce_mean(float(running.item()) / max(1, len(self.source)), self.context, device)
+        if not math.isfinite(mean_loss):
+            raise InputError(
+                f"{self.backbone}: training loss became {mean_loss} in epoch {epoch}; lower backbones.{self.backbone}.lr "
+                f"(now {self.backbone_config.lr}) or head_lr, or keep finetune.grad_clip_norm > 0"
+            )
+        return mean_loss, multiplier
+
+    def train_step(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One optimiser step on one batch at the schedule's learning rate -> (loss, LR multiplier)."""
+        device = self.device
+        pixels = pixels.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        multiplier = cosine_schedule(self.step, self.total_steps, self.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * multiplier
+        with autocast(device, self.dtype):
+            loss = self.network(pixels, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), max_norm=self.config.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return loss, multiplier
+
+    def validate(self) -> Validation:
+        """The model as it is now on the val pairs and on the other collection's pairs.
+
+        Rank 0 scores them and broadcasts the result, so every rank agrees on early stopping.
+        """
         result = None
-        if context.is_main:
-            result = validate(model, images, index, val_pairs, max(batch_size, 32), device)
+        if self.context.is_main:
+            batch_size = max(self.batch_size, 32)
+            val = pair_metrics(self.model, self.images, self.index, self.val_pairs, batch_size, self.device)
             cross = (None, None)
-            if cross_val_pairs is not None:
-                cross = validate(model, images, index, cross_val_pairs, max(batch_size, 32), device)
-            result = (*result, *cross)
-        return broadcast_object(result, context)
+            if self.cross_val_pairs is not None:
+                cross = pair_metrics(self.model, self.images, self.index, self.cross_val_pairs, batch_size, self.device)
+            result = Validation(*val, *cross)
+        return broadcast_object(result, self.context)
 
-    def log_validation(result: EpochResult) -> None:
-        live.log_metric("val/accuracy", result.val_accuracy)
-        live.log_metric("val/auc", result.val_auc)
-        if result.xval_auc is not None:
-            live.log_metric("xval/accuracy", result.xval_accuracy)
-            live.log_metric("xval/auc", result.xval_auc)
+    def record(self, result: EpochResult) -> None:
+        """Add an epoch's result; keep its weights when it beats the best so far (epoch 0 always
+        does), else count it toward ``patience``."""
+        if result.epoch == 0:
+            self.initial = result
+        else:
+            self.history.append(result)
+        score = self.metric_of(result)
+        if result.epoch == 0 or score > self.best_score:
+            # Only rank 0 saves; the others need just the score to agree on early stopping.
+            state = _cpu_state(self.model) if self.context.is_main else {}
+            self.best_score, self.best_epoch, self.best_state, self.bad_epochs = score, result.epoch, state, 0
+        else:
+            self.bad_epochs += 1
+        self.epoch = result.epoch
 
-    try:
-        if resumed_from is None:
-            started = time.perf_counter()
-            accuracy, auc, xval_accuracy, xval_auc = evaluate_epoch()
-            initial = EpochResult(0, float("nan"), 0.0, accuracy, auc, time.perf_counter() - started, xval_accuracy, xval_auc)
-            best_score, best_epoch, best_state = metric_of(initial), 0, keep_state()
-            if live is not None:
-                live.step = 0
-                log_validation(initial)
-                live.next_step()
-                logger.info("%s: before fine-tuning val accuracy %.4f auc %.4f%s", backbone, accuracy, auc, _cross_text(initial))
+    def should_stop(self) -> bool:
+        """Early stopping: ``patience`` epochs in a row without a better score, and epochs left to run."""
+        patience = self.config.patience
+        return patience is not None and self.bad_epochs >= patience and self.epoch < self.backbone_config.epochs
 
-        for epoch in range(start_epoch, backbone_config.epochs + 1):
-            if stopped_early:
-                break
-            started = time.perf_counter()
-            source.set_epoch(epoch, epoch_batches(len(train_rows), batch_size, context, config.seed, epoch))
-            loader = DataLoader(
-                source, batch_size=None, shuffle=False, num_workers=config.loader_workers, pin_memory=device.type == "cuda"
+    def save_checkpoint(self) -> None:
+        """``last.pt`` after the current epoch: all :meth:`resume` needs to go on as if never stopped.
+
+        Weights, class centres, optimiser and scaler state, every rank's RNG state, the
+        results so far and the best epoch's weights. Nothing without a checkpoint folder.
+        """
+        if self.checkpoint_path is None:
+            return
+        rng_states = gather_objects(rng_state(), self.context)
+        if self.context.is_main:
+            save_checkpoint(
+                self.checkpoint_path,
+                {
+                    "fingerprint": self.fingerprint,
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "bad_epochs": self.bad_epochs,
+                    "stopped_early": self.stopped_early,
+                    "model": _cpu_state(self.model),
+                    "loss": _cpu_state(self.loss_fn),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "rng": rng_states,
+                    "initial": asdict(self.initial),
+                    "history": [asdict(h) for h in self.history],
+                    "best_score": self.best_score,
+                    "best_epoch": self.best_epoch,
+                    "best_state": self.best_state,
+                },
             )
-            trainer.train()
-            running = torch.zeros((), dtype=torch.float64, device=device)
-            multiplier = 0.0
-            bar = tqdm(loader, desc=f"{backbone} epoch {epoch}", unit="step", leave=False, disable=not (progress and context.is_main))
-            for batch, (pixels, labels) in enumerate(bar):
-                pixels = pixels.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                if device.type == "cuda":
-                    pixels = pixels.contiguous(memory_format=torch.channels_last)
-                multiplier = cosine_schedule(step, total_steps, warmup)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base_lr"] * multiplier
-                with autocast(device, dtype):
-                    loss = trainer(pixels, labels)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.grad_clip_norm > 0:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainer.parameters(), max_norm=config.grad_clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                running += loss.detach()
-                if batch % 10 == 0:
-                    bar.set_postfix(loss=f"{loss.item():.3f}")
-            mean_loss = all_reduce_mean(float(running.item()) / max(1, len(source)), context, device)
-            if not math.isfinite(mean_loss):
-                raise InputError(
-                    f"{backbone}: training loss became {mean_loss} in epoch {epoch}; lower backbones.{backbone}.lr "
-                    f"(now {backbone_config.lr}) or head_lr, or keep finetune.grad_clip_norm > 0"
-                )
-            accuracy, auc, xval_accuracy, xval_auc = evaluate_epoch()
-            result = EpochResult(
-                epoch, mean_loss, multiplier, accuracy, auc, time.perf_counter() - started, xval_accuracy, xval_auc
-            )
-            history.append(result)
-            if metric_of(result) > best_score:
-                best_score, best_epoch, best_state, bad_epochs = metric_of(result), epoch, keep_state(), 0
-            else:
-                bad_epochs += 1
-            stopped_early = config.patience is not None and bad_epochs >= config.patience and epoch < backbone_config.epochs
-            if live is not None:
-                live.step = epoch
-                live.log_metric("train/loss", result.loss)
-                live.log_metric("train/lr_multiplier", multiplier)
-                log_validation(result)
-                live.next_step()
-                logger.info(
-                    "%s epoch %d: loss %.4f val accuracy %.4f auc %.4f%s (%.0f s)%s",
-                    backbone, epoch, result.loss, accuracy, auc, _cross_text(result), result.seconds,
-                    f"; no better epoch for {bad_epochs}, stopping" if stopped_early else "",
-                )
-            if checkpoint_path is not None:
-                rng_states = gather_objects(rng_state(), context)
-                if context.is_main:
-                    save_checkpoint(
-                        checkpoint_path,
-                        {
-                            "fingerprint": fingerprint,
-                            "epoch": epoch,
-                            "step": step,
-                            "bad_epochs": bad_epochs,
-                            "stopped_early": stopped_early,
-                            "model": _cpu_state(model),
-                            "loss": _cpu_state(loss_fn),
-                            "optimizer": optimizer.state_dict(),
-                            "scaler": scaler.state_dict(),
-                            "rng": rng_states,
-                            "initial": asdict(initial),
-                            "history": [asdict(h) for h in history],
-                            "best_score": best_score,
-                            "best_epoch": best_epoch,
-                            "best_state": best_state,
-                        },
-                    )
-                barrier(context)
-            if on_epoch_end is not None:
-                on_epoch_end(result)
-    finally:
-        if live is not None:
-            live.end()
+        barrier(self.context)
 
-    summary = {
-        "backbone": backbone,
-        "weights": backbone_config.weights,
-        # What `weights` resolved to: spec, file name, sha256 and origin (official | converted);
-        # None when the trunk started from random initialisation.
-        "started_from": model.pretrained,
-        "train_layers": backbone_config.train_layers,
-        "trainable_groups": trainable,
-        "trainable_parameters": n_trainable,
-        "best_epoch": best_epoch,
-        "select_by": config.select_by,
-        # val: the val pairs alone; val+xval: their mean with another collection's pairs.
-        "selected_on": "val+xval" if cross_val_pairs is not None else "val",
-        "best_val_" + config.select_by: best_score,
-        "stopped_early": stopped_early,
-        "resumed_from_epoch": resumed_from,
-        "before": _without_wall_time(initial),
-        "epochs": [_without_wall_time(h) for h in history],
-        "train_images": int(len(train_rows)),
-        "train_identities": len(identities),
-        "mask_landmark_sources": landmark_sources,
-        "device": str(device),
-        "processes": context.world_size,
-        "precision": _dtype_name(dtype),
-        "settings": {
-            "backbone": backbone_config.model_dump(),
-            "arcface": arcface.model_dump(),
-            "finetune": config.model_dump(),
-        },
-    }
-    if context.is_main:
-        model.load_state_dict(best_state)
-        model.to("cpu").to(memory_format=torch.contiguous_format)
-        extra = {
+    def resume(self) -> bool:
+        """Load ``last.pt`` when ``config.resume`` is on and it was written for these settings and
+        data (see :func:`checkpoint_fingerprint`). False, with nothing changed, otherwise."""
+        if self.checkpoint_path is None or not self.config.resume:
+            return False
+        state = load_checkpoint(self.checkpoint_path, self.fingerprint)
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][self.context.rank])
+        self.history = [EpochResult(**entry) for entry in state["history"]]
+        self.initial = EpochResult(**state["initial"])
+        self.best_score, self.best_epoch, self.best_state = state["best_score"], state["best_epoch"], state["best_state"]
+        self.epoch, self.step, self.bad_epochs = state["epoch"], state["step"], state["bad_epochs"]
+        self.stopped_early = bool(state["stopped_early"])
+        self.resumed_from = self.epoch
+        if self.context.is_main:
+            logger.info("%s: resuming after epoch %d from %s", self.backbone, self.epoch, self.checkpoint_path)
+        return True
+
+    # ----------------------------------------------------------------------- outputs
+
+    def _log(self, result: EpochResult) -> None:
+        """An epoch's curves (DVCLive step = epoch) and log line, on rank 0."""
+        if self.live is not None:
+            self.live.step = result.epoch
+            if result.epoch > 0:
+                self.live.log_metric("train/loss", result.loss)
+                self.live.log_metric("train/lr_multiplier", result.lr_multiplier)
+            self.live.log_metric("val/accuracy", result.val_accuracy)
+            self.live.log_metric("val/auc", result.val_auc)
+            if result.xval_auc is not None:
+                self.live.log_metric("xval/accuracy", result.xval_accuracy)
+                self.live.log_metric("xval/auc", result.xval_auc)
+            self.live.next_step()
+        if not self.context.is_main:
+            return
+        if result.epoch == 0:
+            logger.info(
+                "%s: before fine-tuning val accuracy %.4f auc %.4f%s",
+                self.backbone, result.val_accuracy, result.val_auc, _cross_text(result),
+            )
+        else:
+            logger.info(
+                "%s epoch %d: loss %.4f val accuracy %.4f auc %.4f%s (%.0f s)%s",
+                self.backbone, result.epoch, result.loss, result.val_accuracy, result.val_auc, _cross_text(result),
+                result.seconds, f"; no better epoch for {self.bad_epochs}, stopping" if self.stopped_early else "",
+            )
+
+    def summary(self) -> dict:
+        """The run as training.json holds it: settings, what it started from, every epoch, the kept one."""
+        backbone_config, config = self.backbone_config, self.config
+        return {
+            "backbone": self.backbone,
             "weights": backbone_config.weights,
-            "started_from": model.pretrained,
+            # What `weights` resolved to: spec, file name, sha256 and origin (official | converted);
+            # None when the trunk started from random initialisation.
+            "started_from": self.model.pretrained,
             "train_layers": backbone_config.train_layers,
-            "head_init": backbone_config.head_init,
+            "trainable_groups": self.trainable,
+            "trainable_parameters": self.n_trainable,
+            "best_epoch": self.best_epoch,
+            "select_by": config.select_by,
+            # val: the val pairs alone; val+xval: their mean with another collection's pairs.
+            "selected_on": "val+xval" if self.cross_val_pairs is not None else "val",
+            "best_val_" + config.select_by: self.best_score,
+            "stopped_early": self.stopped_early,
+            "resumed_from_epoch": self.resumed_from,
+            "before": _without_wall_time(self.initial),
+            "epochs": [_without_wall_time(h) for h in self.history],
+            "train_images": int(len(self.train_rows)),
+            "train_identities": len(self.identities),
+            "mask_landmark_sources": self.landmark_sources,
+            "device": str(self.device),
+            "processes": self.context.world_size,
+            "precision": _dtype_name(self.dtype),
+            "settings": {
+                "backbone": backbone_config.model_dump(),
+                "arcface": self.arcface.model_dump(),
+                "finetune": config.model_dump(),
+            },
         }
-        save_model(model, out_dir, extra)
-        shutil.copyfile(crops_dir / PREPROCESS_FILE, out_dir / PREPROCESS_FILE)
-        (out_dir / TRAINING_FILE).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-        if checkpoint_path is not None:
-            # A finished run needs no resuming; a stale file would only be refused later.
-            checkpoint_path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # only removed when empty
-                checkpoint_path.parent.rmdir()
-        logger.info("%s: kept epoch %d (val %s %.4f) -> %s", backbone, best_epoch, config.select_by, best_score, out_dir)
-    barrier(context)
-    return summary
+
+    def save_outputs(self, summary: dict) -> None:
+        """Rank 0: the best epoch's weights as a model folder with preprocess.json and training.json;
+        the checkpoint is removed (a finished run needs no resuming)."""
+        if self.context.is_main:
+            model, out_dir = self.model, self.out_dir
+            model.load_state_dict(self.best_state)
+            model.to("cpu").to(memory_format=torch.contiguous_format)
+            extra = {
+                "weights": self.backbone_config.weights,
+                "started_from": model.pretrained,
+                "train_layers": self.backbone_config.train_layers,
+                "head_init": self.backbone_config.head_init,
+            }
+            save_model(model, out_dir, extra)
+            shutil.copyfile(self.crops_dir / PREPROCESS_FILE, out_dir / PREPROCESS_FILE)
+            (out_dir / TRAINING_FILE).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+            if self.checkpoint_path is not None:
+                # A stale file would only be refused by the next run.
+                self.checkpoint_path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # only removed when empty
+                    self.checkpoint_path.parent.rmdir()
+            logger.info(
+                "%s: kept epoch %d (val %s %.4f) -> %s",
+                self.backbone, self.best_epoch, self.config.select_by, self.best_score, out_dir,
+            )
+        barrier(self.context)
 
 
 def _selection_metric(select_by: str, cross_validated: bool) -> Callable[[EpochResult], float]:
