@@ -41,7 +41,7 @@ def test_crop_dataset_writes_arrays_index_and_preview(toy_dataset, tmp_path):
     crop_dataset(manifest, CropConfig(mode="ratio", keep_ratio=0.6), 32, out)
     images, index = open_crops(out)
     # Read through a memory map: embed and finetune hold only the rows they touch, so their
-    # memory stays flat as the dataset grows (benchmarks/scale_memory.py).
+    # memory stays flat as the dataset grows (benchmarks/scale.py).
     assert isinstance(images, np.memmap) and images.dtype == np.uint8
     assert images.shape == (len(manifest), 3, 32, 32)
     assert list(index["path"]) == list(manifest["path"])
