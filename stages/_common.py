@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from maskface.errors import EXIT_USER_ERROR, one_line, user_error_message
+from maskface.errors import EXIT_USER_ERROR, user_error_message
 from maskface.logs import TqdmLogHandler
 
 
@@ -15,15 +15,6 @@ def setup_logging(level: int = logging.INFO) -> None:
     handler = TqdmLogHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
-def user_error_line(error: BaseException) -> str | None:
-    """One line for a user error (bad params, bad data, a missing input file), None for a bug."""
-    message = user_error_message(error)
-    if message is None and isinstance(error, OSError):
-        # The file system refused (missing input, permission, disk full); the message names the file.
-        message = one_line(error)
-    return message
 
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
@@ -36,7 +27,7 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     try:
         main(argv)
     except Exception as error:
-        message = user_error_line(error)
+        message = user_error_message(error)
         if message is None:
             raise
         stage = Path(main.__code__.co_filename).stem

@@ -38,6 +38,7 @@ from typing import Any, Optional
 from maskface import __version__
 from maskface.errors import EXIT_USER_ERROR, InputError, user_error_message
 from maskface.logs import TqdmLogHandler
+from maskface.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -50,25 +51,16 @@ CONTRIBUTED_COMMANDS = (
 )
 
 
-def _one_line(error: BaseException | str) -> str:
-    return " ".join(str(error).split())
-
-
-def _shown(text: str) -> str:
-    """A path safe to print: undecodable file-name bytes (surrogate escapes) become U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
     if args.json:
         print(json.dumps(payload, indent=2, sort_keys=True))
     else:
-        print(_shown(text))
+        print(printable(text))
 
 
 def _report_failures(args: argparse.Namespace, failures: Sequence[Any]) -> None:
     for failure in failures:
-        print(f"maskface {args.command}: error: {_shown(failure.source)}: {failure.reason}", file=sys.stderr)
+        print(f"maskface {args.command}: error: {printable(failure.source)}: {failure.reason}", file=sys.stderr)
 
 
 def _progress(args: argparse.Namespace) -> Optional[bool]:
@@ -602,16 +594,6 @@ def _restore_logging(state: tuple[logging.Handler, int]) -> None:
     root.setLevel(previous)
 
 
-def _user_error_line(error: BaseException) -> Optional[str]:
-    """One line for a user error, None for a bug (which keeps its traceback)."""
-    message = user_error_message(error)
-    if message is None and isinstance(error, OSError):
-        # The file system refused (missing input, permission, disk full): the user's to fix,
-        # and the message names the file.
-        message = _one_line(error)
-    return message
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``maskface`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
@@ -629,10 +611,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"maskface {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        message = _user_error_line(error)
+        message = user_error_message(error)
         if message is None:
             raise
-        print(f"maskface {args.command}: error: {_shown(message)}", file=sys.stderr)
+        print(f"maskface {args.command}: error: {printable(message)}", file=sys.stderr)
         logger.debug("traceback", exc_info=True)
         return EXIT_USER_ERROR
     finally:

@@ -16,7 +16,9 @@ from typing import Any, Optional
 
 import yaml
 
-from maskface.errors import UserError
+# invalid_param keeps its short local name: it is raised on almost every line below.
+from maskface.errors import ConfigError
+from maskface.errors import invalid_param as _fail
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
 CROP_MODES = ("none", "ratio", "eyes", "mask", "nose")
@@ -42,14 +44,6 @@ TOP_LEVEL_KEYS = (
     "cosine",
     "evaluate",
 )
-
-
-class ConfigError(UserError, ValueError):
-    """A params value is invalid; the message names the key and the valid values."""
-
-
-def _fail(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"params: {key} = {value!r} is invalid; valid: {valid}")
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

@@ -43,6 +43,7 @@ from maskface.metrics import (
     confusion_at_threshold,
     equal_error_rate,
     far_key,
+    json_ready,
     kfold_accuracy,
     roc_auc,
     tar_at_far,
@@ -305,13 +306,7 @@ def metrics_of(
         )
         for pair_type, group in scored.groupby("pair_type", sort=True)
     }
-    return json.loads(json.dumps(report, default=_plain))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return json_ready(report)
 
 
 def plot_tables(scored: pd.DataFrame, threshold: float, roc_max_points: int, histogram_bins: int) -> dict[str, pd.DataFrame]:

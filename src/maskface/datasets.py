@@ -35,8 +35,8 @@ import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
-from maskface.config import ConfigError, SyntheticConfig, _Section
-from maskface.errors import UserError
+from maskface.config import SyntheticConfig, _Section
+from maskface.errors import UserError, invalid_param
 from maskface.imageio import sniff_format, to_rgb
 from maskface.tables import read_csv, write_csv
 
@@ -89,10 +89,6 @@ class DatasetError(UserError, RuntimeError):
     """A dataset root is missing, malformed, or yields no usable image."""
 
 
-def _fail(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"params: {key} = {value!r} is invalid; valid: {valid}")
-
-
 @dataclasses.dataclass(frozen=True)
 class DataConfig(_Section):
     """The ``data`` params section: where images come from and what counts as usable.
@@ -117,43 +113,43 @@ class DataConfig(_Section):
 
     def validate(self, name: str) -> None:
         if self.source not in SOURCES:
-            raise _fail(f"{name}.source", self.source, ", ".join(SOURCES))
+            raise invalid_param(f"{name}.source", self.source, ", ".join(SOURCES))
         if not self.root.strip():
-            raise _fail(f"{name}.root", self.root, "a non-empty path")
+            raise invalid_param(f"{name}.root", self.root, "a non-empty path")
         for key in ("extra_sources", "validation_sources"):
             for index, entry in enumerate(getattr(self, key)):
                 kind, sep, root = entry.partition(":")
                 if not sep or kind not in EXTRA_SOURCES or not root.strip():
-                    raise _fail(
+                    raise invalid_param(
                         f"{name}.{key}[{index}]",
                         entry,
                         f"'<kind>:<root>' with kind one of {', '.join(EXTRA_SOURCES)}",
                     )
         if self.unmasked_root is not None:
             if self.source != "smfrd":
-                raise _fail(
+                raise invalid_param(
                     f"{name}.unmasked_root",
                     self.unmasked_root,
                     f"null unless {name}.source is smfrd (it is {self.source!r})",
                 )
             if not self.unmasked_root.strip():
-                raise _fail(f"{name}.unmasked_root", self.unmasked_root, "null or a non-empty path")
+                raise invalid_param(f"{name}.unmasked_root", self.unmasked_root, "null or a non-empty path")
         if not self.masked_pattern.strip():
-            raise _fail(f"{name}.masked_pattern", self.masked_pattern, "a non-empty string such as 'mask'")
+            raise invalid_param(f"{name}.masked_pattern", self.masked_pattern, "a non-empty string such as 'mask'")
         if self.min_side < 1:
-            raise _fail(f"{name}.min_side", self.min_side, "an integer >= 1 (pixels)")
+            raise invalid_param(f"{name}.min_side", self.min_side, "an integer >= 1 (pixels)")
         if self.max_pixels < 1:
-            raise _fail(f"{name}.max_pixels", self.max_pixels, "an integer >= 1 (width * height)")
+            raise invalid_param(f"{name}.max_pixels", self.max_pixels, "an integer >= 1 (width * height)")
         if self.max_pixels < self.min_side * self.min_side:
-            raise _fail(
+            raise invalid_param(
                 f"{name}.max_pixels",
                 self.max_pixels,
                 f"an integer >= min_side**2 = {self.min_side * self.min_side}, or no image could pass",
             )
         if self.workers < 1:
-            raise _fail(f"{name}.workers", self.workers, "an integer >= 1 (1: no worker processes)")
+            raise invalid_param(f"{name}.workers", self.workers, "an integer >= 1 (1: no worker processes)")
         if self.min_images_per_identity < 1:
-            raise _fail(f"{name}.min_images_per_identity", self.min_images_per_identity, "an integer >= 1")
+            raise invalid_param(f"{name}.min_images_per_identity", self.min_images_per_identity, "an integer >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -723,7 +719,7 @@ def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> Man
         elif spec.kind == "manifest":
             _collect_manifest(collector, spec, key)
         else:  # validate() refuses other kinds; this guards a hand-built DataConfig
-            raise ConfigError(f"params: data.source = {spec.kind!r} is invalid; valid: {', '.join(SOURCES)}")
+            raise invalid_param("data.source", spec.kind, ", ".join(SOURCES))
 
     collector.candidates.sort(key=lambda item: item[0])
     accepted: list[dict] = []

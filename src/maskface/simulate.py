@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from maskface.masks import MASK_STYLES, draw_mask
 from maskface.synthetic import LANDMARK_COLUMNS
+from maskface.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -267,10 +268,6 @@ def _preview(examples: list[tuple[Image.Image, Image.Image]], destination: Path)
     plt.close(figure)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
 def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         styles = [s.strip() for s in args.styles.split(",") if s.strip()]
@@ -291,7 +288,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"maskface simulate-masks: error: {_one_line(error)}", file=sys.stderr)
+        print(f"maskface simulate-masks: error: {one_line(error)}", file=sys.stderr)
         return 2
     counts = manifest["mask_style"].value_counts().sort_index()
     print(

@@ -38,10 +38,3 @@ def read_csv(path: str | Path, **options) -> pd.DataFrame:
         dtype = dict.fromkeys(NAME_COLUMNS, str)
     return pd.read_csv(path, encoding=ENCODING, encoding_errors=ERRORS, keep_default_na=False, dtype=dtype, **options)
 
-
-def printable(text: object) -> str:
-    """``text`` for display (plots, reports, messages): undecodable file-name bytes become U+FFFD.
-
-    Only for showing a name; tables keep the exact bytes.
-    """
-    return str(text).encode(ENCODING, ERRORS).decode(ENCODING, "replace")

@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional
 
 from maskface.artifacts import file_sha256
 from maskface.errors import UserError
+from maskface.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -623,10 +624,6 @@ def load_state_dict(path: Path) -> dict:
     return state if isinstance(state, dict) else dict(state)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
 def _cmd_get(args: argparse.Namespace) -> int:
     try:
         if args.source_dir is not None:
@@ -634,7 +631,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
         else:
             path = resolve_weights(args.spec, cache_dir=args.cache_dir, download=not args.no_download)
     except (WeightsError, OSError) as error:
-        print(f"maskface weights get: error: {_one_line(error)}", file=sys.stderr)
+        print(f"maskface weights get: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(path)
     return 0
@@ -644,7 +641,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     try:
         sources = list(_registry().values())
     except (ImportError, OSError) as error:
-        print(f"maskface weights list: error: {_one_line(error)}", file=sys.stderr)
+        print(f"maskface weights list: error: {one_line(error)}", file=sys.stderr)
         return 2
     width = max(len(source.spec) for source in sources)
     for source in sources:
