@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from maskface.masks import MASK_STYLES, draw_mask
 from maskface.synthetic import LANDMARK_COLUMNS
+from maskface.tables import write_csv
 from maskface.text import one_line
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def simulate_masks(
     Returns:
         The manifest written to ``dst_root/manifest.csv`` (columns :data:`MANIFEST_COLUMNS`).
     """
-    from maskface.datasets import DataConfig, build_manifest, write_table
+    from maskface.datasets import DataConfig, build_manifest
     from maskface.geometry import FaceDetector, template_points
 
     styles = _check_styles(styles)
@@ -236,8 +237,8 @@ def simulate_masks(
                 progress.update(1)
 
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    write_table(manifest, dst_root / MANIFEST_FILE)
-    write_table(pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)), dst_root / SKIPPED_FILE)
+    write_csv(manifest, dst_root / MANIFEST_FILE)
+    write_csv(pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)), dst_root / SKIPPED_FILE)
     if examples:
         _preview(examples, Path(preview) if preview is not None else dst_root / PREVIEW_FILE)
     reasons = pd.Series([s["reason"] for s in skipped], dtype=object).value_counts().to_dict()
