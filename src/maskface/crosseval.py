@@ -245,7 +245,7 @@ def fixed_threshold_report(
     return block
 
 
-def score_pairs(model, pairs: pd.DataFrame, progress: Optional[bool] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def embed_and_score_pairs(model, pairs: pd.DataFrame, progress: Optional[bool] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Embed every paired image once and score the pairs.
 
     Returns the scored pairs (``score``, ``cosine``, ``predicted`` columns; pairs with an
@@ -346,7 +346,7 @@ def evaluate_model_on(
     pair_types = list(pair_types) if pair_types else default_pair_types(manifest)
     pairs = build_pairs(manifest, pair_types, max_genuine_per_identity, seed)
     logger.info("%d pairs (%d genuine) of types %s", len(pairs), int(pairs["label"].sum()), ", ".join(pair_types))
-    scored, failed = score_pairs(model, pairs, progress)
+    scored, failed = embed_and_score_pairs(model, pairs, progress)
     if scored.empty or scored["label"].nunique() < 2:
         raise InputError(
             f"after dropping pairs with images that could not be embedded ({len(failed)}), "
