@@ -24,7 +24,6 @@ with ``--overwrite`` (see docs/cli-and-api.md).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -43,12 +42,6 @@ from maskface.text import printable
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
-# Commands other modules contribute: (module, function registering them on the subparsers).
-# Each leaf sets ``func(args) -> int``. A module not present in this installation adds nothing.
-CONTRIBUTED_COMMANDS = (
-    ("maskface.weights", "add_weights_parser"),
-    ("maskface.simulate", "add_simulate_masks_parser"),
-)
 
 
 def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
@@ -447,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     # The datasets module's list, not crosseval's: crosseval pulls in scikit-learn and
     # matplotlib, a second of start-up for every command.
     from maskface.datasets import EXTRA_SOURCES as EVAL_SOURCES
+    from maskface.simulate import add_simulate_parser
+    from maskface.weights import add_weights_parser
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -563,14 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", type=Path, required=True, metavar="DIR")
     info.set_defaults(func=cmd_info)
 
-    for module_name, function_name in CONTRIBUTED_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue
-            raise
-        getattr(module, function_name)(commands)
+    # The modules that own these commands add them; each leaf sets ``func(args) -> int``.
+    add_weights_parser(commands)
+    add_simulate_parser(commands)
     return parser
 
 

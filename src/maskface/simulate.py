@@ -331,10 +331,6 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-# The name maskface.cli registers contributed commands under.
-add_simulate_masks_parser = add_simulate_parser
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m maskface.simulate SRC DST ...`` (the same as ``maskface simulate-masks``)."""
     parser = argparse.ArgumentParser(prog="maskface")
