@@ -23,27 +23,12 @@ from maskface.errors import invalid_param as _fail
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
 CROP_MODES = ("none", "ratio", "eyes", "mask", "nose")
 SPLIT_BY = ("identity", "image")
-CLASSIFIERS = ("cosine", "knn", "mlp", "lda")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
-# Every top-level section a stage may read; anything else in params.yaml is a typo.
-TOP_LEVEL_KEYS = (
-    "data",
-    "split",
-    "crop",
-    "backbones",
-    "arcface",
-    "finetune",
-    "embed",
-    "classifier",
-    "classify",
-    "knn",
-    "mlp",
-    "lda",
-    "cosine",
-    "evaluate",
-)
+# The top-level sections a stage may read besides one per registered classifier (its
+# settings, see top_level_keys); anything else in params.yaml is a typo.
+SECTIONS = ("data", "split", "crop", "backbones", "arcface", "finetune", "embed", "classifier", "classify", "evaluate")
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -504,11 +489,10 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ConfigError(f"params file {str(path)!r} does not exist") from None
     if not isinstance(params, Mapping):
         raise ConfigError(f"params file {str(path)!r} must hold a mapping of sections")
-    unknown = sorted(set(params) - set(TOP_LEVEL_KEYS))
+    valid = top_level_keys()
+    unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise ConfigError(
-            f"params: unknown section {', '.join(unknown)}; valid sections: {', '.join(TOP_LEVEL_KEYS)}"
-        )
+        raise ConfigError(f"params: unknown section {', '.join(unknown)}; valid sections: {', '.join(valid)}")
     return dict(params)
 
 
@@ -520,10 +504,21 @@ def section(params: Mapping, cls: type, name: str):
     return parse_section(cls, raw, name)
 
 
+def top_level_keys() -> tuple[str, ...]:
+    """Every section params.yaml may hold: :data:`SECTIONS` and one per registered classifier."""
+    # Imported here: the registry imports this module for the classifiers' params classes.
+    from maskface.classifiers import available_classifiers
+
+    return (*SECTIONS, *available_classifiers())
+
+
 def classifier_name(params: Mapping) -> str:
+    """The ``classifier`` setting, checked against the classifier registry."""
+    from maskface.classifiers import available_classifiers
+
     name = params.get("classifier", "mlp")
-    if name not in CLASSIFIERS:
-        raise _fail("classifier", name, ", ".join(CLASSIFIERS))
+    if name not in available_classifiers():
+        raise _fail("classifier", name, ", ".join(available_classifiers()))
     return name
 
 
