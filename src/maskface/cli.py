@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 from maskface import __version__
 from maskface.errors import EXIT_USER_ERROR, InputError, user_error_message
-from maskface.logs import TqdmLogHandler
+from maskface.logs import logging_to_stderr
 from maskface.text import printable
 
 logger = logging.getLogger(__name__)
@@ -564,26 +564,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbosity: int) -> tuple[logging.Handler, int]:
-    """Route log records to stderr for this run; returns what :func:`_restore_logging` undoes."""
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = TqdmLogHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(level)
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(min(previous, level) if previous != logging.NOTSET else level)
-    return handler, previous
-
-
-def _restore_logging(state: tuple[logging.Handler, int]) -> None:
-    handler, previous = state
-    root = logging.getLogger()
-    root.removeHandler(handler)
-    root.setLevel(previous)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``maskface`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
@@ -594,21 +574,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, value in (("json", False), ("no_progress", False), ("verbose", 0)):
         if not hasattr(args, name):
             setattr(args, name, value)
-    logging_state = _setup_logging(args.verbose)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print(f"maskface {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:
-        message = user_error_message(error)
-        if message is None:
-            raise
-        print(f"maskface {args.command}: error: {printable(message)}", file=sys.stderr)
-        logger.debug("traceback", exc_info=True)
-        return EXIT_USER_ERROR
-    finally:
-        _restore_logging(logging_state)
+    level = logging.WARNING if args.verbose <= 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    with logging_to_stderr(level, "%(levelname)s %(name)s: %(message)s"):
+        try:
+            return int(args.func(args))
+        except KeyboardInterrupt:
+            print(f"maskface {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as error:
+            message = user_error_message(error)
+            if message is None:
+                raise
+            print(f"maskface {args.command}: error: {printable(message)}", file=sys.stderr)
+            logger.debug("traceback", exc_info=True)
+            return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":
