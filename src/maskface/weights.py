@@ -355,7 +355,15 @@ def _record(path: Path, key: str, sha256: str) -> None:
 
 
 def _download(url: str, destination: Path) -> None:
-    """Stream ``url`` into ``destination``; raise OSError (requests' errors are OSErrors) on failure."""
+    """Stream ``url`` into ``destination``; raise OSError (requests' errors are OSErrors) on failure.
+
+    Not ``torch.hub.download_url_to_file``: it opens the URL with no timeout (a firewall that
+    drops packets hangs it for minutes) and keeps a body cut short of its Content-Length as
+    if complete (http.client's ``read(n)`` returns what came; checked against a local server),
+    which the first-use ledger would then record as the file's hash. requests with urllib3 2
+    raises on both. The temporary file, the full SHA-256 check and the move into place are
+    :func:`_download_verified`'s.
+    """
     import requests
     from tqdm.auto import tqdm
 
