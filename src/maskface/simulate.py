@@ -332,15 +332,10 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m maskface.simulate SRC DST ...`` (the same as ``maskface simulate-masks``)."""
-    parser = argparse.ArgumentParser(prog="maskface")
-    add_simulate_parser(parser.add_subparsers(dest="command", required=True))
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = parser.parse_args(["simulate-masks", *arguments])
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 2
-    return args.func(args)
+    """``python -m maskface.simulate SRC DST ...``: the same as ``maskface simulate-masks``."""
+    from maskface.cli import main as maskface_main
+
+    return maskface_main(["simulate-masks", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

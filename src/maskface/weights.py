@@ -696,15 +696,10 @@ def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``maskface weights ...``; ``argv`` is what follows ``weights`` (default ``sys.argv[1:]``)."""
-    parser = argparse.ArgumentParser(prog="maskface")
-    add_weights_parser(parser.add_subparsers(dest="command", required=True))
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = parser.parse_args(["weights", *arguments])
-    except SystemExit as exit_:  # argparse already printed usage and a one-line error
-        return exit_.code if isinstance(exit_.code, int) else 2
-    return args.func(args)
+    """``python -m maskface.weights ...``: the same as ``maskface weights ...`` (``argv`` follows ``weights``)."""
+    from maskface.cli import main as maskface_main
+
+    return maskface_main(["weights", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
