@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskface.errors import InputError
+from maskface.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -345,7 +346,7 @@ def create_model(
             pretrained = load_pretrained(trunk, name, spec.default_weights)
         except WeightsUnavailableError as error:
             logger.warning(
-                "%s: weights auto: %s; training from random initialisation instead", name, " ".join(str(error).split())
+                "%s: weights auto: %s; training from random initialisation instead", name, one_line(error)
             )
     elif weights != "none":
         pretrained = load_pretrained(trunk, name, weights)

@@ -696,10 +696,19 @@ def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m maskface.weights ...``: the same as ``maskface weights ...`` (``argv`` follows ``weights``)."""
-    from maskface.cli import main as maskface_main
+    """``maskface weights ...``; ``argv`` is what follows ``weights`` (default ``sys.argv[1:]``).
 
-    return maskface_main(["weights", *(sys.argv[1:] if argv is None else argv)])
+    Its own parser, not ``maskface.cli.main``: the stages import this module, and DVC would
+    then count the whole CLI among their dependencies (tests/stages/test_dvc_deps.py).
+    """
+    parser = argparse.ArgumentParser(prog="maskface")
+    add_weights_parser(parser.add_subparsers(dest="command", required=True))
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(["weights", *arguments])
+    except SystemExit as exit_:  # argparse already printed usage and a one-line error
+        return exit_.code if isinstance(exit_.code, int) else 2
+    return args.func(args)
 
 
 if __name__ == "__main__":
