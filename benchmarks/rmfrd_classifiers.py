@@ -31,7 +31,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from maskface.classify import config_class, fit_and_score
+from maskface.classifiers import available_classifiers, config_class
+from maskface.classify import fit_and_score
 from maskface.config import PAIR_TYPES, ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, EvaluateConfig, FinetuneConfig
 from maskface.crop import crop_dataset
 from maskface.datasets import DataConfig, build_manifest
@@ -52,7 +53,8 @@ BACKBONES = {
     "alexnet": BackboneConfig(weights="none", input_size=112, embedding_size=128, epochs=6, lr=1e-3, batch_size=32),
 }
 CROPS = {"none": CropConfig(mode="none"), "ratio 0.5": CropConfig(mode="ratio", keep_ratio=0.5)}
-CLASSIFIERS = ("cosine", "knn", "mlp")
+# The default run; any registered classifier (lda too) can be asked for with --classifiers.
+DEFAULT_CLASSIFIERS = ("cosine", "knn", "mlp")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=Path("/tmp/maskface-rmfrd-classifiers"), help="scratch folder for crops, models, results")
     parser.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=list(BACKBONES))
     parser.add_argument("--crops", nargs="+", default=list(CROPS), choices=list(CROPS))
-    parser.add_argument("--classifiers", nargs="+", default=list(CLASSIFIERS), choices=("cosine", "knn", "mlp", "lda"))
+    parser.add_argument("--classifiers", nargs="+", default=list(DEFAULT_CLASSIFIERS), choices=available_classifiers())
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples over test identities for the 95 %% intervals")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -7,23 +7,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from maskface.errors import EXIT_USER_ERROR, one_line, user_error_message
-from maskface.logs import TqdmLogHandler
-
-
-def setup_logging(level: int = logging.INFO) -> None:
-    handler = TqdmLogHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
-
-
-def user_error_line(error: BaseException) -> str | None:
-    """One line for a user error (bad params, bad data, a missing input file), None for a bug."""
-    message = user_error_message(error)
-    if message is None and isinstance(error, OSError):
-        # The file system refused (missing input, permission, disk full); the message names the file.
-        message = one_line(error)
-    return message
+from maskface.errors import EXIT_USER_ERROR, user_error_message
+from maskface.logs import logging_to_stderr
 
 
 def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> None:
@@ -32,13 +17,13 @@ def run(main: Callable[[list[str] | None], None], argv: list[str] | None = None)
     Anything else is a bug and propagates with its full traceback (exit 1): a plain
     ValueError from library code is not assumed to be the user's fault.
     """
-    setup_logging()
-    try:
-        main(argv)
-    except Exception as error:
-        message = user_error_line(error)
-        if message is None:
-            raise
-        stage = Path(main.__code__.co_filename).stem
-        print(f"{stage}: error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    with logging_to_stderr(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"):
+        try:
+            main(argv)
+        except Exception as error:
+            message = user_error_message(error)
+            if message is None:
+                raise
+            stage = Path(main.__code__.co_filename).stem
+            print(f"{stage}: error: {message}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)

@@ -8,9 +8,9 @@ from pathlib import Path
 import _common
 
 from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE, load_embeddings, read_embed_settings
+from maskface.classifiers import config_class
 from maskface.classify import (
     classifier_metadata,
-    config_class,
     fit_and_score,
     identify,
     save_classifier,

@@ -10,7 +10,7 @@ import _common
 import pandas as pd
 
 from maskface.config import CropConfig, SplitConfig, load_params, section
-from maskface.datasets import DataConfig, build_manifest, build_validation_manifest, write_table
+from maskface.datasets import DataConfig, build_manifest, build_validation_manifest
 from maskface.geometry import detection_rates, face_filter, filtered_sheet, landmark_table
 from maskface.split import make_pairs, split_dataset
 from maskface.tables import write_csv
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     rejected = result.rejected if validation is None else pd.concat([result.rejected, validation.rejected], ignore_index=True)
     if crop_config.filter and len(dropped):
         rejected = pd.concat([rejected, dropped], ignore_index=True).sort_values(["path", "reason"], kind="mergesort", ignore_index=True)
-    write_table(manifest, args.manifest)
-    write_table(rejected, args.rejected)
+    write_csv(manifest, args.manifest)
+    write_csv(rejected, args.rejected)
     write_csv(landmarks, args.landmarks)
     filtered_sheet(dropped, landmarks, args.filtered_preview, note)
     for name, table in pairs.items():

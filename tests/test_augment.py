@@ -18,7 +18,7 @@ from maskface.augment import (
     simulate_masks,
     template_landmarks,
 )
-from maskface.crop import crop_face
+from maskface.crop import crop_details
 from maskface.synthetic import GROUND_TRUTH_CSV, LANDMARK_COLUMNS
 
 
@@ -39,7 +39,7 @@ def test_map_through_crop_follows_the_crop_stage_pixels(crop):
     # Oracle: where the crop stage's own resize puts a bright blob.
     centre = (30.3, 20.7)
     source = _blob_image(80, 100, centre)
-    face = crop_face(source, crop["mode"], crop.get("keep_ratio", 1.0), 160)
+    face = crop_details(source, None, crop, 160).image
     mapped = map_through_crop(np.array([centre]), (80, 100), crop, 160)[0]
     np.testing.assert_allclose(mapped, _centroid(face), atol=0.25)
 

@@ -113,13 +113,13 @@ def test_vgg_face_dag_tensors_land_in_the_right_layers():
     state["fc6.bias"] = torch.randn(4096)
     state["fc7.weight"] = torch.randn(4096, 4096)
     state["fc7.bias"] = torch.randn(4096)
-    trunk.load_vgg_face_dag(state)
+    trunk.load_published(state, "vgg-face-dag")
     torch.testing.assert_close(trunk.block3[0].weight, state["conv3_1.weight"])
     torch.testing.assert_close(trunk.block5[4].bias, state["conv5_3.bias"])
     torch.testing.assert_close(trunk.fc6[0].weight, state["fc6.weight"].reshape(4096, -1))
     torch.testing.assert_close(trunk.fc7[0].weight, state["fc7.weight"])
     with pytest.raises(ValueError, match="fc7.weight"):
-        trunk.load_vgg_face_dag({k: v for k, v in state.items() if k != "fc7.weight"})
+        trunk.load_published({k: v for k, v in state.items() if k != "fc7.weight"}, "vgg-face-dag")
 
 
 def _randomise_batch_norms(model, seed=0):

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from maskface.config import CropConfig
-from maskface.crop import crop_dataset, crop_face, open_crops, preview_sheet
+from maskface.crop import crop_dataset, crop_details, open_crops, preview_sheet
 
 
 def _gradient(width=40, height=60):
@@ -14,7 +14,7 @@ def _gradient(width=40, height=60):
 
 
 def test_none_mode_keeps_the_whole_face():
-    out = crop_face(_gradient(), "none", 0.5, 30)
+    out = crop_details(_gradient(), None, {"mode": "none"}, 30).image
     assert out.shape == (30, 30, 3) and out.dtype == np.uint8
     # Bottom row of the output comes from the bottom of the input.
     assert out[-1, 0, 0] > 200
@@ -22,7 +22,7 @@ def test_none_mode_keeps_the_whole_face():
 
 def test_ratio_mode_keeps_only_the_top_share():
     image = _gradient(height=60)
-    out = crop_face(image, "ratio", 0.5, 30)
+    out = crop_details(image, None, {"mode": "ratio", "keep_ratio": 0.5}, 30).image
     # Input rows 0..29 have values 0..116: nothing from the lower half (>= 120) survives.
     assert out.max() < 120
     # Oracle: PIL crop of the top 30 rows, resized the same way.
@@ -32,7 +32,7 @@ def test_ratio_mode_keeps_only_the_top_share():
 
 def test_unknown_mode_names_valid_modes():
     with pytest.raises(ValueError, match="none, ratio, eyes, mask, nose"):
-        crop_face(_gradient(), "lower", 0.5, 30)
+        crop_details(_gradient(), None, {"mode": "lower"}, 30)
 
 
 def test_crop_dataset_writes_arrays_index_and_preview(toy_dataset, tmp_path):
@@ -46,7 +46,7 @@ def test_crop_dataset_writes_arrays_index_and_preview(toy_dataset, tmp_path):
     assert images.shape == (len(manifest), 3, 32, 32)
     assert list(index["path"]) == list(manifest["path"])
     assert index["masked"].dtype == bool
-    first = crop_face(Image.open(manifest["path"].iloc[0]).convert("RGB"), "ratio", 0.6, 32)
+    first = crop_details(Image.open(manifest["path"].iloc[0]).convert("RGB"), None, {"mode": "ratio", "keep_ratio": 0.6}, 32).image
     np.testing.assert_array_equal(images[0], first.transpose(2, 0, 1))
     assert json.loads((out / "preprocess.json").read_text()) == {"crop": {"keep_ratio": 0.6, "mode": "ratio"}, "input_size": 32}
     preview = tmp_path / "preview.png"
@@ -114,7 +114,7 @@ def test_aligned_eyes_crop_writes_output_landmarks_and_matches_preprocess_face(t
 
 
 def test_preprocess_face_detects_landmarks_when_none_are_given(tmp_path):
-    from maskface.crop import crop_details, detect_for_settings, preprocess_face
+    from maskface.crop import detect_for_settings, preprocess_face
 
     manifest, _ = _synthetic_files(tmp_path, count=2)
     image = Image.open(manifest.at[1, "path"]).convert("RGB")
@@ -125,7 +125,7 @@ def test_preprocess_face_detects_landmarks_when_none_are_given(tmp_path):
     # Without alignment or a landmark mode, nothing is detected: the old transform.
     np.testing.assert_array_equal(
         preprocess_face(image, None, {"input_size": 64, "crop": {"mode": "ratio", "keep_ratio": 0.5}}),
-        crop_face(image, "ratio", 0.5, 64),
+        crop_details(image, None, {"mode": "ratio", "keep_ratio": 0.5}, 64).image,
     )
 
 

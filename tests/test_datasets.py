@@ -29,9 +29,9 @@ from maskface.datasets import (
     read_manifest,
     scan_files,
     validate_image,
-    write_table,
 )
 from maskface.imageio import load_rgb
+from maskface.tables import write_csv
 
 NON_UTF8_NAME = os.fsdecode(b"\xe9\xa6\x96\xff.jpg")
 
@@ -351,7 +351,7 @@ def test_non_utf8_file_name_round_trips_through_the_csv(messy_tree, tmp_path):
     root, _, _ = messy_tree
     result = build_manifest(_config(root=str(root), max_pixels=60 * 60))
     csv_path = tmp_path / "out" / "manifest.csv"
-    write_table(result.manifest, csv_path)
+    write_csv(result.manifest, csv_path)
     assert b"bob/\xe9\xa6\x96\xff.jpg" in csv_path.read_bytes()
 
     back = read_manifest(csv_path)
@@ -367,8 +367,8 @@ def test_two_runs_write_byte_identical_csvs_serial_or_parallel(messy_tree, tmp_p
     outputs = []
     for run, workers in enumerate((1, 2, 2)):
         result = build_manifest(_config(root=str(root), max_pixels=60 * 60, workers=workers))
-        write_table(result.manifest, tmp_path / f"m{run}.csv")
-        write_table(result.rejected, tmp_path / f"r{run}.csv")
+        write_csv(result.manifest, tmp_path / f"m{run}.csv")
+        write_csv(result.rejected, tmp_path / f"r{run}.csv")
         outputs.append(((tmp_path / f"m{run}.csv").read_bytes(), (tmp_path / f"r{run}.csv").read_bytes()))
         assert list(result.manifest["path"]) == sorted(result.manifest["path"])
     assert outputs[0] == outputs[1] == outputs[2]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskface.errors import InputError
+from maskface.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +61,13 @@ class Trunk(nn.Module):
 
     layer_groups: tuple[str, ...] = ()
 
-    def load_pretrained(self, weights: str) -> Path:
-        """Load the named pretrained weights; returns the file they came from."""
-        raise NotImplementedError(f"{type(self).__name__} has no pretrained weights loader for {weights!r}")
+    def load_published(self, state: dict[str, torch.Tensor], weights: str) -> None:
+        """Copy the published state dict of the weights named ``weights`` into this trunk.
+
+        The file is resolved, verified and read by :func:`load_pretrained`, the one loader;
+        a trunk whose published keys or format differ from its own overrides this mapping.
+        """
+        self.load_state_dict(state)
 
     def fold_batch_norm(self) -> int:
         """Fold eval-mode batch norms into the layer before them (see :func:`fold_batch_norms`).
@@ -338,22 +343,24 @@ def create_model(
         from maskface.weights import WeightsUnavailableError
 
         try:
-            pretrained = _load_named(trunk, name, spec.default_weights)
+            pretrained = load_pretrained(trunk, name, spec.default_weights)
         except WeightsUnavailableError as error:
             logger.warning(
-                "%s: weights auto: %s; training from random initialisation instead", name, " ".join(str(error).split())
+                "%s: weights auto: %s; training from random initialisation instead", name, one_line(error)
             )
     elif weights != "none":
-        pretrained = _load_named(trunk, name, weights)
+        pretrained = load_pretrained(trunk, name, weights)
     model = FaceEmbedder(spec, trunk, embedding_size=embedding_size, input_size=input_size or spec.input_size)
     model.pretrained = pretrained
     return model
 
 
-def _load_named(trunk: Trunk, name: str, weights: str) -> dict:
+def load_pretrained(trunk: Trunk, name: str, weights: str) -> dict:
+    """Load backbone ``name``'s pretrained ``weights`` into ``trunk``; returns their provenance."""
     from maskface.weights import provenance
 
-    path = trunk.load_pretrained(weights)
+    state, path = _pretrained_state(name, weights)
+    trunk.load_published(state, weights)
     logger.info("%s: loaded pretrained weights %r from %s", name, weights, path)
     return provenance(f"{name}:{weights}", path)
 
@@ -418,13 +425,11 @@ class FaceNetTrunk(Trunk):
             folded += 1
         return folded
 
-    def load_pretrained(self, weights: str) -> Path:
-        state, path = _pretrained_state("facenet", weights)
+    def load_published(self, state: dict[str, torch.Tensor], weights: str) -> None:
         state = {k: v for k, v in state.items() if not k.startswith("logits.")}
         missing, unexpected = self.net.load_state_dict(state, strict=False)
         if unexpected or [k for k in missing if not k.startswith("logits")]:
             raise ValueError(f"facenet weights {weights!r} do not fit InceptionResnetV1: missing {missing}, unexpected {unexpected}")
-        return path
 
 
 @register_backbone(
@@ -488,12 +493,7 @@ class VggFaceTrunk(Trunk):
         blocks = (self.block1, self.block2, self.block3, self.block4, self.block5)
         return [m for block in blocks for m in block if isinstance(m, nn.Conv2d)]
 
-    def load_pretrained(self, weights: str) -> Path:
-        state, path = _pretrained_state("vggface", weights)
-        self.load_vgg_face_dag(state)
-        return path
-
-    def load_vgg_face_dag(self, state: dict[str, torch.Tensor]) -> None:
+    def load_published(self, state: dict[str, torch.Tensor], weights: str) -> None:
         """Copy Albanie's vgg_face_dag tensors (conv1_1 .. fc7) into this trunk."""
         targets = dict(zip(_VGG_FACE_DAG_CONVS, self.conv_layers()))
         targets["fc6"] = self.fc6[0]
@@ -553,12 +553,10 @@ class AlexNetTrunk(Trunk):
             x = group(x)
         return self.pool(x).flatten(1)
 
-    def load_pretrained(self, weights: str) -> Path:
-        state, path = _pretrained_state("alexnet", weights)
+    def load_published(self, state: dict[str, torch.Tensor], weights: str) -> None:
         # Re-assemble torchvision's flat `features` numbering over the same module objects.
         features = nn.Sequential(*self.conv1, *self.conv2, *self.conv3, *self.conv4, *self.conv5)
         features.load_state_dict({k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")})
-        return path
 
 
 @register_backbone(
@@ -622,12 +620,10 @@ class EdgeFaceTrunk(Trunk):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def load_pretrained(self, weights: str) -> Path:
+    def load_published(self, state: dict[str, torch.Tensor], weights: str) -> None:
         # The published files are int8 (dynamic quantisation of every Linear); training and
         # GPUs need fp32, so the packed weights are dequantised into this plain network.
-        state, path = _pretrained_state(self.backbone, weights)
         self.load_state_dict(dequantize_state_dict(state))
-        return path
 
     def quantized(self, weights: str) -> nn.Module:
         """This network as the authors ship it: dynamically quantised int8 Linears, CPU only.
@@ -750,11 +746,6 @@ class MobileFaceNetTrunk(Trunk):
                 setattr(owner, norm, nn.Identity())
                 folded += 1
         return folded
-
-    def load_pretrained(self, weights: str) -> Path:
-        state, path = _pretrained_state("mobilefacenet", weights)
-        self.load_state_dict(state)
-        return path
 
 
 @register_backbone(

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -35,11 +34,12 @@ import pandas as pd
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import LabelBinarizer, StandardScaler
 
 from maskface.artifacts import CLASSIFIER_META_FILE
-from maskface.config import PAIR_TYPES, ClassifyConfig, CosineConfig, KnnConfig, LdaConfig, MlpConfig
+from maskface.classifiers import registered as _registered  # fit_and_score names its result `registered`
+from maskface.config import PAIR_TYPES, ClassifyConfig
 from maskface.errors import InputError
 from maskface.metrics import choose_threshold, identification_ranks
 from maskface.split import make_pairs
@@ -51,77 +51,6 @@ CLASSIFIER_FILE = "classifier.npz"
 META_FORMAT = 2
 PAIR_FEATURES = "abs_diff_product"  # [|a - b|, a * b], see pair_features
 TOP_K = 5
-
-# A builder returns an unfitted scikit-learn pipeline, or None for a classifier with no
-# learned part (cosine: the threshold is the whole model).
-Builder = Callable[[Any, int], Optional[Pipeline]]
-
-
-@dataclass(frozen=True)
-class _Registered:
-    builder: Builder
-    config_class: type
-
-
-_REGISTRY: dict[str, _Registered] = {}
-
-
-def register_classifier(name: str, config_class: type):
-    """Register ``builder(config, n_train) -> Pipeline | None`` under ``name`` with its params class."""
-
-    def decorate(builder: Builder) -> Builder:
-        _REGISTRY[name] = _Registered(builder, config_class)
-        return builder
-
-    return decorate
-
-
-@register_classifier("cosine", CosineConfig)
-def _cosine(config: CosineConfig, n_train: int) -> None:
-    return None
-
-
-@register_classifier("knn", KnnConfig)
-def _knn(config: KnnConfig, n_train: int) -> Pipeline:
-    return make_pipeline(
-        StandardScaler(),
-        KNeighborsClassifier(n_neighbors=min(config.n_neighbors, n_train), weights=config.weights),
-    )
-
-
-@register_classifier("mlp", MlpConfig)
-def _mlp(config: MlpConfig, n_train: int) -> Pipeline:
-    return make_pipeline(
-        StandardScaler(),
-        MLPClassifier(
-            hidden_layer_sizes=config.hidden_layer_sizes,
-            alpha=config.alpha,
-            max_iter=config.max_iter,
-            random_state=config.seed,
-            early_stopping=n_train >= 100,
-        ),
-    )
-
-
-@register_classifier("lda", LdaConfig)
-def _lda(config: LdaConfig, n_train: int) -> Pipeline:
-    shrinkage = "auto" if config.shrinkage is None else config.shrinkage
-    return make_pipeline(StandardScaler(), LinearDiscriminantAnalysis(solver="lsqr", shrinkage=shrinkage))
-
-
-def available_classifiers() -> list[str]:
-    return list(_REGISTRY)
-
-
-def config_class(classifier: str) -> type:
-    """The params dataclass of ``classifier`` (its settings live in the section of that name)."""
-    return _registered(classifier).config_class
-
-
-def _registered(classifier: str) -> _Registered:
-    if classifier not in _REGISTRY:
-        raise InputError(f"classifier {classifier!r} is invalid; valid: {', '.join(_REGISTRY)}")
-    return _REGISTRY[classifier]
 
 
 def pair_features(a: np.ndarray, b: np.ndarray) -> np.ndarray:

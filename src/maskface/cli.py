@@ -24,7 +24,6 @@ with ``--overwrite`` (see docs/cli-and-api.md).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -37,38 +36,24 @@ from typing import Any, Optional
 
 from maskface import __version__
 from maskface.errors import EXIT_USER_ERROR, InputError, user_error_message
-from maskface.logs import TqdmLogHandler
+from maskface.logs import logging_to_stderr
+from maskface.text import printable
 
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
-# Commands other modules contribute: (module, function registering them on the subparsers).
-# Each leaf sets ``func(args) -> int``. A module not present in this installation adds nothing.
-CONTRIBUTED_COMMANDS = (
-    ("maskface.weights", "add_weights_parser"),
-    ("maskface.simulate", "add_simulate_masks_parser"),
-)
-
-
-def _one_line(error: BaseException | str) -> str:
-    return " ".join(str(error).split())
-
-
-def _shown(text: str) -> str:
-    """A path safe to print: undecodable file-name bytes (surrogate escapes) become U+FFFD."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
     if args.json:
         print(json.dumps(payload, indent=2, sort_keys=True))
     else:
-        print(_shown(text))
+        print(printable(text))
 
 
 def _report_failures(args: argparse.Namespace, failures: Sequence[Any]) -> None:
     for failure in failures:
-        print(f"maskface {args.command}: error: {_shown(failure.source)}: {failure.reason}", file=sys.stderr)
+        print(f"maskface {args.command}: error: {printable(failure.source)}: {failure.reason}", file=sys.stderr)
 
 
 def _progress(args: argparse.Namespace) -> Optional[bool]:
@@ -455,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     # The datasets module's list, not crosseval's: crosseval pulls in scikit-learn and
     # matplotlib, a second of start-up for every command.
     from maskface.datasets import EXTRA_SOURCES as EVAL_SOURCES
+    from maskface.simulate import add_simulate_parser
+    from maskface.weights import add_weights_parser
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -571,45 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--model", type=Path, required=True, metavar="DIR")
     info.set_defaults(func=cmd_info)
 
-    for module_name, function_name in CONTRIBUTED_COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue
-            raise
-        getattr(module, function_name)(commands)
+    # The modules that own these commands add them; each leaf sets ``func(args) -> int``.
+    add_weights_parser(commands)
+    add_simulate_parser(commands)
     return parser
-
-
-def _setup_logging(verbosity: int) -> tuple[logging.Handler, int]:
-    """Route log records to stderr for this run; returns what :func:`_restore_logging` undoes."""
-    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler = TqdmLogHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(level)
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(min(previous, level) if previous != logging.NOTSET else level)
-    return handler, previous
-
-
-def _restore_logging(state: tuple[logging.Handler, int]) -> None:
-    handler, previous = state
-    root = logging.getLogger()
-    root.removeHandler(handler)
-    root.setLevel(previous)
-
-
-def _user_error_line(error: BaseException) -> Optional[str]:
-    """One line for a user error, None for a bug (which keeps its traceback)."""
-    message = user_error_message(error)
-    if message is None and isinstance(error, OSError):
-        # The file system refused (missing input, permission, disk full): the user's to fix,
-        # and the message names the file.
-        message = _one_line(error)
-    return message
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -622,21 +574,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for name, value in (("json", False), ("no_progress", False), ("verbose", 0)):
         if not hasattr(args, name):
             setattr(args, name, value)
-    logging_state = _setup_logging(args.verbose)
-    try:
-        return int(args.func(args))
-    except KeyboardInterrupt:
-        print(f"maskface {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:
-        message = _user_error_line(error)
-        if message is None:
-            raise
-        print(f"maskface {args.command}: error: {_shown(message)}", file=sys.stderr)
-        logger.debug("traceback", exc_info=True)
-        return EXIT_USER_ERROR
-    finally:
-        _restore_logging(logging_state)
+    level = logging.WARNING if args.verbose <= 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    with logging_to_stderr(level, "%(levelname)s %(name)s: %(message)s"):
+        try:
+            return int(args.func(args))
+        except KeyboardInterrupt:
+            print(f"maskface {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as error:
+            message = user_error_message(error)
+            if message is None:
+                raise
+            print(f"maskface {args.command}: error: {printable(message)}", file=sys.stderr)
+            logger.debug("traceback", exc_info=True)
+            return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":

@@ -20,44 +20,23 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from maskface.errors import UserError
+# invalid_param keeps its short local name: it is raised on almost every line below.
+from maskface.errors import ConfigError
+from maskface.errors import invalid_param as _fail
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
 # How a decision threshold is chosen on validation pairs (maskface.metrics.choose_threshold).
 THRESHOLD_RULES = ("max_accuracy", "one_se")
 CROP_MODES = ("none", "ratio", "eyes", "mask", "nose")
 SPLIT_BY = ("identity", "image")
-CLASSIFIERS = ("cosine", "knn", "mlp", "lda")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 # MASK_STYLES repeats maskface.masks's so that reading params never imports the drawing code.
 MASK_STYLES = ("surgical", "cloth", "n95")
 
-# Every top-level section a stage may read; anything else in params.yaml is a typo.
-TOP_LEVEL_KEYS = (
-    "data",
-    "split",
-    "crop",
-    "backbones",
-    "arcface",
-    "finetune",
-    "embed",
-    "classifier",
-    "classify",
-    "knn",
-    "mlp",
-    "lda",
-    "cosine",
-    "evaluate",
-)
-
-
-class ConfigError(UserError, ValueError):
-    """A params value is invalid; the message names the key and the valid values."""
-
-
-def _fail(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"params: {key} = {value!r} is invalid; valid: {valid}")
+# The top-level sections a stage may read besides one per registered classifier (its
+# settings, see top_level_keys); anything else in params.yaml is a typo.
+SECTIONS = ("data", "split", "crop", "backbones", "arcface", "finetune", "embed", "classifier", "classify", "evaluate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,11 +424,10 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         raise ConfigError(f"params file {str(path)!r} does not exist") from None
     if not isinstance(params, Mapping):
         raise ConfigError(f"params file {str(path)!r} must hold a mapping of sections")
-    unknown = sorted(set(params) - set(TOP_LEVEL_KEYS))
+    valid = top_level_keys()
+    unknown = sorted(set(params) - set(valid))
     if unknown:
-        raise ConfigError(
-            f"params: unknown section {', '.join(unknown)}; valid sections: {', '.join(TOP_LEVEL_KEYS)}"
-        )
+        raise ConfigError(f"params: unknown section {', '.join(unknown)}; valid sections: {', '.join(valid)}")
     return dict(params)
 
 
@@ -461,10 +439,21 @@ def section(params: Mapping, cls: type, name: str):
     return parse_section(cls, raw, name)
 
 
+def top_level_keys() -> tuple[str, ...]:
+    """Every section params.yaml may hold: :data:`SECTIONS` and one per registered classifier."""
+    # Imported here: the registry imports this module for the classifiers' params classes.
+    from maskface.classifiers import available_classifiers
+
+    return (*SECTIONS, *available_classifiers())
+
+
 def classifier_name(params: Mapping) -> str:
+    """The ``classifier`` setting, checked against the classifier registry."""
+    from maskface.classifiers import available_classifiers
+
     name = params.get("classifier", "mlp")
-    if name not in CLASSIFIERS:
-        raise _fail("classifier", name, ", ".join(CLASSIFIERS))
+    if name not in available_classifiers():
+        raise _fail("classifier", name, ", ".join(available_classifiers()))
     return name
 
 

@@ -332,18 +332,6 @@ def preprocess_face(
     return crop_details(image, landmarks, resolved, int(settings["input_size"]), masked).image
 
 
-def crop_face(image: Image.Image, mode: str, keep_ratio: float, size: int, **crop: Any) -> np.ndarray:
-    """One RGB face -> uint8 (size, size, 3): :func:`preprocess_face` with these settings.
-
-    ``none``: the whole face. ``ratio``: the top ``keep_ratio`` of the height (the study's
-    half-crop at 0.5), stretched back to a square as the study fed it to its networks.
-    ``eyes`` / ``mask`` and ``align`` (in ``crop``) detect the landmarks first.
-    """
-    if mode not in CROP_MODES:
-        raise ValueError(f"crop.mode {mode!r} is invalid; valid: {', '.join(CROP_MODES)}")
-    return preprocess_face(image, None, {"input_size": size, "crop": {"mode": mode, "keep_ratio": keep_ratio, **crop}})
-
-
 def _table_for(manifest: pd.DataFrame, config: CropConfig, landmarks: Optional[pd.DataFrame]) -> pd.DataFrame:
     """The landmark table rows of the manifest's images, in manifest order."""
     from maskface.geometry import landmark_table

@@ -43,6 +43,7 @@ from maskface.metrics import (
     confusion_at_threshold,
     equal_error_rate,
     far_key,
+    json_ready,
     kfold_accuracy,
     roc_auc,
     tar_at_far,
@@ -244,7 +245,7 @@ def fixed_threshold_report(
     return block
 
 
-def score_pairs(model, pairs: pd.DataFrame, progress: Optional[bool] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+def embed_and_score_pairs(model, pairs: pd.DataFrame, progress: Optional[bool] = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Embed every paired image once and score the pairs.
 
     Returns the scored pairs (``score``, ``cosine``, ``predicted`` columns; pairs with an
@@ -305,13 +306,7 @@ def metrics_of(
         )
         for pair_type, group in scored.groupby("pair_type", sort=True)
     }
-    return json.loads(json.dumps(report, default=_plain))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+    return json_ready(report)
 
 
 def plot_tables(scored: pd.DataFrame, threshold: float, roc_max_points: int, histogram_bins: int) -> dict[str, pd.DataFrame]:
@@ -351,7 +346,7 @@ def evaluate_model_on(
     pair_types = list(pair_types) if pair_types else default_pair_types(manifest)
     pairs = build_pairs(manifest, pair_types, max_genuine_per_identity, seed)
     logger.info("%d pairs (%d genuine) of types %s", len(pairs), int(pairs["label"].sum()), ", ".join(pair_types))
-    scored, failed = score_pairs(model, pairs, progress)
+    scored, failed = embed_and_score_pairs(model, pairs, progress)
     if scored.empty or scored["label"].nunique() < 2:
         raise InputError(
             f"after dropping pairs with images that could not be embedded ({len(failed)}), "

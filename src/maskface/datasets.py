@@ -10,9 +10,9 @@ Each file is opened and fully decoded once, in ``workers`` processes, and conver
 :func:`maskface.imageio.to_rgb` so anything accepted here loads in every later stage.
 
 File names that are not valid UTF-8 are kept as ``str`` with ``surrogateescape`` (what
-``os.fsdecode`` returns), so the recorded path opens the same file again. Write and read the
-tables with :func:`write_table` / :func:`read_manifest`, which use the same error handler;
-a plain ``pandas.read_csv`` would fail on such a name.
+``os.fsdecode`` returns), so the recorded path opens the same file again. Write the tables
+with :func:`maskface.tables.write_csv` and read a manifest back with :func:`read_manifest`,
+which use the same error handler; a plain ``pandas.read_csv`` would fail on such a name.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from maskface.config import ConfigError, Items, Section, SyntheticConfig, Valid, bad_value
-from maskface.errors import UserError
+from maskface.config import Items, Section, SyntheticConfig, Valid, bad_value
+from maskface.errors import UserError, invalid_param
 from maskface.imageio import sniff_format, to_rgb
-from maskface.tables import read_csv, write_csv
+from maskface.tables import read_csv
 
 logger = logging.getLogger(__name__)
 
@@ -523,10 +523,6 @@ def _collect_folder(collector: _Collector, spec: SourceSpec, key: str, pattern: 
     _walk_into(collector, spec, spec.root, assign, key)
 
 
-def _read_table(path: str | Path) -> pd.DataFrame:
-    return read_csv(path, dtype=object)
-
-
 def _require_columns(table: pd.DataFrame, needed: Sequence[str], where: str) -> None:
     missing = [c for c in needed if c not in table.columns]
     if missing:
@@ -542,7 +538,7 @@ def _collect_manifest(collector: _Collector, spec: SourceSpec, key: str) -> None
             f"{key} = {spec.root!r} is not a CSV file (source manifest needs columns path, identity, masked)"
         )
     try:
-        table = _read_table(spec.root)
+        table = read_csv(spec.root, dtype=object)
     except (ValueError, OSError) as error:
         raise DatasetError(f"{key} = {spec.root!r} is not a readable CSV: {error}") from None
     _require_columns(table, ("path", "identity", "masked"), f"manifest {spec.root!r}")
@@ -588,7 +584,7 @@ def _collect_synthetic(collector: _Collector, spec: SourceSpec, synthetic_dir: P
     truth_path = os.path.join(out_dir, GROUND_TRUTH_NAME)
     if not os.path.isfile(truth_path):
         raise DatasetError(f"synthetic generator wrote no {GROUND_TRUTH_NAME} in {out_dir!r}")
-    truth = _read_table(truth_path)
+    truth = read_csv(truth_path, dtype=object)
     _require_columns(truth, ("path", "identity", "masked"), f"{truth_path!r}")
     labels: dict[str, tuple[str, Optional[bool], int, Any]] = {}
     for row_number, row in enumerate(truth.itertuples(index=False), start=1):
@@ -701,7 +697,7 @@ def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> Man
         elif spec.kind == "manifest":
             _collect_manifest(collector, spec, key)
         else:  # validate() refuses other kinds; this guards a hand-built DataConfig
-            raise ConfigError(f"params: data.source = {spec.kind!r} is invalid; valid: {', '.join(SOURCES)}")
+            raise invalid_param("data.source", spec.kind, ", ".join(SOURCES))
 
     collector.candidates.sort(key=lambda item: item[0])
     accepted: list[dict] = []
@@ -897,17 +893,9 @@ def _identity_counts(rows: pd.DataFrame) -> dict:
     }
 
 
-def write_table(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write a manifest or rejected table as CSV, byte-identical for equal input.
-
-    Non-UTF-8 file names are written back as their original bytes (surrogateescape).
-    """
-    write_csv(frame, path)
-
-
 def read_manifest(path: str | Path) -> pd.DataFrame:
-    """Read a table written by :func:`write_table`; text stays exact, flags are bool, sizes int."""
-    frame = _read_table(path)
+    """Read a manifest written by :func:`maskface.tables.write_csv`; text stays exact, flags are bool, sizes int."""
+    frame = read_csv(path, dtype=object)
     for column in ("masked", "label_noise"):
         if column in frame.columns:
             flags = frame[column].map({"True": True, "False": False})

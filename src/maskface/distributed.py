@@ -180,10 +180,3 @@ def wrap_model(module: nn.Module, context: DistributedContext, device: torch.dev
 
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(module, device_ids=device_ids)
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (the module itself otherwise)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    return module.module if isinstance(module, DistributedDataParallel) else module

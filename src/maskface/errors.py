@@ -8,12 +8,17 @@ to raise one is never reported as "bad input".
 
 The existing user-facing errors keep their historical second base (``ValueError`` or
 ``RuntimeError``) so callers that caught those still catch them.
+
+The stages, the ``maskface`` command and its subcommands all turn an exception into their
+one line with :func:`user_error_message`; params errors are built by :func:`invalid_param`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures.process
-from typing import Optional
+from typing import Any, Optional
+
+from maskface.text import one_line
 
 EXIT_USER_ERROR = 2
 
@@ -26,16 +31,23 @@ class InputError(UserError, ValueError):
     """An invalid value from the user (an option, an argument, the data); also a ValueError."""
 
 
-def one_line(text: object) -> str:
-    return " ".join(str(text).split())
+class ConfigError(UserError, ValueError):
+    """A params value is invalid; the message names the key and the valid values."""
+
+
+def invalid_param(key: str, value: Any, valid: str) -> ConfigError:
+    """The error for params value ``key = value``, naming what is ``valid``."""
+    return ConfigError(f"params: {key} = {value!r} is invalid; valid: {valid}")
 
 
 def user_error_message(error: BaseException) -> Optional[str]:
     """The one-line message to show for a user error, or None when ``error`` is a bug.
 
-    A crashed worker process (``BrokenProcessPool``) counts as bad data: the workers only
-    decode and check images, and what kills one is a file that crashes a decoder or
-    exhausts memory, which the user fixes by removing the file or lowering the workers.
+    An ``OSError`` is the user's to fix (a missing input, a permission, a full disk) and
+    its message names the file. A crashed worker process (``BrokenProcessPool``) counts as
+    bad data: the workers only decode and check images, and what kills one is a file that
+    crashes a decoder or exhausts memory, which the user fixes by removing the file or
+    lowering the workers.
     """
     if isinstance(error, UserError):
         return one_line(error)
@@ -45,4 +57,6 @@ def user_error_message(error: BaseException) -> Optional[str]:
             "or out of memory); rerun with one worker (data.workers: 1, or --workers 1) to find the file, "
             f"or free memory ({one_line(error)})"
         )
+    if isinstance(error, OSError):
+        return one_line(error)
     return None

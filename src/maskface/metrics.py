@@ -96,14 +96,14 @@ def _require_both_classes(labels: np.ndarray, what: str) -> None:
         )
 
 
-def _plain(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """Recursively turn numpy scalars/arrays into JSON-ready Python, non-finite floats into None."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
+        return [json_ready(v) for v in value.tolist()]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -388,7 +388,7 @@ def kfold_accuracy(scores: Any, labels: Any, folds: Any) -> dict:
         "std": float(np.std(per_fold)),
         "per_fold": per_fold,
         "thresholds": thresholds,
-        "fold_ids": _plain(fold_ids.tolist()),
+        "fold_ids": json_ready(fold_ids.tolist()),
     }
 
 
@@ -588,7 +588,7 @@ def bootstrap_interval(
     else:
         logger.warning("bootstrap: all %d resamples were degenerate; no interval", n_resamples)
         low = high = None
-    return _plain(
+    return json_ready(
         {
             "estimate": estimate,
             "low": low,
@@ -787,7 +787,7 @@ def verification_report(
                     "note": "skipped: this pair type holds a single class, so its metrics are undefined",
                 }
         report["by_pair_type"] = by_type
-    return _plain(report)
+    return json_ready(report)
 
 
 # --------------------------------------------------------------------------- identification
@@ -898,7 +898,7 @@ def bootstrap_mean_interval(
     )
     alpha = (1.0 - float(confidence)) / 2
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return _plain(
+    return json_ready(
         {
             "estimate": float(v.mean()),
             "low": float(low),
@@ -950,4 +950,4 @@ def identification_report(
     report = block(np.ones(r.size, dtype=bool))
     if types is not None:
         report["by_query_type"] = {str(t): block(types == t) for t in np.unique(types)}
-    return _plain(report)
+    return json_ready(report)

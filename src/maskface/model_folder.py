@@ -46,6 +46,7 @@ from maskface import __version__
 from maskface.artifacts import CLASSIFIER_META_FILE, file_sha256
 from maskface.errors import InputError, UserError
 from maskface.imageio import load_rgb, sniff_format, to_rgb
+from maskface.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +93,6 @@ class ImageError(UserError, ValueError):
         self.reason = reason
 
 
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
 # --------------------------------------------------------------------------- images
 
 
@@ -123,7 +120,7 @@ def read_image(path: Union[str, os.PathLike]) -> Image.Image:
     except PermissionError as error:
         raise ImageError(name, f"unreadable: {error.strerror or error}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(name, f"too large: {_one_line(error)}") from None
+        raise ImageError(name, f"too large: {one_line(error)}") from None
     except UnidentifiedImageError:
         with open(name, "rb") as handle:
             signature = sniff_format(handle.read(16))
@@ -133,7 +130,7 @@ def read_image(path: Union[str, os.PathLike]) -> Image.Image:
     except (OSError, SyntaxError, ValueError) as error:
         # Pillow reports truncated pixel data as OSError ("image file is truncated") and some
         # malformed headers as SyntaxError/ValueError.
-        raise ImageError(name, f"truncated or corrupt: {_one_line(error)}") from None
+        raise ImageError(name, f"truncated or corrupt: {one_line(error)}") from None
 
 
 def describe_input(image: ImageInput, position: Optional[int] = None) -> str:
@@ -157,7 +154,7 @@ def as_rgb(image: ImageInput, position: Optional[int] = None) -> Image.Image:
         try:
             return to_rgb(image)
         except (OSError, ValueError) as error:
-            raise ImageError(describe_input(image, position), f"cannot convert to RGB: {_one_line(error)}") from None
+            raise ImageError(describe_input(image, position), f"cannot convert to RGB: {one_line(error)}") from None
     if isinstance(image, np.ndarray):
         name = describe_input(image, position)
         if image.dtype != np.uint8:
@@ -284,7 +281,7 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFolderError(f"{path}: unreadable JSON: {_one_line(error)}") from None
+        raise ModelFolderError(f"{path}: unreadable JSON: {one_line(error)}") from None
     if not isinstance(data, dict):
         raise ModelFolderError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -430,7 +427,7 @@ def load_embedder(folder: ModelFolder, device: Any = "cpu"):
         return load_model(folder.root / BACKBONE_DIR, device)
     except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, OSError) as error:
         raise ModelFolderError(
-            f"{folder.root / BACKBONE_DIR / MODEL_FILE}: cannot load the weights: {_one_line(error)[:300]}"
+            f"{folder.root / BACKBONE_DIR / MODEL_FILE}: cannot load the weights: {one_line(error)[:300]}"
         ) from None
 
 
@@ -476,7 +473,7 @@ def load_pair_scorer(folder: ModelFolder) -> PairScorer:
     try:
         model = read_classifier_file(path)
     except UserError as error:
-        raise ModelFolderError(_one_line(error)) from None
+        raise ModelFolderError(one_line(error)) from None
     if not hasattr(model, "predict_proba"):
         raise ModelFolderError(f"{path}: holds a {type(model).__name__}, which has no predict_proba")
     size = int(folder.model_config["embedding_size"])
@@ -485,7 +482,7 @@ def load_pair_scorer(folder: ModelFolder) -> PairScorer:
         probe = model.predict_proba(pair_features(np.zeros((1, size)), np.zeros((1, size))))
     except (ValueError, IndexError, AttributeError) as error:
         raise ModelFolderError(
-            f"{path}: the classifier does not score {size}-dimensional embeddings: {_one_line(error)[:300]}"
+            f"{path}: the classifier does not score {size}-dimensional embeddings: {one_line(error)[:300]}"
         ) from None
     if probe.shape != (1, 2):
         raise ModelFolderError(f"{path}: the classifier gives {probe.shape[1]} classes; a pair classifier gives 2 (different, same)")

@@ -22,7 +22,7 @@ from PIL import Image
 
 from maskface.imageio import load_rgb
 from maskface.metrics import det_points, roc_points
-from maskface.tables import printable
+from maskface.text import printable
 
 logger = logging.getLogger(__name__)
 

@@ -39,6 +39,8 @@ from tqdm.auto import tqdm
 
 from maskface.masks import MASK_STYLES, draw_mask
 from maskface.synthetic import LANDMARK_COLUMNS
+from maskface.tables import write_csv
+from maskface.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +157,7 @@ def simulate_masks(
         The manifest written to ``dst_root/manifest.csv`` (columns :data:`MANIFEST_COLUMNS`).
     """
     from maskface.config import parse_section
-    from maskface.datasets import DataConfig, build_manifest, write_table
+    from maskface.datasets import DataConfig, build_manifest
     from maskface.geometry import FaceDetector, template_points
 
     styles = _check_styles(styles)
@@ -235,8 +237,8 @@ def simulate_masks(
                 progress.update(1)
 
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-    write_table(manifest, dst_root / MANIFEST_FILE)
-    write_table(pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)), dst_root / SKIPPED_FILE)
+    write_csv(manifest, dst_root / MANIFEST_FILE)
+    write_csv(pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)), dst_root / SKIPPED_FILE)
     if examples:
         _preview(examples, Path(preview) if preview is not None else dst_root / PREVIEW_FILE)
     reasons = pd.Series([s["reason"] for s in skipped], dtype=object).value_counts().to_dict()
@@ -267,10 +269,6 @@ def _preview(examples: list[tuple[Image.Image, Image.Image]], destination: Path)
     plt.close(figure)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
 def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         styles = [s.strip() for s in args.styles.split(",") if s.strip()]
@@ -291,7 +289,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             workers=args.workers,
         )
     except (ValueError, OSError, RuntimeError) as error:
-        print(f"maskface simulate-masks: error: {_one_line(error)}", file=sys.stderr)
+        print(f"maskface simulate-masks: error: {one_line(error)}", file=sys.stderr)
         return 2
     counts = manifest["mask_style"].value_counts().sort_index()
     print(
@@ -333,20 +331,11 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-# The name maskface.cli registers contributed commands under.
-add_simulate_masks_parser = add_simulate_parser
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m maskface.simulate SRC DST ...`` (the same as ``maskface simulate-masks``)."""
-    parser = argparse.ArgumentParser(prog="maskface")
-    add_simulate_parser(parser.add_subparsers(dest="command", required=True))
-    arguments = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args = parser.parse_args(["simulate-masks", *arguments])
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 2
-    return args.func(args)
+    """``python -m maskface.simulate SRC DST ...``: the same as ``maskface simulate-masks``."""
+    from maskface.cli import main as maskface_main
+
+    return maskface_main(["simulate-masks", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

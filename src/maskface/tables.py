@@ -41,14 +41,6 @@ def read_csv(path: str | Path, **options) -> pd.DataFrame:
     return pd.read_csv(path, encoding=ENCODING, encoding_errors=ERRORS, keep_default_na=False, dtype=dtype, **options)
 
 
-def printable(text: object) -> str:
-    """``text`` for display (plots, reports, messages): undecodable file-name bytes become U+FFFD.
-
-    Only for showing a name; tables keep the exact bytes.
-    """
-    return str(text).encode(ENCODING, ERRORS).decode(ENCODING, "replace")
-
-
 def write_csv_atomically(frame: pd.DataFrame, path: Path) -> None:
     """:func:`write_csv` to a temporary file beside ``path``, then renamed over it: a reader
     (or a run stopped half way) never sees half a table."""

@@ -43,6 +43,7 @@ from typing import Any, Callable, Optional
 
 from maskface.artifacts import file_sha256
 from maskface.errors import UserError
+from maskface.text import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +355,15 @@ def _record(path: Path, key: str, sha256: str) -> None:
 
 
 def _download(url: str, destination: Path) -> None:
-    """Stream ``url`` into ``destination``; raise OSError (requests' errors are OSErrors) on failure."""
+    """Stream ``url`` into ``destination``; raise OSError (requests' errors are OSErrors) on failure.
+
+    Not ``torch.hub.download_url_to_file``: it opens the URL with no timeout (a firewall that
+    drops packets hangs it for minutes) and keeps a body cut short of its Content-Length as
+    if complete (http.client's ``read(n)`` returns what came; checked against a local server),
+    which the first-use ledger would then record as the file's hash. requests with urllib3 2
+    raises on both. The temporary file, the full SHA-256 check and the move into place are
+    :func:`_download_verified`'s.
+    """
     import requests
     from tqdm.auto import tqdm
 
@@ -623,10 +632,6 @@ def load_state_dict(path: Path) -> dict:
     return state if isinstance(state, dict) else dict(state)
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())
-
-
 def _cmd_get(args: argparse.Namespace) -> int:
     try:
         if args.source_dir is not None:
@@ -634,7 +639,7 @@ def _cmd_get(args: argparse.Namespace) -> int:
         else:
             path = resolve_weights(args.spec, cache_dir=args.cache_dir, download=not args.no_download)
     except (WeightsError, OSError) as error:
-        print(f"maskface weights get: error: {_one_line(error)}", file=sys.stderr)
+        print(f"maskface weights get: error: {one_line(error)}", file=sys.stderr)
         return 2
     print(path)
     return 0
@@ -644,7 +649,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     try:
         sources = list(_registry().values())
     except (ImportError, OSError) as error:
-        print(f"maskface weights list: error: {_one_line(error)}", file=sys.stderr)
+        print(f"maskface weights list: error: {one_line(error)}", file=sys.stderr)
         return 2
     width = max(len(source.spec) for source in sources)
     for source in sources:
@@ -691,7 +696,11 @@ def add_weights_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``maskface weights ...``; ``argv`` is what follows ``weights`` (default ``sys.argv[1:]``)."""
+    """``maskface weights ...``; ``argv`` is what follows ``weights`` (default ``sys.argv[1:]``).
+
+    Its own parser, not ``maskface.cli.main``: the stages import this module, and DVC would
+    then count the whole CLI among their dependencies (tests/stages/test_dvc_deps.py).
+    """
     parser = argparse.ArgumentParser(prog="maskface")
     add_weights_parser(parser.add_subparsers(dest="command", required=True))
     arguments = list(sys.argv[1:] if argv is None else argv)
