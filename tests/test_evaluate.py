@@ -139,16 +139,23 @@ def test_recommend_prefers_the_earlier_backbone_within_the_tolerance():
     assert recommend({"a": {"val_roc_auc": None}}) is None
 
 
-def test_threshold_comes_from_val_and_counts_match_sklearn(scores_root, evaluated):
+def test_threshold_is_the_model_folders_and_counts_match_sklearn(scores_root, evaluated):
     val, test = read(scores_root, "facenet")
     block = evaluated["facenet"]
-    threshold = choose_threshold(val["score"], val["label"])
-    assert block["threshold"] == threshold
+    # The threshold classify wrote into classifier.json: what the model folder decides with.
+    threshold = json.loads((scores_root / "scores" / "facenet" / CLASSIFIER_META_FILE).read_text())["threshold"]
+    assert block["threshold"] == threshold != choose_threshold(val["score"], val["label"])
+    assert block["validation"]["accuracy"] == pytest.approx(np.mean((val["score"] >= threshold) == val["label"]))
     tn, fp, fn, tp = confusion_matrix(test["label"], test["score"] >= threshold).ravel()
     assert (block["tp"], block["fp"], block["tn"], block["fn"]) == (tp, fp, tn, fn)
     assert block["accuracy"] == pytest.approx((tp + tn) / len(test))
     assert block["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert block["roc_auc"] == pytest.approx(roc_auc_score(test["label"], test["score"]))
+
+
+def test_score_folders_without_a_threshold_get_the_val_optimal_one(scores_root, evaluated):
+    val, _ = read(scores_root, "alexnet")  # no classifier.json beside its scores
+    assert evaluated["alexnet"]["threshold"] == choose_threshold(val["score"], val["label"])
 
 
 def test_ten_fold_thresholds_never_see_their_own_fold(scores_root, evaluated):

@@ -1,6 +1,7 @@
 """Metrics, DVC plot data, figures and the report from the classify stage's scored pairs.
 
-Per backbone, on the test pairs (the threshold is always the one chosen on val):
+Per backbone, on the test pairs, at the model's own threshold (classifier.json, chosen on
+pairs of the validation identities; the val-optimal one for score folders without it):
 ``maskface.metrics.verification_report`` of the classifier's score (confusion counts,
 accuracy, precision, recall, F1, ROC AUC, EER, TAR@FAR with its impostor count, the
 10-fold LFW protocol, bootstrap intervals over identities), overall and per pair type;
@@ -78,7 +79,9 @@ def read_identification(scores_dir: Path) -> Optional[pd.DataFrame]:
     return table
 
 
-def _report_for(val: pd.DataFrame, test: pd.DataFrame, column: str, config: EvaluateConfig) -> dict:
+def _report_for(
+    val: pd.DataFrame, test: pd.DataFrame, column: str, config: EvaluateConfig, threshold: Optional[float] = None
+) -> dict:
     return verification_report(
         val[column].to_numpy(),
         val["label"].to_numpy(),
@@ -91,6 +94,7 @@ def _report_for(val: pd.DataFrame, test: pd.DataFrame, column: str, config: Eval
         fars=config.fars,
         bootstrap=config.bootstrap,
         seed=config.seed,
+        threshold=threshold,
     )
 
 
@@ -115,6 +119,7 @@ def evaluate_backbone(
     config: EvaluateConfig,
     classifier: Optional[str] = None,
     identification: Optional[pd.DataFrame] = None,
+    threshold: Optional[float] = None,
 ) -> tuple[dict, dict[str, pd.DataFrame]]:
     """Metrics of one backbone's scored pairs and its DVC plot tables.
 
@@ -124,7 +129,9 @@ def evaluate_backbone(
         ``roc`` (fpr, tpr), ``det`` (fpr, fnr) and ``scores`` (score, genuine,
         impostor: histogram fractions) to DataFrames.
     """
-    report = _report_for(val, test, "score", config)
+    # The model's own threshold (classifier.json), so that these metrics are what the model
+    # folder does; the cosine baseline below has none stored and chooses its own on val.
+    report = _report_for(val, test, "score", config, threshold)
     # What picks the recommended model: val pairs only, never test (verification_report has
     # already refused a val set without both classes).
     report["val_roc_auc"] = roc_auc(val["score"].to_numpy(), val["label"].to_numpy())
@@ -189,7 +196,7 @@ def evaluate(
         val, test = read_scores(scores_dir)
         meta = read_classifier_meta(scores_dir)
         identification = read_identification(scores_dir)
-        report, tables = evaluate_backbone(val, test, config, meta.get("classifier"), identification)
+        report, tables = evaluate_backbone(val, test, config, meta.get("classifier"), identification, meta.get("threshold"))
         # What the network started from (pretrained file with its sha256, or random), as the
         # embed stage found it in model.json and classify passed it on.
         if "embedding" in meta:

@@ -703,11 +703,14 @@ def verification_report(
     fars: Sequence[float] = (1e-2, 1e-3),
     bootstrap: int = 0,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> dict:
     """The evaluate stage's metrics: threshold from validation, everything else on test.
 
-    The threshold is chosen once on the validation pairs (:func:`choose_threshold`) and
-    applied unchanged to the test set and to every pair type, so no test pair
+    The threshold is the model's own (``threshold``: the one the classify stage chose on
+    pairs of the validation identities and wrote into classifier.json), or, when None, the
+    accuracy-maximising one on the validation pairs (:func:`choose_threshold`). Either way
+    it is applied unchanged to the test set and to every pair type, so no test pair
     influences it.
 
     Args:
@@ -720,6 +723,7 @@ def verification_report(
         fars: FAR levels for TAR@FAR, each keyed as :func:`far_key` gives.
         bootstrap: resamples for the accuracy and ROC AUC intervals (0 = none; needs groups).
         seed: bootstrap seed.
+        threshold: the decision threshold to judge test pairs at (None: chosen on val).
 
     Returns:
         A JSON-serialisable dict (plain ints/floats/bools/strings/None, no NaN):
@@ -746,7 +750,7 @@ def verification_report(
     if bootstrap > 0 and groups is None:
         logger.warning("bootstrap=%d requested but no test_groups given; skipping intervals", bootstrap)
 
-    threshold = choose_threshold(vs, vy)
+    threshold = choose_threshold(vs, vy) if threshold is None else float(threshold)
     report: dict[str, Any] = {
         "threshold": threshold,
         "validation": {
