@@ -9,6 +9,8 @@ temporary copy of the repository, results in `dvc exp show`.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -69,7 +71,13 @@ def test_second_clone_pulls_from_the_remote_and_reruns_nothing(project: Path, tm
 def test_queued_experiments_run_two_at_a_time_and_show_up(project: Path):
     for classifier in ("knn", "lda"):
         dvc(project, "exp", "run", "--queue", "-S", f"classifier={classifier}", "--name", f"with-{classifier}")
-    dvc(project, "queue", "start", "-j", "2")
+    # The workers outlive `dvc queue start` and would hold a captured pipe open: a log file instead.
+    with open(project / "queue-start.log", "wb") as log:
+        subprocess.run(
+            [sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=project, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+            check=True, timeout=120,
+        )
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         status = dvc(project, "queue", "status")
@@ -91,4 +99,4 @@ def test_queued_experiments_run_two_at_a_time_and_show_up(project: Path):
         classifier, metrics = experiments[name]
         assert classifier == name.removeprefix("with-")
         assert 0.0 <= metrics["alexnet"]["accuracy"] <= 1.0
-    dvc(project, "queue", "stop")
+    dvc(project, "queue", "stop", "--kill")
