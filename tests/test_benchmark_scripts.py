@@ -32,7 +32,12 @@ def test_gpu_throughput_script_runs_on_cpu():
 
 def test_scale_script_runs_every_pipeline_stage_and_computes_growth(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
+    # stages/ has a `_common` too: the benchmarks' one must be the one `scale` imports.
+    monkeypatch.delitem(sys.modules, "_common", raising=False)
     import scale
+
+    monkeypatch.delitem(sys.modules, "scale")
+    monkeypatch.delitem(sys.modules, "_common")
 
     # The commands are dvc.yaml's own, in pipeline order.
     assert [name for name, _ in scale.stage_commands()] == ["scan", "split", "crop", "finetune", "embed", "classify", "evaluate"]
