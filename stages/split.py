@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     validation = build_validation_manifest(data_config)
-    every_path = result.manifest["path"].tolist() + ([] if validation is None else validation.manifest["path"].tolist())
-    # Faces are found once here, before the split, so that filtered images never enter a pair.
-    landmarks = landmark_table(every_path, crop_config, args.landmark_cache)
+    every_image = result.manifest if validation is None else pd.concat([result.manifest, validation.manifest], ignore_index=True)
+    # Faces are found once here, before the split, so that filtered images never enter a pair;
+    # the manifest already holds each file's SHA-256, the landmark cache's key.
+    landmarks = landmark_table(every_image["path"].tolist(), crop_config, args.landmark_cache, every_image["sha256"].tolist())
     dropped = face_filter(landmarks, crop_config.min_confidence)
     kept = result.manifest
     if crop_config.filter:

@@ -1,5 +1,6 @@
 """Landmark detection (MTCNN with a border), the landmark table, similarity alignment, crop modes."""
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -212,6 +213,12 @@ def test_landmark_cache_detects_only_new_or_edited_images(tmp_path, monkeypatch)
     detected.clear()
     pd.testing.assert_frame_equal(landmark_table(paths, config, cache), uncached)
     assert detected == []  # every image from the cache
+    # The caller's digests (the split stage passes the manifest's) key the same entries.
+    digests = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in paths]
+    pd.testing.assert_frame_equal(landmark_table(paths, config, cache, digests), uncached)
+    assert detected == []
+    with pytest.raises(ValueError, match="3 digests for 4 paths"):
+        landmark_table(paths, config, cache, digests[:3])
 
     # A renamed copy is found by its content; an edited image is detected again.
     renamed = str(folder / "renamed.png")

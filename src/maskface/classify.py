@@ -83,10 +83,15 @@ def _pair_embeddings(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.D
     return a, b
 
 
+def _pairs_within(index: pd.DataFrame, split: str, pair_types, per_identity: int, seed: int) -> pd.DataFrame:
+    """Balanced pairs among the identities of one split, impostors drawn across all of them
+    (no folds), so that a fold's few identities do not decide which impostors are seen."""
+    return make_pairs(index[index["split"] == split], pair_types, per_identity, seed, n_folds=1)
+
+
 def training_pairs(index: pd.DataFrame, config: ClassifyConfig) -> pd.DataFrame:
-    """Balanced pairs of every type among the training identities (impostors across all of them: no folds)."""
-    train = index[index["split"] == "train"]
-    return make_pairs(train, PAIR_TYPES, config.train_pairs_per_identity, config.seed, n_folds=1)
+    """Balanced pairs of every type among the training identities."""
+    return _pairs_within(index, "train", PAIR_TYPES, config.train_pairs_per_identity, config.seed)
 
 
 def fit_and_score(
@@ -149,13 +154,8 @@ def fit_and_score(
 
 
 def threshold_pairs(index: pd.DataFrame, config: ClassifyConfig) -> pd.DataFrame:
-    """Balanced pairs of ``config.threshold_pair_types`` among the validation identities.
-
-    Drawn across all of them (no folds), so that a fold's few identities do not decide
-    which impostors the threshold sees.
-    """
-    val = index[index["split"] == "val"]
-    return make_pairs(val, config.threshold_pair_types, config.threshold_pairs_per_identity, config.seed, n_folds=1)
+    """Balanced pairs of ``config.threshold_pair_types`` among the validation identities."""
+    return _pairs_within(index, "val", config.threshold_pair_types, config.threshold_pairs_per_identity, config.seed)
 
 
 # --------------------------------------------------------------------------- identification

@@ -325,17 +325,26 @@ def skipped_table(paths: Sequence[str]) -> pd.DataFrame:
 CACHE_KEY_COLUMNS = ("sha256", "settings")
 
 
-def cached_detect_table(paths: Sequence[str], detector: FaceDetector, cache_path: Path) -> pd.DataFrame:
+def cached_detect_table(
+    paths: Sequence[str], detector: FaceDetector, cache_path: Path, digests: Optional[Sequence[str]] = None
+) -> pd.DataFrame:
     """:func:`detect_table`, reusing the detections of earlier runs kept in ``cache_path``.
 
     The cache is keyed by each file's SHA-256 and the detector's settings, so an image is
     detected again only when its bytes or the settings change; a renamed or moved file is
     found by its content. It only ever saves time: an unreadable cache is ignored, and the
     table is the same as :func:`detect_table` gives (the cached rows are what it wrote).
-    """
-    from maskface.artifacts import file_sha256
 
+    ``digests``: each path's SHA-256 where the caller has them already (the manifest's
+    ``sha256`` column); None hashes the files here.
+    """
     paths = [str(p) for p in paths]
+    if digests is None:
+        from maskface.artifacts import file_sha256
+
+        digests = [file_sha256(path) for path in tqdm(paths, desc="hashing for the landmark cache", unit="img")]
+    elif len(digests) != len(paths):
+        raise ValueError(f"{len(digests)} digests for {len(paths)} paths")
     known: dict[tuple[str, str], dict] = {}
     if cache_path.is_file():
         try:
@@ -348,7 +357,6 @@ def cached_detect_table(paths: Sequence[str], detector: FaceDetector, cache_path
         except (OSError, ValueError) as error:
             logger.warning("ignoring the unreadable landmark cache %s (%s)", cache_path, error)
             known = {}
-    digests = [file_sha256(path) for path in tqdm(paths, desc="hashing for the landmark cache", unit="img")]
     missing = [path for path, digest in zip(paths, digests) if (digest, detector.settings) not in known]
     fresh = detect_table(missing, detector) if missing else _frame([])
     fresh_rows = {row["path"]: row for row in fresh.to_dict("records")}
@@ -367,7 +375,9 @@ def cached_detect_table(paths: Sequence[str], detector: FaceDetector, cache_path
     return _frame(rows)
 
 
-def landmark_table(paths: Sequence[str], config, cache_path: Optional[Path] = None) -> pd.DataFrame:
+def landmark_table(
+    paths: Sequence[str], config, cache_path: Optional[Path] = None, digests: Optional[Sequence[str]] = None
+) -> pd.DataFrame:
     """The landmark table the settings call for (``config``: :class:`maskface.config.CropConfig`).
 
     Detection is skipped (source ``none``) when no stage uses landmarks
@@ -388,7 +398,7 @@ def landmark_table(paths: Sequence[str], config, cache_path: Optional[Path] = No
         batch_size=config.detect_batch_size,
     )
     if cache_path is not None:
-        return cached_detect_table(paths, detector, cache_path)
+        return cached_detect_table(paths, detector, cache_path, digests)
     return detect_table(paths, detector)
 
 

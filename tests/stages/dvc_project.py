@@ -24,12 +24,15 @@ def merge_params(base: dict, override: dict) -> dict:
     return merged
 
 
+def venv_env() -> dict[str, str]:
+    """The environment with this interpreter (the project's venv) first on PATH: stage
+    commands call `python`."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
 def run(cwd: Path, *args: str) -> str:
     """Run a command; its output, decoded leniently (it may print file names of any bytes)."""
-    env = dict(os.environ)
-    # Stage commands call `python`: make it this interpreter (the project's venv).
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, timeout=900)
+    result = subprocess.run(args, cwd=cwd, env=venv_env(), capture_output=True, timeout=900)
     out = (result.stdout + result.stderr).decode("utf-8", "replace")
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{out}")

@@ -9,14 +9,13 @@ temporary copy of the repository, results in `dvc exp show`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from dvc_project import make_project, repro, run
+from dvc_project import make_project, repro, run, venv_env
 
 pytestmark = pytest.mark.slow
 
@@ -75,7 +74,7 @@ def test_queued_experiments_run_two_at_a_time_and_show_up(project: Path):
     with open(project / "queue-start.log", "wb") as log:
         subprocess.run(
             [sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=project, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+            env=venv_env(),
             check=True, timeout=120,
         )
     deadline = time.monotonic() + 600
