@@ -51,7 +51,7 @@ def test_no_module_reads_or_writes_csv_around_the_layer():
     # Every table goes through maskface.tables: a plain pandas call would fail on such names.
     root = Path(__file__).resolve().parents[1]
     offenders = []
-    for path in sorted([*root.joinpath("src", "maskface").glob("*.py"), *root.joinpath("stages").glob("*.py")]):
+    for path in sorted([*root.joinpath("src", "maskface").rglob("*.py"), *root.joinpath("stages").glob("*.py")]):
         if path.name == "tables.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), start=1):

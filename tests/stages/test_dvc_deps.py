@@ -120,8 +120,25 @@ def test_the_import_walk_sees_lazy_and_string_imports():
     # crop.py at the top, backbones.py imports weights.py inside a function, and weights.py
     # names its OpenCV builder as a "module:function" string.
     chains = imported_files(STAGES / "finetune.py")
-    assert PACKAGE / "crop.py" in chains
-    assert PACKAGE / "weights.py" in chains
-    assert PACKAGE / "facenet_opencv.py" in chains
+    assert PACKAGE / "face" / "crop.py" in chains
+    assert PACKAGE / "models" / "weights.py" in chains
+    assert PACKAGE / "models" / "facenet_opencv.py" in chains
+    assert PACKAGE / "training" / "__init__.py" in chains  # importing maskface.training.train runs it
     assert STAGES / "_common.py" in chains
     assert PACKAGE / "api.py" not in imported_files(STAGES / "split.py")
+
+
+def test_folder_dependencies_hash_sources_not_bytecode(tmp_path):
+    # A stage that depends on src/maskface/<subpackage> would rerun whenever Python rewrote
+    # that folder's __pycache__, unless .dvcignore keeps bytecode out of the folder's hash.
+    import subprocess
+    import sys
+
+    folders = {dep for definition in _stages().values() for dep in definition.get("deps", []) if (ROOT / dep).is_dir()}
+    assert folders, "no folder dependency in dvc.yaml: this test guards nothing"
+    for folder in sorted(folders):
+        probe = f"{folder}/__pycache__/module.cpython-312.pyc"
+        done = subprocess.run(
+            [sys.executable, "-m", "dvc", "check-ignore", probe], cwd=ROOT, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{probe} is not ignored by .dvcignore: {done.stdout}{done.stderr}"
