@@ -7,8 +7,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from maskface.data import simulate
 from maskface.data.datasets import DataConfig, build_manifest, read_manifest
 from maskface.data.masks import MASK_STYLES, mask_polygon
+from maskface.face.geometry import Detection, template_points
 from maskface.face.mask_segmentation import rasterise
 from maskface.data.simulate import add_simulate_parser, augment_with_mask, simulate_masks
 from maskface.data.synthetic import render_face, sample_identity
@@ -197,3 +199,37 @@ def test_simulated_copies_name_their_source_and_never_pair_with_it(lfw_like, tmp
     origin = {p: (d or p) for p, d in zip(manifest["path"], manifest["derived_from"])}
     assert int(pairs["label"].sum()) == 4 and len(pairs) == 8
     assert not (pairs["path_a"].map(origin) == pairs["path_b"].map(origin)).any()
+
+
+def test_template_landmarks_stretch_the_template_over_the_whole_picture():
+    np.testing.assert_allclose(simulate._template_landmarks((150, 150)), template_points("facenet", 150), atol=1e-9)
+    # A picture that is not square: each axis scales with its own side.
+    stretched = simulate._template_landmarks((120, 200))
+    np.testing.assert_allclose(stretched[:, 0], template_points("facenet", 120)[:, 0], atol=1e-9)
+    np.testing.assert_allclose(stretched[:, 1], template_points("facenet", 200)[:, 1], atol=1e-9)
+
+
+def test_landmarks_come_from_mtcnn_else_from_the_template_or_the_picture_is_skipped():
+    picture = Image.new("RGB", (100, 80))
+    found = np.arange(10, dtype=np.float64).reshape(5, 2)
+    detected = Detection(box=np.array([0.0, 0, 50, 50]), landmarks=found, confidence=0.99, padded=0.3)
+    missed = Detection(box=None, landmarks=None, confidence=float("nan"), padded=0.3)
+    for on_no_face in simulate.ON_NO_FACE:
+        landmarks, source = simulate._landmarks_for(picture, detected, on_no_face)
+        assert source == "mtcnn" and landmarks is found
+    assert simulate._landmarks_for(picture, missed, "skip") is None
+    landmarks, source = simulate._landmarks_for(picture, missed, "template")
+    assert source == "template"
+    np.testing.assert_array_equal(landmarks, simulate._template_landmarks((100, 80)))
+
+
+def test_a_manifest_source_is_mirrored_from_its_folder(tmp_path):
+    listing = tmp_path / "data" / "list.csv"
+    listing.parent.mkdir()
+    listing.write_text("path,identity,masked\n")
+    assert simulate._check_destination(str(listing), tmp_path / "out", "manifest", False) == str(listing.parent)
+    # The output may not sit inside the manifest's folder, nor contain it.
+    with pytest.raises(ValueError, match="overlaps"):
+        simulate._check_destination(str(listing), listing.parent / "out", "manifest", False)
+    with pytest.raises(ValueError, match="overlaps"):
+        simulate._check_destination(str(listing), tmp_path, "manifest", True)

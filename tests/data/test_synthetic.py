@@ -16,9 +16,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from maskface.config import SyntheticConfig
+from maskface.data import synthetic
 from maskface.data.masks import MASK_STYLES
 from maskface.data.synthetic import (
     CSV_COLUMNS,
+    EYE_LINE,
     LANDMARK_COLUMNS,
     FaceIdentity,
     generate_dataset,
@@ -250,3 +252,42 @@ def test_generation_logs_a_summary(tmp_path, caplog):
         generate_dataset(tmp_path, config)
     summary = [r.getMessage() for r in caplog.records if r.name == "maskface.data.synthetic"]
     assert len(summary) == 1 and "2 identities x 4 images (4 masked" in summary[0]
+
+
+def test_canonical_landmarks_keep_the_identitys_proportions_and_only_the_mouth_width_varies():
+    identity = sample_identity(np.random.default_rng(4))
+    looks = [synthetic._sample_look(identity, np.random.default_rng(seed)) for seed in range(20)]
+    points = np.array([synthetic._canonical_landmarks(identity, look.layout) for look in looks])
+    left_eye, right_eye, nose, mouth_left, mouth_right = points.transpose(1, 0, 2)
+    # Eyes on the eye line, symmetric about the midline, the identity's spacing apart.
+    np.testing.assert_allclose(left_eye[:, 1], EYE_LINE)
+    np.testing.assert_allclose(right_eye[:, 0] - left_eye[:, 0], identity.eye_spacing)
+    np.testing.assert_allclose(left_eye[:, 0] + right_eye[:, 0], 1.0)
+    # Nose tip and mouth line at the identity's distances below the eyes, in every image.
+    np.testing.assert_allclose(nose, [[0.5, EYE_LINE + identity.nose_length]] * 20)
+    np.testing.assert_allclose(mouth_left[:, 1], EYE_LINE + identity.nose_length + identity.mouth_gap)
+    # The mouth width is the one per-image change: within 5% of the identity's.
+    width = mouth_right[:, 0] - mouth_left[:, 0]
+    np.testing.assert_allclose(mouth_left[:, 0] + mouth_right[:, 0], 1.0)
+    assert np.all(np.abs(width / identity.mouth_width - 1) <= 0.05) and np.ptp(width) > 0
+
+
+def test_shading_darkens_the_face_towards_its_outline_and_nothing_else():
+    size = 96
+    matrix = np.array([[size, 0.0, -0.5], [0.0, size, -0.5]])  # canonical unit square -> the image
+    canvas = synthetic._Canvas(size, matrix, (60, 90, 120))
+    outline = np.array([[0.1, 0.1], [0.9, 0.1], [0.9, 0.9], [0.1, 0.9]])
+    canvas.polygon(outline, (200, 200, 200))
+    flat = np.asarray(canvas.image.reduce(3), dtype=np.int64)
+    shaded = np.asarray(synthetic._shaded(canvas, outline), dtype=np.int64)
+    inside = np.zeros((size, size), dtype=bool)
+    inside[12:84, 12:84] = True  # pixel centres clearly inside the square, away from its antialiased edge
+    outside = np.ones((size, size), dtype=bool)
+    outside[8:88, 8:88] = False
+    np.testing.assert_array_equal(shaded[outside], flat[outside])
+    np.testing.assert_array_equal(shaded[48, 48], flat[48, 48])  # the centre, farther in than the blur reaches
+    darkening = 1 - shaded[inside][:, 0] / 200
+    assert darkening.max() > 0.05 and darkening.max() <= 0.25 + 1 / 200
+    # Darker towards the outline: the row through the centre darkens monotonically from the middle out.
+    row = shaded[48, 12:48, 0]
+    assert np.all(np.diff(row) >= 0) and row[0] < row[-1]

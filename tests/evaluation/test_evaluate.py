@@ -15,8 +15,9 @@ from sklearn.metrics import confusion_matrix, roc_auc_score
 from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE
 from maskface.evaluation.classify import classifier_metadata
 from maskface.config import CosineConfig, EvaluateConfig, MlpConfig
-from maskface.evaluation.evaluate import PLOT_KINDS, evaluate, evaluate_backbone
-from maskface.evaluation.metrics import choose_threshold
+from maskface.evaluation import evaluate as evaluate_module
+from maskface.evaluation.evaluate import CMC_MAX_RANK, PLOT_KINDS, evaluate, evaluate_backbone
+from maskface.evaluation.metrics import choose_threshold, cmc_curve
 
 PAIR_TYPES = ["masked-unmasked", "masked-masked", "unmasked-unmasked"]
 CONFIG = EvaluateConfig(roc_points=50, bootstrap=40, histogram_bins=10, worst_pairs=3)
@@ -293,3 +294,19 @@ def test_stage_writes_metrics_plots_and_report(scores_root, tmp_path, repo_root,
     assert "none (whole face)" in report
     assert "[crop preview](preview/facenet.png)" in report and "preview/vggface.png" not in report
     assert (tmp_path / "plots" / "worst_pairs" / "vggface.png").is_file()
+
+
+def test_cmc_table_is_the_curve_of_the_identification_ranks(scores_root, evaluated):
+    ranks = pd.read_csv(scores_root / "scores" / "facenet" / IDENTIFICATION_FILE)["rank"].to_numpy()
+    table = evaluate_module._cmc_table(evaluated["facenet"])
+    pd.testing.assert_frame_equal(table, cmc_curve(ranks, CMC_MAX_RANK), check_dtype=False)
+    assert evaluate_module._cmc_table(evaluated["alexnet"]) is None
+
+
+def test_worst_pairs_sheet_is_written_or_an_old_one_removed(scores_root, tmp_path):
+    _, test = read(scores_root, "facenet")
+    sheet = tmp_path / "worst_pairs" / "facenet.png"
+    evaluate_module._write_worst_pairs(test, 0.5, sheet, 2, image_loader=lambda p: Image.open(p).convert("RGB"))
+    assert Image.open(sheet).format == "PNG"
+    evaluate_module._write_worst_pairs(test, 0.5, sheet, 0, image_loader=lambda p: pytest.fail("no image is read"))
+    assert not sheet.exists() and sheet.parent.is_dir()

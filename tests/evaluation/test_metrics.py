@@ -535,6 +535,22 @@ def test_report_minimal_and_single_class_test():
         verification_report(val_scores, np.ones_like(val_labels), scores, labels)
 
 
+def test_single_class_block_has_the_two_class_keys_with_ranking_metrics_none():
+    scores, labels = random_pairs(7)
+    fars = (1e-2, 0.05)
+    threshold = 0.5
+    impostors = labels == 0
+    block = metrics._single_class_block(scores[impostors], labels[impostors], threshold, fars)
+    full = metrics._test_block(scores, labels, threshold, fars, None, None, 0, 0)
+    # What reads a report (the markdown report, the plots) finds every key of a normal block.
+    assert set(block) == set(full) | {"note"} and "single class" in block["note"]
+    ranking = {"roc_auc", "eer", "eer_threshold", *(metrics.far_key(far) for far in fars)}
+    assert all(block[key] is None for key in ranking)
+    tn, fp, fn, tp = confusion_matrix(labels[impostors], scores[impostors] >= threshold, labels=[0, 1]).ravel()
+    assert (block["tn"], block["fp"], block["fn"], block["tp"]) == (tn, fp, fn, tp)
+    assert (block["n_pairs"], block["n_genuine"], block["n_impostor"]) == (int(impostors.sum()), 0, int(impostors.sum()))
+
+
 # ---------------------------------------------------------------- identification
 
 

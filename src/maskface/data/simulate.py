@@ -30,7 +30,7 @@ import sys
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,9 @@ from maskface.data.masks import MASK_STYLES, draw_mask
 from maskface.data.synthetic import LANDMARK_COLUMNS
 from maskface.tables import write_csv
 from maskface.text import one_line
+
+if TYPE_CHECKING:
+    from maskface.face.geometry import Detection, FaceDetector
 
 logger = logging.getLogger(__name__)
 
@@ -156,85 +159,17 @@ def simulate_masks(
     Returns:
         The manifest written to ``dst_root/manifest.csv`` (columns :data:`MANIFEST_COLUMNS`).
     """
-    from maskface.config import parse_section
-    from maskface.data.datasets import DataConfig, build_manifest
-    from maskface.face.geometry import FaceDetector, template_points
-
     styles = _check_styles(styles)
-    if source_kind not in SOURCE_KINDS:
-        raise ValueError(f"source kind {source_kind!r} is invalid; valid: {', '.join(SOURCE_KINDS)}")
-    if on_no_face not in ON_NO_FACE:
-        raise ValueError(f"on_no_face {on_no_face!r} is invalid; valid: {', '.join(ON_NO_FACE)}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit {limit!r} is invalid; valid: an integer >= 1, or none for every image")
+    _check_choices(source_kind, on_no_face, limit)
     src_root, dst_root = str(src_root), Path(dst_root)
-    if not os.path.exists(src_root):
-        raise FileNotFoundError(f"source {src_root} does not exist")
-    base = os.path.dirname(os.path.abspath(src_root)) if source_kind == "manifest" else src_root
-    src_real, dst_real = os.path.realpath(base), os.path.realpath(dst_root)
-    if dst_real == src_real or dst_real.startswith(src_real + os.sep) or src_real.startswith(dst_real + os.sep):
-        raise ValueError(f"output {dst_root} overlaps the source {base}; choose a folder outside it")
-    if dst_root.exists() and any(dst_root.iterdir()) and not overwrite:
-        raise ValueError(f"output {dst_root} is not empty; choose an empty folder or pass overwrite")
+    base = _check_destination(src_root, dst_root, source_kind, overwrite)
+    todo, skipped = _images_to_mask(src_root, source_kind, workers, limit)
 
-    config = parse_section(DataConfig, {"source": source_kind, "root": src_root, "workers": max(1, int(workers))}, "data")
-    result = build_manifest(config)
-    images = result.manifest
-    label = f"{source_kind}/"
-    skipped = [
-        {"source_path": p, "identity": str(i).removeprefix(label), "reason": "already_masked"}
-        for p, i in zip(images.loc[images["masked"], "path"], images.loc[images["masked"], "identity"])
-    ]
-    todo = images[~images["masked"]].reset_index(drop=True)
-    if limit is not None:
-        todo = todo.head(limit)
-    if todo.empty:
-        raise ValueError(f"{src_root}: no unmasked image to put a mask on ({len(images)} images, all masked)")
-
-    from maskface.imageio import load_rgb
+    from maskface.face.geometry import FaceDetector
 
     detector = FaceDetector(device=device, pad=pad, thresholds=thresholds)
-    rows: list[dict] = []
-    examples: list[tuple[Image.Image, Image.Image]] = []
-    batch = detector.batch_size
-    with tqdm(total=len(todo), desc="simulating masks", unit="img") as progress:
-        for start in range(0, len(todo), batch):
-            chunk = todo.iloc[start : start + batch]
-            pictures = [load_rgb(p) for p in chunk["path"]]
-            detections = detector.detect(pictures)
-            for (_, item), picture, detection in zip(chunk.iterrows(), pictures, detections):
-                identity = str(item["identity"]).removeprefix(label)
-                relative = _relative(str(item["path"]), base)
-                if detection.detected:
-                    landmarks, source = detection.landmarks, "mtcnn"
-                elif on_no_face == "template":
-                    width, height = picture.size
-                    landmarks = (template_points("facenet", 1000) + 0.5) / 1000.0 * np.array([width, height]) - 0.5
-                    source = "template"
-                else:
-                    skipped.append({"source_path": item["path"], "identity": identity, "reason": "no_face"})
-                    progress.update(1)
-                    continue
-                rng = _file_rng(seed, relative)
-                style = styles[int(rng.integers(len(styles)))]
-                masked, _ = draw_mask(picture, landmarks, style, rng)
-                _save(masked, dst_root / relative, str(item["mode"]))
-                row = {
-                    "path": relative,
-                    "identity": identity,
-                    "masked": True,
-                    "mask_style": style,
-                    "source_path": item["path"],
-                    # Relative to DST, as `path` is: it still resolves when the reader runs elsewhere.
-                    "derived_from": Path(os.path.relpath(os.path.abspath(item["path"]), os.path.abspath(dst_root))).as_posix(),
-                    "landmark_source": source,
-                    "confidence": round(detection.confidence, 6) if detection.detected else np.nan,
-                }
-                row.update({c: round(float(v), 2) for c, v in zip(LANDMARK_COLUMNS, np.asarray(landmarks).reshape(-1))})
-                rows.append(row)
-                if len(examples) < 8:
-                    examples.append((picture, Image.open(dst_root / relative).convert("RGB")))
-                progress.update(1)
+    rows, no_face, examples = _mask_all(todo, source_kind, base, dst_root, detector, styles, seed, on_no_face)
+    skipped += no_face
 
     manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
     write_csv(manifest, dst_root / MANIFEST_FILE)
@@ -246,6 +181,145 @@ def simulate_masks(
         "simulate-masks: %d masked images written to %s; skipped %s", len(manifest), dst_root, reasons or "none"
     )
     return manifest
+
+
+def _check_choices(source_kind: str, on_no_face: str, limit: Optional[int]) -> None:
+    if source_kind not in SOURCE_KINDS:
+        raise ValueError(f"source kind {source_kind!r} is invalid; valid: {', '.join(SOURCE_KINDS)}")
+    if on_no_face not in ON_NO_FACE:
+        raise ValueError(f"on_no_face {on_no_face!r} is invalid; valid: {', '.join(ON_NO_FACE)}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit {limit!r} is invalid; valid: an integer >= 1, or none for every image")
+
+
+def _check_destination(src_root: str, dst_root: Path, source_kind: str, overwrite: bool) -> str:
+    """Refuse a missing source, an output overlapping it, a non-empty output (unless
+    ``overwrite``); return the folder the output mirrors (a manifest's folder for
+    ``manifest``, else the source root)."""
+    if not os.path.exists(src_root):
+        raise FileNotFoundError(f"source {src_root} does not exist")
+    base = os.path.dirname(os.path.abspath(src_root)) if source_kind == "manifest" else src_root
+    src_real, dst_real = os.path.realpath(base), os.path.realpath(dst_root)
+    if dst_real == src_real or dst_real.startswith(src_real + os.sep) or src_real.startswith(dst_real + os.sep):
+        raise ValueError(f"output {dst_root} overlaps the source {base}; choose a folder outside it")
+    if dst_root.exists() and any(dst_root.iterdir()) and not overwrite:
+        raise ValueError(f"output {dst_root} is not empty; choose an empty folder or pass overwrite")
+    return base
+
+
+def _identity(value: Any, source_kind: str) -> str:
+    """The identity as the source names it, without the ``<source>/`` prefix the reader adds."""
+    return str(value).removeprefix(f"{source_kind}/")
+
+
+def _images_to_mask(
+    src_root: str, source_kind: str, workers: int, limit: Optional[int]
+) -> tuple[pd.DataFrame, list[dict]]:
+    """The source's unmasked images (the first ``limit``, sorted by path) and the
+    ``already_masked`` rows of skipped.csv for the others."""
+    from maskface.config import parse_section
+    from maskface.data.datasets import DataConfig, build_manifest
+
+    config = parse_section(DataConfig, {"source": source_kind, "root": src_root, "workers": max(1, int(workers))}, "data")
+    images = build_manifest(config).manifest
+    masked = images[images["masked"]]
+    skipped = [
+        {"source_path": p, "identity": _identity(i, source_kind), "reason": "already_masked"}
+        for p, i in zip(masked["path"], masked["identity"])
+    ]
+    todo = images[~images["masked"]].reset_index(drop=True)
+    if limit is not None:
+        todo = todo.head(limit)
+    if todo.empty:
+        raise ValueError(f"{src_root}: no unmasked image to put a mask on ({len(images)} images, all masked)")
+    return todo, skipped
+
+
+def _template_landmarks(size: tuple[int, int]) -> np.ndarray:
+    """The facenet template's landmarks stretched over a whole ``(width, height)`` picture,
+    as if it were a template-framed face crop."""
+    from maskface.face.geometry import template_points
+
+    width, height = size
+    return (template_points("facenet", 1000) + 0.5) / 1000.0 * np.array([width, height]) - 0.5
+
+
+def _landmarks_for(picture: Image.Image, detection: Detection, on_no_face: str) -> Optional[tuple[np.ndarray, str]]:
+    """(landmarks, landmark_source) to draw the mask from, or None to skip the picture."""
+    if detection.detected:
+        return detection.landmarks, "mtcnn"
+    if on_no_face == "template":
+        return _template_landmarks(picture.size), "template"
+    return None
+
+
+def _draw_and_save(
+    picture: Image.Image, landmarks: np.ndarray, relative: str, source_mode: str,
+    dst_root: Path, styles: Sequence[str], seed: int,
+) -> str:
+    """Draw the file's own seeded mask, save it at ``dst_root/relative``; return its style."""
+    rng = _file_rng(seed, relative)
+    style = styles[int(rng.integers(len(styles)))]
+    masked, _ = draw_mask(picture, landmarks, style, rng)
+    _save(masked, dst_root / relative, source_mode)
+    return style
+
+
+def _manifest_row(
+    relative: str, identity: str, style: str, source_path: str, dst_root: Path,
+    landmarks: np.ndarray, landmark_source: str, detection: Detection,
+) -> dict:
+    row = {
+        "path": relative,
+        "identity": identity,
+        "masked": True,
+        "mask_style": style,
+        "source_path": source_path,
+        # Relative to DST, as `path` is: it still resolves when the reader runs elsewhere.
+        "derived_from": Path(os.path.relpath(os.path.abspath(source_path), os.path.abspath(dst_root))).as_posix(),
+        "landmark_source": landmark_source,
+        "confidence": round(detection.confidence, 6) if detection.detected else np.nan,
+    }
+    row.update({c: round(float(v), 2) for c, v in zip(LANDMARK_COLUMNS, np.asarray(landmarks).reshape(-1))})
+    return row
+
+
+def _mask_all(
+    todo: pd.DataFrame, source_kind: str, base: str, dst_root: Path, detector: FaceDetector,
+    styles: Sequence[str], seed: int, on_no_face: str,
+) -> tuple[list[dict], list[dict], list[tuple[Image.Image, Image.Image]]]:
+    """Detect, mask and save every image of ``todo``, in detector-sized batches.
+
+    Returns the manifest rows, the ``no_face`` rows of skipped.csv, and up to 8
+    (source, masked) pictures for the preview.
+    """
+    from maskface.imageio import load_rgb
+
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    examples: list[tuple[Image.Image, Image.Image]] = []
+    batch = detector.batch_size
+    with tqdm(total=len(todo), desc="simulating masks", unit="img") as progress:
+        for start in range(0, len(todo), batch):
+            chunk = todo.iloc[start : start + batch]
+            pictures = [load_rgb(p) for p in chunk["path"]]
+            detections = detector.detect(pictures)
+            for (_, item), picture, detection in zip(chunk.iterrows(), pictures, detections):
+                identity = _identity(item["identity"], source_kind)
+                relative = _relative(str(item["path"]), base)
+                found = _landmarks_for(picture, detection, on_no_face)
+                if found is None:
+                    skipped.append({"source_path": item["path"], "identity": identity, "reason": "no_face"})
+                else:
+                    landmarks, landmark_source = found
+                    style = _draw_and_save(picture, landmarks, relative, str(item["mode"]), dst_root, styles, seed)
+                    rows.append(
+                        _manifest_row(relative, identity, style, item["path"], dst_root, landmarks, landmark_source, detection)
+                    )
+                    if len(examples) < 8:
+                        examples.append((picture, Image.open(dst_root / relative).convert("RGB")))
+                progress.update(1)
+    return rows, skipped, examples
 
 
 def _preview(examples: list[tuple[Image.Image, Image.Image]], destination: Path) -> None:

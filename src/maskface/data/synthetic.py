@@ -391,6 +391,132 @@ def _similarity(rng: np.random.Generator, size: int) -> tuple[np.ndarray, dict]:
     return matrix, {"angle": angle, "scale": scale, "shift": shift}
 
 
+@dataclass(frozen=True)
+class _ImageLook:
+    """What varies from one image of a person to the next, apart from pose and camera."""
+
+    layout: _Layout
+    smile: float  # mouth-line sag at its centre; > 0 lowers the centre
+    background: tuple[int, int, int]
+    shirt: np.ndarray  # RGB; clothes are not identity
+
+
+def _sample_look(f: FaceIdentity, rng: np.random.Generator) -> _ImageLook:
+    """Small per-image expression changes (the same person, not a frozen template), the
+    background and the shirt.
+
+    The draws stay in this order (mouth width, smile, brow lift, background, shirt): the
+    embedded default dataset depends on every one of them.
+    """
+    mouth_w = f.mouth_width * rng.uniform(0.95, 1.05)
+    smile = rng.uniform(-0.002, 0.008)
+    layout = _Layout(
+        eye_y=EYE_LINE,
+        nose_y=EYE_LINE + f.nose_length,
+        mouth_y=EYE_LINE + f.nose_length + f.mouth_gap,
+        chin_y=EYE_LINE + f.nose_length + f.mouth_gap + f.chin_gap,
+        half_w=f.face_width / 2,
+        mouth_w=mouth_w,
+        brow_lift=rng.uniform(-0.004, 0.008),
+    )
+    background = _rgb(rng.uniform(40, 220, 3) * np.array([1.0, rng.uniform(0.85, 1.1), rng.uniform(0.8, 1.15)]))
+    shirt = rng.uniform(20, 230, 3)
+    return _ImageLook(layout, smile, background, shirt)
+
+
+def _eye_centres(f: FaceIdentity, lay: _Layout) -> np.ndarray:
+    """(2, 2) canonical pupil centres, image-left first."""
+    return np.array([[0.5 - f.eye_spacing / 2, lay.eye_y], [0.5 + f.eye_spacing / 2, lay.eye_y]])
+
+
+def _canonical_landmarks(f: FaceIdentity, lay: _Layout) -> np.ndarray:
+    """(5, 2) the five landmarks in the canonical frame, MTCNN order: eyes, nose tip, mouth corners."""
+    eyes = _eye_centres(f, lay)
+    return np.array(
+        [
+            eyes[0],
+            eyes[1],
+            [0.5, lay.nose_y],
+            [0.5 - lay.mouth_w / 2, lay.mouth_y],
+            [0.5 + lay.mouth_w / 2, lay.mouth_y],
+        ]
+    )
+
+
+def _draw_behind_face(canvas: _Canvas, f: FaceIdentity, look: _ImageLook, back_hair: np.ndarray | None) -> None:
+    """Shoulders in the shirt colour, the back hair, the neck with its collar line, the ears."""
+    lay, skin, shirt = look.layout, np.asarray(f.skin), look.shirt
+    hw = lay.half_w
+    shoulders = np.array([[0.5 - 0.5 * hw, lay.chin_y + 0.05], [-0.3, lay.chin_y + 0.2], [-0.3, 2.0]])
+    shoulders = np.concatenate([shoulders, _mirror(shoulders)[::-1]])
+    canvas.polygon(_catmull_rom(shoulders, 6), shirt)
+    if back_hair is not None:
+        canvas.polygon(back_hair, _scaled(f.hair, 0.8))
+    neck = np.array(
+        [
+            [0.5 - 0.45 * hw, lay.mouth_y],
+            [0.5 + 0.45 * hw, lay.mouth_y],
+            [0.5 + 0.5 * hw, lay.chin_y + 0.12],
+            [0.5 - 0.5 * hw, lay.chin_y + 0.12],
+        ]
+    )
+    canvas.polygon(neck, _scaled(skin, 0.78))
+    canvas.polygon(np.concatenate([neck[2:], neck[2:][::-1] + (0, 0.3)]), shirt)  # collar line
+    for side in (-1.0, 1.0):
+        ear_x, ear_y = 0.5 + side * (hw + 0.012), (lay.eye_y + lay.nose_y) / 2
+        canvas.polygon(_ellipse(ear_x, ear_y, 0.04, 0.085), _scaled(skin, 0.9))
+        canvas.polygon(_ellipse(ear_x + side * 0.008, ear_y, 0.018, 0.05), _scaled(skin, 0.72))
+
+
+def _draw_face(canvas: _Canvas, f: FaceIdentity, look: _ImageLook, front_hair: np.ndarray) -> np.ndarray:
+    """The face over what lies behind it: skin, eyes, nose, mouth, front hair, brows.
+
+    Returns the head outline (canonical frame) for the shading.
+    """
+    lay, skin = look.layout, np.asarray(f.skin)
+    outline = _face_outline(f, lay)
+    canvas.polygon(outline, skin)
+    socket = _scaled(skin, 0.94)
+    eyes = _eye_centres(f, lay)
+    for (cx, cy), outer_sign in zip(eyes, (-1.0, 1.0)):
+        _eye(canvas, f, cx, cy, outer_sign, socket)
+    _nose(canvas, f, lay, skin)
+    _mouth(canvas, f, lay, look.smile)
+    canvas.polygon(front_hair, f.hair)
+    for (cx, cy), outer_sign in zip(eyes, (-1.0, 1.0)):
+        _brow(canvas, f, cx, cy, outer_sign, lay.brow_lift)
+    return outline
+
+
+def _shaded(canvas: _Canvas, outline: np.ndarray) -> Image.Image:
+    """The canvas at output resolution, skin darkened towards the outline (a rounded face).
+
+    Up to 25% darker just inside the outline, unchanged outside it and where the face is
+    wider than the blur. The shading is computed at output resolution: it is smooth, so
+    supersampling it buys nothing.
+    """
+    face_mask = canvas.mask_of(outline).reduce(_SS)
+    blur = face_mask.filter(ImageFilter.BoxBlur(max(1, int(0.06 * canvas.size))))
+    pixels = np.asarray(canvas.image.reduce(_SS), dtype=np.float32)
+    inside = np.asarray(face_mask, dtype=np.float32) / 255.0
+    roundness = np.asarray(blur, dtype=np.float32) / 255.0
+    pixels *= (1.0 - inside * 0.25 * (1.0 - roundness))[..., None]
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
+def _put_mask(
+    image: Image.Image, landmarks: np.ndarray, mask_style: str | None, rng: np.random.Generator
+) -> tuple[Image.Image, str, np.ndarray, np.ndarray]:
+    """Draw a mask from the landmarks: (image, style, polygon (K, 2) pixels, region (H, W) bool).
+
+    ``mask_style`` None draws the style from ``rng`` first.
+    """
+    style = mask_style if mask_style is not None else MASK_STYLES[int(rng.integers(len(MASK_STYLES)))]
+    polygon = mask_polygon(landmarks, style, image.size)
+    image, region = draw_mask(image, landmarks, style, rng)
+    return image, style, polygon, region
+
+
 def render_face(
     identity: FaceIdentity,
     rng: np.random.Generator,
@@ -419,89 +545,20 @@ def render_face(
         raise ValueError(f"unknown mask style {mask_style!r}; valid styles: {', '.join(MASK_STYLES)}")
     if size < 16:
         raise ValueError(f"size must be >= 16 px, got {size}")
-    f = identity
+    # The random draws happen in this order: pose, look, [mask], camera.
     matrix, pose = _similarity(rng, size)
-
-    # Small per-image expression changes: the same person, not a frozen template.
-    mouth_w = f.mouth_width * rng.uniform(0.95, 1.05)
-    smile = rng.uniform(-0.002, 0.008)
-    lay = _Layout(
-        eye_y=EYE_LINE,
-        nose_y=EYE_LINE + f.nose_length,
-        mouth_y=EYE_LINE + f.nose_length + f.mouth_gap,
-        chin_y=EYE_LINE + f.nose_length + f.mouth_gap + f.chin_gap,
-        half_w=f.face_width / 2,
-        mouth_w=mouth_w,
-        brow_lift=rng.uniform(-0.004, 0.008),
-    )
-    skin = np.asarray(f.skin)
-    background = _rgb(rng.uniform(40, 220, 3) * np.array([1.0, rng.uniform(0.85, 1.1), rng.uniform(0.8, 1.15)]))
-    canvas = _Canvas(size, matrix, background)
-
-    # Body: shoulders in a per-image shirt colour (clothes are not identity), then neck.
-    hw = lay.half_w
-    shirt = rng.uniform(20, 230, 3)
-    shoulders = np.array([[0.5 - 0.5 * hw, lay.chin_y + 0.05], [-0.3, lay.chin_y + 0.2], [-0.3, 2.0]])
-    shoulders = np.concatenate([shoulders, _mirror(shoulders)[::-1]])
-    canvas.polygon(_catmull_rom(shoulders, 6), shirt)
-    back, front = _hair_shapes(f, lay)
-    if back is not None:
-        canvas.polygon(back, _scaled(f.hair, 0.8))
-    neck = np.array(
-        [
-            [0.5 - 0.45 * hw, lay.mouth_y],
-            [0.5 + 0.45 * hw, lay.mouth_y],
-            [0.5 + 0.5 * hw, lay.chin_y + 0.12],
-            [0.5 - 0.5 * hw, lay.chin_y + 0.12],
-        ]
-    )
-    canvas.polygon(neck, _scaled(skin, 0.78))
-    canvas.polygon(np.concatenate([neck[2:], neck[2:][::-1] + (0, 0.3)]), shirt)  # collar line
-    for side in (-1.0, 1.0):
-        ear_x, ear_y = 0.5 + side * (hw + 0.012), (lay.eye_y + lay.nose_y) / 2
-        canvas.polygon(_ellipse(ear_x, ear_y, 0.04, 0.085), _scaled(skin, 0.9))
-        canvas.polygon(_ellipse(ear_x + side * 0.008, ear_y, 0.018, 0.05), _scaled(skin, 0.72))
-
-    outline = _face_outline(f, lay)
-    canvas.polygon(outline, skin)
-    socket = _scaled(skin, 0.94)
-    eyes = np.array([[0.5 - f.eye_spacing / 2, lay.eye_y], [0.5 + f.eye_spacing / 2, lay.eye_y]])
-    for (cx, cy), outer_sign in zip(eyes, (-1.0, 1.0)):
-        _eye(canvas, f, cx, cy, outer_sign, socket)
-    _nose(canvas, f, lay, skin)
-    _mouth(canvas, f, lay, smile)
-    canvas.polygon(front, f.hair)
-    for (cx, cy), outer_sign in zip(eyes, (-1.0, 1.0)):
-        _brow(canvas, f, cx, cy, outer_sign, lay.brow_lift)
-
-    # Rounded-face shading: darken skin towards the outline (at output resolution: the
-    # shading is smooth, so supersampling it buys nothing).
-    face_mask = canvas.mask_of(outline).reduce(_SS)
-    blur = face_mask.filter(ImageFilter.BoxBlur(max(1, int(0.06 * size))))
-    pixels = np.asarray(canvas.image.reduce(_SS), dtype=np.float32)
-    inside = np.asarray(face_mask, dtype=np.float32) / 255.0
-    roundness = np.asarray(blur, dtype=np.float32) / 255.0
-    pixels *= (1.0 - inside * 0.25 * (1.0 - roundness))[..., None]
-    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
-
-    landmarks = canvas.to_output(
-        np.array(
-            [
-                eyes[0],
-                eyes[1],
-                [0.5, lay.nose_y],
-                [0.5 - mouth_w / 2, lay.mouth_y],
-                [0.5 + mouth_w / 2, lay.mouth_y],
-            ]
-        )
-    )
+    look = _sample_look(identity, rng)
+    canvas = _Canvas(size, matrix, look.background)
+    back_hair, front_hair = _hair_shapes(identity, look.layout)
+    _draw_behind_face(canvas, identity, look, back_hair)
+    outline = _draw_face(canvas, identity, look, front_hair)
+    image = _shaded(canvas, outline)
+    landmarks = canvas.to_output(_canonical_landmarks(identity, look.layout))
 
     polygon = region = None
     style = ""
     if masked:
-        style = mask_style if mask_style is not None else MASK_STYLES[int(rng.integers(len(MASK_STYLES)))]
-        polygon = mask_polygon(landmarks, style, image.size)
-        image, region = draw_mask(image, landmarks, style, rng)
+        image, style, polygon, region = _put_mask(image, landmarks, mask_style, rng)
 
     image = _photograph(image, rng)
     truth = {

@@ -190,43 +190,13 @@ def evaluate(
     Returns:
         The metrics dict written to ``metrics_path``.
     """
-    results: dict[str, dict] = {}
-    for backbone in backbones:
-        scores_dir = scores_root / backbone
-        val, test = read_scores(scores_dir)
-        meta = read_classifier_meta(scores_dir)
-        identification = read_identification(scores_dir)
-        report, tables = evaluate_backbone(val, test, config, meta.get("classifier"), identification, meta.get("threshold"))
-        # What the network started from (pretrained file with its sha256, or random), as the
-        # embed stage found it in model.json and classify passed it on.
-        if "embedding" in meta:
-            report["started_from"] = meta["embedding"].get("started_from")
-        results[backbone] = report
-        paths = plot_paths(plots_dir, backbone)
-        for name, table in tables.items():
-            paths[name].parent.mkdir(parents=True, exist_ok=True)
-            write_csv(table, paths[name], float_format="%.6g")
-        cmc = None
-        if "identification" in report:
-            rates = report["identification"]["cmc"]
-            cmc = pd.DataFrame({"rank": np.arange(1, len(rates) + 1), "rate": rates})
-        label = f"{backbone}: {meta.get('classifier', 'classifier')} on test pairs"
-        curves_figure(test, report["threshold"], paths["curves"], label, cmc=cmc)
-        paths["worst_pairs"].parent.mkdir(parents=True, exist_ok=True)
-        if config.worst_pairs > 0:
-            worst_pairs_sheet(test, report["threshold"], paths["worst_pairs"], config.worst_pairs, loader=image_loader)
-        elif paths["worst_pairs"].exists():
-            paths["worst_pairs"].unlink()
-        logger.info(
-            "%s: accuracy %.4f auc %s eer %s",
-            backbone,
-            report["accuracy"],
-            "n/a" if report.get("roc_auc") is None else f"{report['roc_auc']:.4f}",
-            "n/a" if report.get("eer") is None else f"{report['eer']:.4f}",
-        )
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    results = {
+        backbone: _evaluate_one(backbone, scores_root / backbone, plot_paths(plots_dir, backbone), config, image_loader)
+        for backbone in backbones
+    }
     recommended = recommend(results, config.recommend_tolerance)
     output = {**results, "recommended": recommended}
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text(json.dumps(output, indent=2, sort_keys=True, allow_nan=False) + "\n")
     if report_path is not None:
         data = None
@@ -243,6 +213,58 @@ def evaluate(
             recommended=recommended,
         )
     return output
+
+
+def _evaluate_one(
+    backbone: str,
+    scores_dir: Path,
+    paths: dict[str, Path],
+    config: EvaluateConfig,
+    image_loader: Callable[[str], Image.Image],
+) -> dict:
+    """Evaluate one backbone's score folder, write its plots to ``paths``; return its report."""
+    val, test = read_scores(scores_dir)
+    meta = read_classifier_meta(scores_dir)
+    identification = read_identification(scores_dir)
+    report, tables = evaluate_backbone(val, test, config, meta.get("classifier"), identification, meta.get("threshold"))
+    # What the network started from (pretrained file with its sha256, or random), as the
+    # embed stage found it in model.json and classify passed it on.
+    if "embedding" in meta:
+        report["started_from"] = meta["embedding"].get("started_from")
+    for name, table in tables.items():
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        write_csv(table, paths[name], float_format="%.6g")
+    label = f"{backbone}: {meta.get('classifier', 'classifier')} on test pairs"
+    curves_figure(test, report["threshold"], paths["curves"], label, cmc=_cmc_table(report))
+    _write_worst_pairs(test, report["threshold"], paths["worst_pairs"], config.worst_pairs, image_loader)
+    logger.info(
+        "%s: accuracy %.4f auc %s eer %s",
+        backbone,
+        report["accuracy"],
+        "n/a" if report.get("roc_auc") is None else f"{report['roc_auc']:.4f}",
+        "n/a" if report.get("eer") is None else f"{report['eer']:.4f}",
+    )
+    return report
+
+
+def _cmc_table(report: dict) -> Optional[pd.DataFrame]:
+    """The report's CMC curve as a (rank, rate) table, ranks from 1; None without identification."""
+    if "identification" not in report:
+        return None
+    rates = report["identification"]["cmc"]
+    return pd.DataFrame({"rank": np.arange(1, len(rates) + 1), "rate": rates})
+
+
+def _write_worst_pairs(
+    test: pd.DataFrame, threshold: float, path: Path, count: int, image_loader: Callable[[str], Image.Image]
+) -> None:
+    """The sheet of the ``count`` worst test pairs; with ``count`` 0, remove an old sheet
+    (its folder stays: it is a DVC output)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if count > 0:
+        worst_pairs_sheet(test, threshold, path, count, loader=image_loader)
+    elif path.exists():
+        path.unlink()
 
 
 def recommend(results: dict[str, dict], tolerance: float = 0.0) -> Optional[dict]:

@@ -660,6 +660,44 @@ class AucStatistic:
         return wins / (positive.sum(axis=1) * negative.sum(axis=1))
 
 
+def _check_test_extras(
+    pair_types: Any, folds: Any, groups: Any, n_test: int
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """The optional per-test-pair arrays of :func:`verification_report`, shapes checked."""
+    types = None if pair_types is None else _as_per_pair(pair_types, n_test, "test_pair_types")
+    folds = None if folds is None else _as_per_pair(folds, n_test, "test_folds")
+    if groups is not None:
+        groups = np.asarray(groups)
+        _pair_clusters(groups, n_test)  # refuses a bad shape here, not deep in a bootstrap
+    return types, folds, groups
+
+
+def _holds_both_classes(labels: np.ndarray) -> bool:
+    n_pos = int(labels.sum())
+    return 0 < n_pos < labels.size
+
+
+def _counts(labels: np.ndarray) -> dict:
+    n_pos = int(labels.sum())
+    return {"n_pairs": int(labels.size), "n_genuine": n_pos, "n_impostor": int(labels.size) - n_pos}
+
+
+def _single_class_block(s: np.ndarray, y: np.ndarray, threshold: float, fars: Sequence[float]) -> dict:
+    """The test metrics of pairs with one class: the confusion counts stay meaningful, the
+    ranking metrics are None, and a ``note`` says why."""
+    block: dict[str, Any] = _counts(y)
+    block.update(confusion_at_threshold(s, y, threshold))
+    block.update({"roc_auc": None, "eer": None, "eer_threshold": None})
+    block.update({far_key(far): None for far in fars})
+    block["note"] = "test pairs hold a single class: ROC AUC, EER, TAR@FAR, k-fold and bootstrap undefined"
+    return block
+
+
+def _counts_only(labels: np.ndarray) -> dict:
+    """A pair type with one class: its counts and a ``note``, no metrics."""
+    return {**_counts(labels), "note": "skipped: this pair type holds a single class, so its metrics are undefined"}
+
+
 def _test_block(
     s: np.ndarray,
     y: np.ndarray,
@@ -671,8 +709,7 @@ def _test_block(
     seed: int,
 ) -> dict:
     """All test metrics on one set of pairs that holds both classes."""
-    n_pos = int(y.sum())
-    block: dict[str, Any] = {"n_pairs": int(y.size), "n_genuine": n_pos, "n_impostor": int(y.size) - n_pos}
+    block: dict[str, Any] = _counts(y)
     block.update(confusion_at_threshold(s, y, threshold))
     block["roc_auc"] = roc_auc(s, y)
     block["eer"], block["eer_threshold"] = equal_error_rate(s, y)
@@ -738,13 +775,7 @@ def verification_report(
     vs, vy = _as_scores_labels(val_scores, val_labels)
     _require_both_classes(vy, "choosing the threshold on validation pairs")
     ts, ty = _as_scores_labels(test_scores, test_labels)
-    n_test = ts.size
-    types = None if test_pair_types is None else _as_per_pair(test_pair_types, n_test, "test_pair_types")
-    folds = None if test_folds is None else _as_per_pair(test_folds, n_test, "test_folds")
-    groups = None
-    if test_groups is not None:
-        groups = np.asarray(test_groups)
-        _pair_clusters(groups, n_test)  # refuses a bad shape here, not deep in a bootstrap
+    types, folds, groups = _check_test_extras(test_pair_types, test_folds, test_groups, ts.size)
     fars = tuple(float(f) for f in fars)
     bootstrap = int(bootstrap)
     if bootstrap > 0 and groups is None:
@@ -763,33 +794,16 @@ def verification_report(
         pick = (lambda a: a) if mask is None else (lambda a: None if a is None else a[mask])
         return _test_block(pick(ts), pick(ty), threshold, fars, pick(folds), pick(groups), bootstrap, seed)
 
-    n_pos = int(ty.sum())
-    if 0 < n_pos < n_test:
+    if _holds_both_classes(ty):
         report.update(block_for(None))
     else:
-        # Confusion counts stay meaningful with one class; ranking metrics do not.
-        report.update({"n_pairs": n_test, "n_genuine": n_pos, "n_impostor": n_test - n_pos})
-        report.update(confusion_at_threshold(ts, ty, threshold))
-        report.update({"roc_auc": None, "eer": None, "eer_threshold": None})
-        report.update({far_key(far): None for far in fars})
-        report["note"] = "test pairs hold a single class: ROC AUC, EER, TAR@FAR, k-fold and bootstrap undefined"
+        report.update(_single_class_block(ts, ty, threshold, fars))
         logger.warning("verification_report: %s", report["note"])
-
     if types is not None:
         by_type: dict[str, Any] = {}
         for pair_type in np.unique(types):
             mask = types == pair_type
-            sub_pos = int(ty[mask].sum())
-            sub_n = int(mask.sum())
-            if 0 < sub_pos < sub_n:
-                by_type[str(pair_type)] = block_for(mask)
-            else:
-                by_type[str(pair_type)] = {
-                    "n_pairs": sub_n,
-                    "n_genuine": sub_pos,
-                    "n_impostor": sub_n - sub_pos,
-                    "note": "skipped: this pair type holds a single class, so its metrics are undefined",
-                }
+            by_type[str(pair_type)] = block_for(mask) if _holds_both_classes(ty[mask]) else _counts_only(ty[mask])
         report["by_pair_type"] = by_type
     return json_ready(report)
 
