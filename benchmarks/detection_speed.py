@@ -5,12 +5,15 @@ pre-cropped 160 px faces, or ``--images N`` of them, every k-th) and on a mixed-
 (``--mixed N`` images of ``lfw-masktheface``: 250 px photos and 128 px masked crops), side
 by side in one run:
 
-* **before**: the path of 2026-11-30, reproduced here: images in path order, ``batch_size``
-  at a time (only equal sizes share an MTCNN call, so mixed sizes make small batches), the
-  full scale pyramid (``min_face_share: 0``), one process with torch's threads on every core;
-* ``crop.detect_min_face_share: 0.25`` alone (fewer pyramid levels), one process;
+* **before**: the path before this change (commit 22f4346), reproduced here: images in
+  path order, ``batch_size`` at a time (only equal sizes share an MTCNN call, so mixed sizes
+  make small batches), the full scale pyramid (``min_face_share: 0``), one process with
+  torch's threads on every core;
+* ``crop.detect_min_face_share: 0.25`` alone (fewer pyramid levels), one process, and 0.36
+  (one level fewer again on 160 px faces; not the default);
 * ``crop.detect_workers: 0`` alone (one process per core, one thread each), full pyramid;
-* **after**: the defaults (both, and batches grouped by image size).
+* **after**: the defaults (both, and batches grouped by image size);
+* on the mixed set, each image alone through the full pyramid, as inference detects a photo.
 
 Per setting: images/s (decoding, batching and process start-up included), the detection rate
 (overall, masked, unmasked) and agreement with *before*: images whose detected flag differs,
@@ -51,23 +54,41 @@ def before(paths: list[str], detector: FaceDetector) -> pd.DataFrame:
     return _table(paths, np.array(detected, dtype=bool), np.concatenate(numbers), "mtcnn")
 
 
+def one_at_a_time(paths: list[str], detector: FaceDetector) -> pd.DataFrame:
+    """Each image alone, as inference detects a new photo."""
+    found = [detector.detect_one(load_rgb(p)) for p in paths]
+    return _table(paths, np.array([d.detected for d in found], dtype=bool), _numbers(found), "mtcnn")
+
+
+BEFORE, ALONE = "before", "alone"
+
+
 def settings() -> dict:
-    """name -> (min_face_share, workers, before's path?)."""
+    """name -> (min_face_share, workers, path: BEFORE, ALONE or None for detect_table)."""
+    share = DEFAULTS.detect_min_face_share
     return {
-        "before (path order, full pyramid, 1 process)": (0.0, 1, True),
-        f"min_face_share {DEFAULTS.detect_min_face_share} only": (DEFAULTS.detect_min_face_share, 1, False),
-        "processes only (workers 0, full pyramid)": (0.0, 0, False),
-        f"after (defaults: share {DEFAULTS.detect_min_face_share}, workers 0)": (DEFAULTS.detect_min_face_share, 0, False),
+        "before (path order, full pyramid, 1 process)": (0.0, 1, BEFORE),
+        f"min_face_share {share} only": (share, 1, None),
+        # 0.36 x 160 px reaches the next level: 160 px faces lose a third pyramid level.
+        "min_face_share 0.36 only (not the default)": (0.36, 1, None),
+        "processes only (workers 0, full pyramid)": (0.0, 0, None),
+        f"after (defaults: share {share}, workers 0)": (share, 0, None),
+        "one image at a time, full pyramid (what inference does)": (0.0, 1, ALONE),
     }
 
 
-def measure(name: str, paths: list[str], share: float, workers: int, old_path: bool) -> tuple[pd.DataFrame, float]:
+def measure(name: str, paths: list[str], share: float, workers: int, path: str | None) -> tuple[pd.DataFrame, float]:
     detector = FaceDetector(
         device="cpu", pad=DEFAULTS.detect_pad, thresholds=DEFAULTS.detect_thresholds,
         min_face_size=DEFAULTS.detect_min_face, batch_size=DEFAULTS.detect_batch_size, min_face_share=share,
     )
     start = time.perf_counter()
-    table = before(paths, detector) if old_path else detect_table(paths, detector, desc=name, workers=workers)
+    if path == BEFORE:
+        table = before(paths, detector)
+    elif path == ALONE:
+        table = one_at_a_time(paths, detector)
+    else:
+        table = detect_table(paths, detector, desc=name, workers=workers)
     return table, time.perf_counter() - start
 
 
@@ -88,7 +109,7 @@ def agreement(table: pd.DataFrame, reference: pd.DataFrame, masked: np.ndarray) 
     }
 
 
-def run_set(label: str, paths: list[str], only: tuple[str, ...] | None) -> None:
+def run_set(label: str, paths: list[str], only: list[str]) -> None:
     masked = np.array([os.sep + "AFDB_masked_face_dataset" + os.sep in p or "crop_" in Path(p).name for p in paths])
     sizes = sorted({load_rgb(p).size for p in paths[:: max(1, len(paths) // 50)]})
     print(f"\n{label}: {len(paths)} images ({int(masked.sum())} masked), sizes e.g. {sizes[:4]}; "
@@ -96,10 +117,10 @@ def run_set(label: str, paths: list[str], only: tuple[str, ...] | None) -> None:
     print("| setting | images/s | s | rate | masked | unmasked | detected flag changed | landmarks vs before: median px | max px | > 0.5 px |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     reference, reference_speed = None, None
-    for name, (share, workers, old_path) in settings().items():
-        if only is not None and not old_path and name not in only:
+    for name, (share, workers, path) in settings().items():
+        if name not in only and path != BEFORE:
             continue
-        table, seconds = measure(name, paths, share, workers, old_path)
+        table, seconds = measure(name, paths, share, workers, path)
         if reference is None:
             reference, reference_speed = table, len(paths) / seconds
         row = agreement(table, reference, masked)
@@ -123,11 +144,12 @@ def main() -> None:
             raise SystemExit(f"no images under {folder}; set --datasets")
         return found if count <= 0 or count >= len(found) else found[:: len(found) // count][:count]
 
-    run_set("rmfrd-dev", every_kth(args.datasets / "rmfrd-dev", args.images), None)
+    names = list(settings())
+    run_set("rmfrd-dev", every_kth(args.datasets / "rmfrd-dev", args.images), [n for n in names if not n.startswith("one image")])
     if args.mixed:
-        # Mixed sizes: what batching by size is for; the one-change rows add nothing new here.
-        after = [name for name in settings() if name.startswith("after")]
-        run_set("lfw-masktheface (mixed sizes)", every_kth(args.datasets / "lfw-masktheface", args.mixed), tuple(after))
+        # Mixed sizes: what batching by size is for; 250 px photos also lose a third pyramid level.
+        run_set("lfw-masktheface (mixed sizes)", every_kth(args.datasets / "lfw-masktheface", args.mixed),
+                [n for n in names if n.startswith(("after", "one image"))])
     print(f"\ntorch threads in this process: {torch.get_num_threads()}")
 
 
