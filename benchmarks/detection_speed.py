@@ -1,6 +1,6 @@
 """Figure 8: landmark detection speed of the split stage, before and after, on real faces.
 
-The split stage's MTCNN (``maskface.geometry.detect_table``) on all of ``rmfrd-dev`` (883
+The split stage's MTCNN (``maskface.face.geometry.detect_table``) on all of ``rmfrd-dev`` (883
 pre-cropped 160 px faces, or ``--images N`` of them, every k-th) and on a mixed-size set
 (``--mixed N`` images of ``lfw-masktheface``: 250 px photos and 128 px masked crops), side
 by side in one run:
@@ -37,9 +37,9 @@ import torch
 from _common import machine
 
 from maskface.config import CropConfig
-from maskface.geometry import FaceDetector, _numbers, _table, detect_table, process_count
+from maskface.face.geometry import FaceDetector, _numbers, _table, detect_table, process_count
 from maskface.imageio import load_rgb
-from maskface.synthetic import LANDMARK_COLUMNS
+from maskface.data.synthetic import LANDMARK_COLUMNS
 
 DEFAULTS = CropConfig()
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import _common
 
 from maskface.config import CropConfig, SplitConfig, load_params, section
-from maskface.datasets import DataConfig
-from maskface.geometry import filtered_sheet
-from maskface.prepare import prepare_data
+from maskface.data.datasets import DataConfig
+from maskface.face.geometry import filtered_sheet
+from maskface.data.prepare import prepare_data
 from maskface.tables import write_csv
 
 
