@@ -11,7 +11,12 @@ sizes, the growth exponent ``log(t2 / t1) / log(n2 / n1)`` (1 = linear) and the 
 peak memory. The full RMFRD (92,671 images) and SMFRD (~500,000) times are extrapolated
 from the largest two sizes with that exponent, and said to be.
 
+``--stages split classify`` measures only those stages; the stages before the last of them
+still run (unmeasured) where their outputs are missing. ``--keep`` keeps each size's
+project (``--work``/project-N) so that a later run reuses those outputs instead.
+
     .venv/bin/python benchmarks/scale.py --sizes 3000 30000 100000 --work /tmp/maskface-scale
+    .venv/bin/python benchmarks/scale.py --sizes 3000 30000 --stages split classify --keep
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Optional
 
 import pandas as pd
 import yaml
@@ -68,6 +75,17 @@ def stage_commands() -> list[tuple[str, str]]:
     return commands
 
 
+def stage_outputs() -> dict[str, list[str]]:
+    """Each stage's declared outputs (dvc.yaml ``outs``), foreach stages expanded for BACKBONE."""
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    outputs = {}
+    for name, body in stages.items():
+        outs = body["do"].get("outs", []) if "foreach" in body else body.get("outs", [])
+        paths = [next(iter(out)) if isinstance(out, dict) else out for out in outs]
+        outputs[name] = [path.replace("${key}", BACKBONE) for path in paths]
+    return outputs
+
+
 def run_stage(project: Path, command: str) -> tuple[float, float]:
     """Run one stage command; its wall time (s) and its own peak RSS (MiB)."""
     args = shlex.split(command)
@@ -80,11 +98,15 @@ def run_stage(project: Path, command: str) -> tuple[float, float]:
     return time.perf_counter() - start, int(result.stdout.strip()) / 1024
 
 
-def measure(work: Path, images: int) -> list[dict]:
+def project_for(work: Path, images: int, keep: bool) -> Path:
+    """The scratch project for ``images``: new, or with ``keep`` the kept one (its outputs
+    reused) with the current stage scripts and params."""
     manifest = rendered(work, images)
     project = work / f"project-{images}"
-    shutil.rmtree(project, ignore_errors=True)
-    project.mkdir(parents=True)
+    if not (keep and project.is_dir()):
+        shutil.rmtree(project, ignore_errors=True)
+        project.mkdir(parents=True)
+    shutil.rmtree(project / "stages", ignore_errors=True)
     shutil.copytree(REPO_ROOT / "stages", project / "stages")
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["data"].update(source="manifest", root=str(manifest))
@@ -93,12 +115,33 @@ def measure(work: Path, images: int) -> list[dict]:
     params["finetune"].update(device="cpu", mask_augment_p=0.0)
     params["embed"].update(device="cpu")
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project
+
+
+def measure(work: Path, images: int, stages: Optional[Sequence[str]] = None, keep: bool = False) -> list[dict]:
+    """Run the pipeline on ``images`` faces; a row per measured stage (``stages``, default all).
+
+    A stage not measured runs only when a measured one comes after it and its outputs are
+    missing (a new project, or a kept one that lacks them).
+    """
+    project = project_for(work, images, keep)
+    commands = stage_commands()
+    selected = [name for name, _ in commands] if stages is None else list(stages)
+    last = max(index for index, (name, _) in enumerate(commands) if name in selected)
+    outputs = stage_outputs()
     rows = []
-    for name, command in stage_commands():
+    for index, (name, command) in enumerate(commands[: last + 1]):
+        if name not in selected:
+            if all((project / path).exists() for path in outputs[name]):
+                continue
+            seconds, _ = run_stage(project, command)
+            print(f"{images:7d} images  {name:9s} {seconds:8.1f} s  (not measured: a later stage needs its outputs)", flush=True)
+            continue
         seconds, peak = run_stage(project, command)
         rows.append({"images": images, "stage": name, "seconds": seconds, "images_per_s": images / seconds, "peak_rss_mib": peak})
         print(f"{images:7d} images  {name:9s} {seconds:8.1f} s  {images / seconds:8.0f} img/s  peak RSS {peak:6.0f} MiB", flush=True)
-    shutil.rmtree(project, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(project, ignore_errors=True)
     return rows
 
 
@@ -135,10 +178,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[3000, 30000, 100000])
     parser.add_argument("--work", type=Path, default=Path("/tmp/maskface-scale"))
+    names = [name for name, _ in stage_commands()]
+    parser.add_argument("--stages", nargs="+", choices=names, default=None, metavar="STAGE",
+                        help=f"measure only these ({', '.join(names)}; default: all)")
+    parser.add_argument("--keep", action="store_true", help="keep each size's project and reuse its outputs")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {machine()}")
-    table = pd.DataFrame([row for images in sorted(args.sizes) for row in measure(args.work, images)])
+    table = pd.DataFrame([row for images in sorted(args.sizes) for row in measure(args.work, images, args.stages, args.keep)])
     table.to_csv(args.work / "scale.csv", index=False)
     exponents = growth(table)
     print(exponents.to_string(index=False, float_format=lambda x: f"{x:.2f}"))

@@ -41,10 +41,23 @@ def test_scale_script_runs_every_pipeline_stage_and_computes_growth(tmp_path, mo
 
     # The commands are dvc.yaml's own, in pipeline order.
     assert [name for name, _ in scale.stage_commands()] == ["scan", "split", "crop", "finetune", "embed", "classify", "evaluate"]
-    rows = scale.measure(tmp_path, 200)
+    rows = scale.measure(tmp_path, 200, keep=True)
     assert [row["stage"] for row in rows] == ["scan", "split", "crop", "finetune", "embed", "classify", "evaluate"]
     assert all(row["seconds"] > 0 and row["peak_rss_mib"] > 0 for row in rows)
     assert (tmp_path / "faces-200" / "manifest.csv").is_file()  # rendered once, kept for reuse
+
+    # --stages split classify on the kept project: those two run again, nothing else does.
+    project = tmp_path / "project-200"
+    untouched = {path: path.stat().st_mtime_ns for path in (project / "data" / "crops" / "alexnet").iterdir()}
+    untouched[project / "metrics" / "evaluate.json"] = (project / "metrics" / "evaluate.json").stat().st_mtime_ns
+    manifest_written = (project / "data" / "manifest.csv").stat().st_mtime_ns
+    rows = scale.measure(tmp_path, 200, ["split", "classify"], keep=True)
+    assert [row["stage"] for row in rows] == ["split", "classify"]
+    assert {path: path.stat().st_mtime_ns for path in untouched} == untouched
+    assert (project / "data" / "manifest.csv").stat().st_mtime_ns > manifest_written
+    # Without --keep the project is new, and removed after.
+    assert [row["stage"] for row in scale.measure(tmp_path, 200, ["scan"])] == ["scan"]
+    assert not project.exists()
 
     # Growth against hand-computed values: 10x the images in 20x the time is exponent log 20 / log 10.
     import math

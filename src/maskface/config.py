@@ -235,8 +235,14 @@ class CropConfig(Section):
     detect_pad: Annotated[Number, Field(ge=0, le=2, description="fraction of the image side")] = 0.3
     detect_thresholds: Items[Share] = Field((0.2, 0.3, 0.3), min_length=3, max_length=3)  # MTCNN P/R/O-Net
     detect_min_face: Annotated[int, Field(ge=12, description="pixels")] = 20  # smallest face searched for
+    # Smallest face searched for as a share of the image's shorter side: pre-cropped faces fill
+    # the image, and skipping MTCNN's finest pyramid levels keeps their landmarks (0 = off).
+    detect_min_face_share: Annotated[Number, Field(ge=0, le=1, description="share of the shorter image side")] = 0.25
     detect_batch_size: Annotated[int, Field(ge=1)] = 16
     detect_device: Literal[DEVICES] = "auto"
+    # Detection processes on the CPU, one torch thread each; 0 = one per CPU core. Not a
+    # setting of the result: any count gives the same table.
+    detect_workers: Annotated[int, Field(ge=0, description="processes, 0 = one per CPU core")] = 0
     filter: bool = False  # drop images without a face or below min_confidence (split stage)
     # MTCNN face probability a kept image needs when filtering.
     min_confidence: Annotated[Number, Field(ge=0, lt=1)] = 0.9

@@ -8,21 +8,27 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
+import maskface.face.geometry
 from maskface.config import CropConfig
 from maskface.face.crop import crop_details
 from maskface.face.geometry import (
     FaceDetector,
     alignment_matrix,
+    detect_table,
+    detection_batches,
     detection_rates,
     face_filter,
     ground_truth_table,
     landmark_table,
+    process_count,
+    pyramid_min_face,
     read_landmark_table,
     similarity_transform,
     template_points,
     transform_points,
     warp_affine,
 )
+from maskface.imageio import load_rgb
 from maskface.data.synthetic import LANDMARK_COLUMNS, render_face, sample_identity
 from maskface.tables import write_csv
 
@@ -159,6 +165,116 @@ def test_batched_detection_equals_detection_one_by_one(detector):
             np.testing.assert_allclose(detection.landmarks, alone.landmarks, atol=1e-3)
 
 
+def _facenet_scales(min_face: float, shorter: int, factor: float = 0.709) -> list[float]:
+    """facenet-pytorch's scale pyramid (detect_face), written out: the oracle for the skipped levels."""
+    scale, side, scales = 12.0 / min_face, shorter * 12.0 / min_face, []
+    while side >= 12:
+        scales.append(scale)
+        scale, side = scale * factor, side * factor
+    return scales
+
+
+def test_min_face_share_keeps_a_tail_of_the_full_pyramid():
+    full = _facenet_scales(20, 256)
+    assert pyramid_min_face(20, 0.0, 160) == 20
+    for share, shorter, skipped in ((0.1, 160, 0), (0.2, 160, 1), (0.25, 160, 2), (0.25, 250, 3), (1.0, 160, 6)):
+        kept = _facenet_scales(pyramid_min_face(20, share, shorter), 256)
+        # The same levels, the finest `skipped` of them dropped; the next would skip a face the share asks for.
+        np.testing.assert_allclose(kept, full[skipped:], rtol=1e-12)
+        assert 20 / 0.709**skipped <= max(20, share * shorter) < 20 / 0.709 ** (skipped + 1)
+
+
+def test_detection_batches_hold_one_size_each_and_every_image_once(tmp_path):
+    sizes = [(100, 100), (120, 90), (100, 100), (120, 90), (100, 100), (64, 64), (100, 100)]
+    paths = []
+    for i, size in enumerate(sizes):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", size, (i * 30, 80, 80)).save(paths[-1])
+    batches = detection_batches(paths, batch_size=3)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(paths)))
+    assert all(len({sizes[i] for i in batch}) == 1 and len(batch) <= 3 for batch in batches)
+    # Full batches: the four 100 px images make one batch of 3 and one of 1, not four of 1.
+    assert sorted(len(batch) for batch in batches) == [1, 1, 2, 3]
+
+
+def test_process_count_is_one_per_core_on_the_cpu_only_when_worth_it(monkeypatch):
+    monkeypatch.setattr(maskface.face.geometry, "MIN_IMAGES_PER_PROCESS", 10)
+    monkeypatch.setattr(maskface.face.geometry.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert process_count(0, 1000, "cpu") == 4 and process_count(2, 1000, "cpu") == 2
+    assert process_count(0, 25, "cpu") == 2 and process_count(0, 5, "cpu") == 1
+    assert process_count(0, 1000, "cuda") == 1
+    with pytest.raises(ValueError, match="valid: 0"):
+        process_count(-1, 10, "cpu")
+
+
+def test_table_rounding_is_pythons_round_exactly():
+    """The landmark table's vectorised rounding against Python's own round, value by value,
+    ties and near-ties included (np.round differs on some of these)."""
+    rng = np.random.default_rng(3)
+    values = np.concatenate([
+        rng.uniform(-500, 2000, 20000),
+        np.arange(-2000, 2000) / 200 + 0.005,  # x.xx5: decimal ties, most not exact in binary
+        np.array([2.675, 1.005, 0.125, -0.125, 1e-9, -1e-9, 0.0, -0.0, 1e15 + 0.125, 3e300, np.nan, np.inf, -np.inf]),
+    ])
+    for digits in (2, 6):
+        got = maskface.face.geometry._rounded(values, digits)
+        expected = np.array([round(v, digits) if np.isfinite(v) else np.nan for v in values.tolist()])
+        np.testing.assert_array_equal(got, expected)
+    # The values hold cases where numpy's own rounding is not Python's: what the fallback is for.
+    assert not np.array_equal(np.round(values, 2), [round(v, 2) for v in values.tolist()], equal_nan=True)
+
+
+def _one_by_one(paths: list[str]) -> list:
+    """The oracle: each image alone through the full pyramid, as inference detects a new photo."""
+    alone = FaceDetector(device="cpu", min_face_share=0.0)
+    return [alone.detect_one(load_rgb(path)) for path in paths]
+
+
+def _assert_same_as_one_by_one(table: pd.DataFrame, paths: list[str]) -> None:
+    oracle = _one_by_one(paths)
+    assert table["path"].tolist() == paths
+    assert table["detected"].tolist() == [d.detected for d in oracle]
+    points = table[list(LANDMARK_COLUMNS)].to_numpy(float).reshape(-1, 5, 2)
+    for row, detection in enumerate(oracle):
+        if detection.detected:
+            # The table keeps 2 decimals; a batch and a lone image differ by < 1e-4 px in float.
+            np.testing.assert_allclose(points[row], detection.landmarks, atol=0.0051 + 1e-4)
+            assert abs(table["confidence"].iloc[row] - detection.confidence) < 1e-4
+
+
+def test_grouped_processes_give_the_landmarks_of_one_image_at_a_time(tmp_path, monkeypatch):
+    """Synthetic faces of three sizes, shuffled: batched by size, the default min_face_share,
+    two worker processes, against each image alone through the full pyramid."""
+    monkeypatch.setattr(maskface.face.geometry, "MIN_IMAGES_PER_PROCESS", 1)
+    faces = _faces(2, masked=False, seed=11, size=120) + _faces(2, masked=True, seed=12, size=150) + _faces(2, masked=False, seed=13, size=136)
+    order = np.random.default_rng(0).permutation(len(faces))
+    paths = []
+    for k in order:
+        paths.append(str(tmp_path / f"face{k}.png"))
+        faces[k][0].save(paths[-1])
+    detector = FaceDetector(device="cpu", min_face_share=CropConfig().detect_min_face_share, batch_size=2)
+    table = detect_table(paths, detector, workers=2)
+    assert table["detected"].sum() >= 5  # MTCNN finds most rendered faces, or this test proves little
+    _assert_same_as_one_by_one(table, paths)
+
+
+@pytest.mark.realdata
+def test_real_faces_batched_by_size_match_one_at_a_time(datasets_root):
+    """rmfrd-dev (160 px, masked and unmasked) and lfw-masktheface (250 px photos, 128 px
+    crops): the split stage's default detection (batched by size, fewer pyramid levels)
+    against one image at a time, full pyramid. One process: the test above covers several."""
+    rmfrd = datasets_root / "rmfrd-dev"
+    lfw = datasets_root / "lfw-masktheface"
+    paths = [
+        *map(str, sorted((rmfrd / "AFDB_face_dataset").glob("*/*"))[::100]),
+        *map(str, sorted((rmfrd / "AFDB_masked_face_dataset").glob("*/*"))[::75]),
+        *map(str, sorted((lfw / "AFDB_masked_face_dataset").glob("*/*"))[::500]),
+    ]
+    table = landmark_table(paths, CropConfig(landmarks="mtcnn", detect_device="cpu", detect_workers=1))
+    assert len({load_rgb(p).size for p in paths}) >= 2 and table["detected"].mean() > 0.8
+    _assert_same_as_one_by_one(table, paths)
+
+
 def test_landmark_table_round_trip_filter_and_rates(tmp_path, detector):
     faces = _faces(3, masked=False, seed=4)
     paths = []
@@ -231,10 +347,13 @@ def test_landmark_cache_detects_only_new_or_edited_images(tmp_path, monkeypatch)
     pd.testing.assert_frame_equal(again, landmark_table(changed, config))
     assert again["path"].tolist() == changed
 
-    # Other detector settings: nothing is reused.
+    # Other detector settings: nothing is reused; the first settings' rows stay.
     detected.clear()
     landmark_table(changed, CropConfig(landmarks="mtcnn", detect_batch_size=2, detect_pad=0.2), cache)
     assert sum(detected) == len(changed)
+    detected.clear()
+    pd.testing.assert_frame_equal(landmark_table(changed, config, cache), again)
+    assert detected == []
 
     # A damaged cache only costs time.
     cache.write_text("not,a\ncache,file\n")

@@ -131,7 +131,7 @@ def test_a_library_bug_keeps_its_traceback(split_stage, stage_logging, tmp_path,
     def broken(*args, **kwargs):
         raise bug
 
-    monkeypatch.setattr(split_stage, "build_manifest", broken)
+    monkeypatch.setattr(split_stage, "prepare_data", broken)
     # Not converted to exit 2: the exception propagates, and Python prints its traceback (status 1).
     with pytest.raises(type(bug)) as raised:
         _common.run(split_stage.main, SPLIT_ARGV)

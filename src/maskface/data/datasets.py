@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import stat
+import sys
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -424,6 +425,9 @@ class _Collector:
         return Path(path).as_posix()
 
     def add(self, candidate: _Candidate) -> None:
+        if candidate.identity is not None:
+            # One string per identity, not per image: a dataset has many images per person.
+            candidate = candidate._replace(identity=sys.intern(candidate.identity))
         self.candidates.append((self.display(candidate.open_path), candidate))
 
     def reject(self, path: str, reason: str, detail: str, source: str, displayed: bool = False) -> None:
@@ -647,41 +651,35 @@ def _validate_all(paths: list[str], cfg: DataConfig) -> Iterator[tuple[Optional[
                 progress.update()
 
 
-def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> ManifestResult:
-    """Read every configured source into a manifest, a rejected table and a report.
+def _source_key(index: int) -> str:
+    """The params key that names source ``index`` (0: the main source)."""
+    return "data.root" if index == 0 else f"data.extra_sources[{index - 1}]"
 
-    ``synthetic_dir`` is where the synthetic source (if used) is generated. Raises
-    :class:`DatasetError` when a root is missing, malformed or overlaps another, or when no
-    image survives.
 
-    Report keys: ``files_seen`` (== ``accepted`` + ``rejected``), ``rejected_by_reason``
-    (every reason, zeros included), ``images`` and ``identity_sides`` ({total, masked,
-    unmasked}), ``identities``, ``by_source`` (per source label: kind, root, files_seen,
-    rejected, images, identities), ``label_noise`` ({images, groups, list of {sha256,
-    identities, paths}}), ``identities_masked_only``, ``identities_unmasked_only``,
-    ``identities_below_min_images`` (with ``min_images_per_identity``). Identities are
-    reported, never dropped: the split decides what to do with them.
-    """
-    collector = _Collector(os.getcwd())
-    specs = source_specs(cfg)
+def _source_roots(specs: list[SourceSpec], synthetic_dir: Optional[Path]) -> list[tuple[str, str]]:
+    """(params key, folder) of every root the sources read, checked to exist and not to overlap."""
     roots: list[tuple[str, str]] = []
     for index, spec in enumerate(specs):
-        key = "data.root" if index == 0 else f"data.extra_sources[{index - 1}]"
         if spec.kind == "synthetic":
             if synthetic_dir is None:
                 raise DatasetError("data.source = 'synthetic' needs a synthetic_dir to generate into")
             roots.append(("synthetic_dir", os.fspath(synthetic_dir)))
         else:
-            roots.append((key, spec.root))
+            roots.append((_source_key(index), spec.root))
         if spec.unmasked_root is not None:
             roots.append(("data.unmasked_root", spec.unmasked_root))
     for key, path in roots:
         if key != "synthetic_dir" and not os.path.exists(path):
             raise DatasetError(f"{key} = {path!r} does not exist (working directory {os.getcwd()!r})")
     _check_roots_apart(roots)
+    return roots
 
+
+def _collect_sources(specs: list[SourceSpec], cfg: DataConfig, synthetic_dir: Optional[Path]) -> _Collector:
+    """Every file of every source as a candidate (sorted by display path) or a direct rejection."""
+    collector = _Collector(os.getcwd())
     for index, spec in enumerate(specs):
-        key = "data.root" if index == 0 else f"data.extra_sources[{index - 1}]"
+        key = _source_key(index)
         if spec.kind == "synthetic":
             _collect_synthetic(collector, spec, Path(synthetic_dir), cfg)
         elif spec.kind == "rmfrd":
@@ -698,9 +696,21 @@ def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> Man
             _collect_manifest(collector, spec, key)
         else:  # validate() refuses other kinds; this guards a hand-built DataConfig
             raise invalid_param("data.source", spec.kind, ", ".join(SOURCES))
-
     collector.candidates.sort(key=lambda item: item[0])
-    accepted: list[dict] = []
+    return collector
+
+
+# The manifest's columns as validation fills them (label_noise comes after).
+_VALIDATED_COLUMNS = tuple(c for c in MANIFEST_COLUMNS if c != "label_noise")
+
+
+def _validated(collector: _Collector, cfg: DataConfig) -> tuple[pd.DataFrame, list[tuple[str, str, str, str]]]:
+    """Validate every candidate -> (usable images in path order, rejections (path, reason, detail, source)).
+
+    The usable images are gathered as columns, not a dict per image: at hundreds of
+    thousands of images the dicts alone would be most of the stage's memory.
+    """
+    columns: dict[str, list] = {column: [] for column in _VALIDATED_COLUMNS}
     rejected = list(collector.rejected)
     results = _validate_all([c.open_path for _, c in collector.candidates], cfg)
     for (path, candidate), (info, reason, detail) in zip(collector.candidates, results, strict=True):
@@ -709,42 +719,53 @@ def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> Man
         elif candidate.identity is None:
             rejected.append((path, "outside_layout", candidate.detail, candidate.source))
         else:
-            accepted.append(
-                {
-                    "path": path,
-                    "identity": candidate.identity,
-                    "masked": bool(candidate.masked),
-                    "source": candidate.source,
-                    "width": info.width,
-                    "height": info.height,
-                    "mode": info.mode,
-                    "sha256": info.sha256,
-                    "derived_from": candidate.derived_from,
-                }
+            values = (
+                path, candidate.identity, bool(candidate.masked), candidate.source, info.width, info.height,
+                sys.intern(info.mode), info.sha256, candidate.derived_from,
             )
+            for column, value in zip(_VALIDATED_COLUMNS, values):
+                columns[column].append(value)
+    return pd.DataFrame(columns, columns=list(_VALIDATED_COLUMNS)), rejected
 
-    # Exact duplicates within one identity: keep the first path, the rest add nothing.
-    kept: list[dict] = []
-    first_of: dict[tuple[str, str], str] = {}
-    for row in accepted:
-        key = (row["identity"], row["sha256"])
-        if key in first_of:
-            rejected.append((row["path"], "duplicate", f"same content as {first_of[key]}", row["source"]))
-        else:
-            first_of[key] = row["path"]
-            kept.append(row)
 
-    identities_of: dict[str, set[str]] = defaultdict(set)
-    for row in kept:
-        identities_of[row["sha256"]].add(row["identity"])
-    for row in kept:
-        row["label_noise"] = len(identities_of[row["sha256"]]) > 1
-    _link_derived(kept, {spec.label: spec.kind for spec in specs}, collector)
+def _without_duplicates(images: pd.DataFrame, rejected: list[tuple[str, str, str, str]]) -> pd.DataFrame:
+    """Exact duplicates within one identity: the first path stays (the rest add nothing and
+    join ``rejected``); ``label_noise`` flags content shared by several identities."""
+    keys = ["identity", "sha256"]
+    duplicate = images.duplicated(keys, keep="first").to_numpy()
+    if duplicate.any():
+        first = images.groupby(keys, sort=False)["path"].transform("first")
+        for path, original, source in zip(images["path"][duplicate], first[duplicate], images["source"][duplicate]):
+            rejected.append((path, "duplicate", f"same content as {original}", source))
+        images = images[~duplicate].reset_index(drop=True)
+    return images.assign(label_noise=images.groupby("sha256")["identity"].transform("nunique").to_numpy() > 1)
 
-    manifest = _frame(kept, MANIFEST_COLUMNS)
-    rejected_frame = _frame(
-        [{"path": p, "reason": r, "detail": d} for p, r, d, _ in rejected], REJECTED_COLUMNS
-    )
+
+def build_manifest(cfg: DataConfig, synthetic_dir: Optional[Path] = None) -> ManifestResult:
+    """Read every configured source into a manifest, a rejected table and a report.
+
+    ``synthetic_dir`` is where the synthetic source (if used) is generated. Raises
+    :class:`DatasetError` when a root is missing, malformed or overlaps another, or when no
+    image survives.
+
+    Report keys: ``files_seen`` (== ``accepted`` + ``rejected``), ``rejected_by_reason``
+    (every reason, zeros included), ``images`` and ``identity_sides`` ({total, masked,
+    unmasked}), ``identities``, ``by_source`` (per source label: kind, root, files_seen,
+    rejected, images, identities), ``label_noise`` ({images, groups, list of {sha256,
+    identities, paths}}), ``identities_masked_only``, ``identities_unmasked_only``,
+    ``identities_below_min_images`` (with ``min_images_per_identity``). Identities are
+    reported, never dropped: the split decides what to do with them.
+    """
+    specs = source_specs(cfg)
+    roots = _source_roots(specs, synthetic_dir)
+    collector = _collect_sources(specs, cfg, synthetic_dir)
+    images, rejected = _validated(collector, cfg)
+    del collector.candidates[:]  # validated: the images table holds what is still needed
+    images = _without_duplicates(images, rejected)
+    images["derived_from"] = _link_derived(images, {spec.label: spec.kind for spec in specs}, collector)
+
+    manifest = _frame(images, MANIFEST_COLUMNS)
+    rejected_frame = _frame(pd.DataFrame(rejected, columns=[*REJECTED_COLUMNS, "source"]), REJECTED_COLUMNS)
     report = _report(cfg, specs, roots, manifest, rejected, collector)
     if manifest.empty:
         raise DatasetError(
@@ -778,8 +799,8 @@ def _original_stems(stem: str) -> Iterator[str]:
             yield "_".join(parts[:cut])
 
 
-def _link_derived(rows: list[dict], kinds: dict[str, str], collector: _Collector) -> None:
-    """Fill ``derived_from`` in place: every masked image made from another photo names it.
+def _link_derived(images: pd.DataFrame, kinds: dict[str, str], collector: _Collector) -> list[str]:
+    """The ``derived_from`` column: every masked image made from another photo names it.
 
     A source manifest's declared ``derived_from`` (resolved as its paths are) becomes that
     photo's manifest path. In the rmfrd, smfrd and folder layouts a masked file is a copy
@@ -788,33 +809,37 @@ def _link_derived(rows: list[dict], kinds: dict[str, str], collector: _Collector
     ``crop_<Name>_0001_KN95.jpg`` from ``AFDB_face_dataset/<Name>/<Name>_0001.jpg``; an
     SMFRD copy with the original's own name); a real masked photo matches no such name.
     """
-    declared = [row for row in rows if row["derived_from"]]
+    paths, identities = images["path"].tolist(), images["identity"].tolist()
+    masked, derived = images["masked"].tolist(), images["derived_from"].tolist()
+    named = [kinds.get(source) in _NAMED_KINDS for source in images["source"]]
+    declared = [i for i, value in enumerate(derived) if value]
     if declared:
-        path_of = {os.path.realpath(row["path"]): row["path"] for row in rows}
-        for row in declared:
-            target = os.path.normpath(row["derived_from"])
-            row["derived_from"] = path_of.get(os.path.realpath(target), collector.display(target))
+        path_of = {os.path.realpath(path): path for path in paths}
+        for i in declared:
+            target = os.path.normpath(derived[i])
+            derived[i] = path_of.get(os.path.realpath(target), collector.display(target))
     originals: dict[tuple[str, str], str] = {}
-    for row in rows:
-        if not row["masked"] and kinds.get(row["source"]) in _NAMED_KINDS:
-            originals.setdefault((row["identity"], PurePosixPath(row["path"]).stem), row["path"])
+    for path, identity, is_masked, is_named in zip(paths, identities, masked, named):
+        if not is_masked and is_named:
+            originals.setdefault((identity, PurePosixPath(path).stem), path)
     linked = 0
-    for row in rows:
-        if not row["masked"] or row["derived_from"] or kinds.get(row["source"]) not in _NAMED_KINDS:
+    for i, (path, identity, is_masked, is_named) in enumerate(zip(paths, identities, masked, named)):
+        if not is_masked or derived[i] or not is_named:
             continue
-        for stem in _original_stems(PurePosixPath(row["path"]).stem):
-            original = originals.get((row["identity"], stem))
+        for stem in _original_stems(PurePosixPath(path).stem):
+            original = originals.get((identity, stem))
             if original is not None:
-                row["derived_from"] = original
+                derived[i] = original
                 linked += 1
                 break
     if linked or declared:
         logger.info("%d masked images are copies of another photo (%d by name, %d declared)", linked + len(declared), linked, len(declared))
+    return derived
 
 
-def _frame(rows: list[dict], columns: Sequence[str]) -> pd.DataFrame:
-    """A table sorted by path (then all columns), object dtype for text so surrogates survive."""
-    frame = pd.DataFrame(rows, columns=list(columns))
+def _frame(table: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """The table's ``columns`` sorted by path (then all columns), object dtype for text so surrogates survive."""
+    frame = table[list(columns)].copy()
     for column in columns:
         if column in ("masked", "label_noise"):
             frame[column] = frame[column].astype(bool)

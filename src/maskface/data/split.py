@@ -108,6 +108,83 @@ def _origins(images: pd.DataFrame) -> dict[str, str]:
     }
 
 
+def _images_by_identity(images: pd.DataFrame) -> dict[str, dict[bool, list[str]]]:
+    """identity -> {masked flag: its image paths, sorted}."""
+    return {
+        identity: {masked: sorted(group.loc[group["masked"] == masked, "path"].tolist()) for masked in (True, False)}
+        for identity, group in images.groupby("identity", sort=True)
+    }
+
+
+def _genuine_pairs(
+    identities: list[str],
+    by_identity: dict[str, dict[bool, list[str]]],
+    origin: dict[str, str],
+    pair_type: str,
+    max_genuine_per_identity: int,
+    rng: np.random.Generator,
+) -> tuple[list[tuple], int]:
+    """Every genuine pair of ``pair_type`` per identity, a seeded sample beyond the cap;
+    and how many same-origin pairs were left out."""
+    first_masked, second_masked = _sides(pair_type)
+    genuine: list[tuple] = []
+    same_origin = 0
+    for identity in identities:
+        firsts = by_identity[identity][first_masked]
+        seconds = by_identity[identity][second_masked]
+        if first_masked == second_masked:
+            candidates = [(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1 :]]
+        else:
+            candidates = [(a, b) for a in firsts for b in seconds]
+        unrelated = [(a, b) for a, b in candidates if origin[a] != origin[b]]
+        same_origin += len(candidates) - len(unrelated)
+        candidates = unrelated
+        if len(candidates) > max_genuine_per_identity:
+            chosen = rng.choice(len(candidates), size=max_genuine_per_identity, replace=False)
+            candidates = [candidates[i] for i in sorted(chosen)]
+        genuine.extend((a, b, identity, identity, 1, pair_type) for a, b in candidates)
+    return genuine, same_origin
+
+
+def _impostor_pairs(
+    genuine: list[tuple],
+    fold_of: dict[str, int],
+    n_folds: int,
+    by_identity: dict[str, dict[bool, list[str]]],
+    origin: dict[str, str],
+    pair_type: str,
+    rng: np.random.Generator,
+) -> list[tuple]:
+    """In each fold, as many impostor pairs of ``pair_type`` between the fold's own people as
+    it has genuine pairs (fewer where its people have too few images)."""
+    first_masked, second_masked = _sides(pair_type)
+    identities = sorted(fold_of)
+    impostor: list[tuple] = []
+    for fold in range(n_folds):
+        members = [i for i in identities if fold_of[i] == fold]
+        wanted = sum(1 for row in genuine if fold_of[row[2]] == fold)
+        firsts_pool = [(p, i) for i in members for p in by_identity[i][first_masked]]
+        seconds_pool = [(p, i) for i in members for p in by_identity[i][second_masked]]
+        owners = {i for _, i in firsts_pool} | {i for _, i in seconds_pool}
+        if not wanted or len(owners) < 2:
+            continue
+        found = 0
+        seen: set[tuple[str, str]] = set()
+        attempts = 0
+        # Rejection sampling: cheap because most random draws are impostors already.
+        while found < wanted and attempts < 50 * wanted:
+            attempts += 1
+            a, identity_a = firsts_pool[rng.integers(len(firsts_pool))]
+            b, identity_b = seconds_pool[rng.integers(len(seconds_pool))]
+            key = (a, b) if first_masked != second_masked else tuple(sorted((a, b)))
+            if identity_a == identity_b or key in seen or origin[a] == origin[b]:
+                continue
+            seen.add(key)
+            impostor.append((a, b, identity_a, identity_b, 0, pair_type))
+            found += 1
+    return impostor
+
+
 def make_pairs(
     images: pd.DataFrame,
     pair_types: Sequence[str],
@@ -140,55 +217,13 @@ def make_pairs(
         )
     fold_of = assign_folds(identities, k, rng)
     origin = _origins(images)
-    by_identity = {
-        identity: {
-            masked: sorted(group.loc[group["masked"] == masked, "path"].tolist())
-            for masked in (True, False)
-        }
-        for identity, group in images.groupby("identity", sort=True)
-    }
+    by_identity = _images_by_identity(images)
     rows: list[tuple] = []
     same_origin = 0
     for pair_type in pair_types:
-        first_masked, second_masked = _sides(pair_type)
-        genuine: list[tuple] = []
-        for identity in identities:
-            firsts = by_identity[identity][first_masked]
-            seconds = by_identity[identity][second_masked]
-            if first_masked == second_masked:
-                candidates = [(a, b) for i, a in enumerate(firsts) for b in firsts[i + 1 :]]
-            else:
-                candidates = [(a, b) for a in firsts for b in seconds]
-            unrelated = [(a, b) for a, b in candidates if origin[a] != origin[b]]
-            same_origin += len(candidates) - len(unrelated)
-            candidates = unrelated
-            if len(candidates) > max_genuine_per_identity:
-                chosen = rng.choice(len(candidates), size=max_genuine_per_identity, replace=False)
-                candidates = [candidates[i] for i in sorted(chosen)]
-            genuine.extend((a, b, identity, identity, 1, pair_type) for a, b in candidates)
-        impostor: list[tuple] = []
-        for fold in range(k):
-            members = [i for i in identities if fold_of[i] == fold]
-            wanted = sum(1 for row in genuine if fold_of[row[2]] == fold)
-            firsts_pool = [(p, i) for i in members for p in by_identity[i][first_masked]]
-            seconds_pool = [(p, i) for i in members for p in by_identity[i][second_masked]]
-            owners = {i for _, i in firsts_pool} | {i for _, i in seconds_pool}
-            if not wanted or len(owners) < 2:
-                continue
-            found = 0
-            seen: set[tuple[str, str]] = set()
-            attempts = 0
-            # Rejection sampling: cheap because most random draws are impostors already.
-            while found < wanted and attempts < 50 * wanted:
-                attempts += 1
-                a, identity_a = firsts_pool[rng.integers(len(firsts_pool))]
-                b, identity_b = seconds_pool[rng.integers(len(seconds_pool))]
-                key = (a, b) if first_masked != second_masked else tuple(sorted((a, b)))
-                if identity_a == identity_b or key in seen or origin[a] == origin[b]:
-                    continue
-                seen.add(key)
-                impostor.append((a, b, identity_a, identity_b, 0, pair_type))
-                found += 1
+        genuine, left_out = _genuine_pairs(identities, by_identity, origin, pair_type, max_genuine_per_identity, rng)
+        same_origin += left_out
+        impostor = _impostor_pairs(genuine, fold_of, k, by_identity, origin, pair_type, rng)
         if not genuine:
             logger.warning("no genuine %s pairs: no identity has images on both sides", pair_type)
         elif len(impostor) < len(genuine):
@@ -230,3 +265,4 @@ def split_dataset(manifest: pd.DataFrame, ratios: Sequence[float], seed: int, by
             )
         logger.info("%s: %d pairs (%d genuine)", name, len(pairs[name]), int(pairs[name]["label"].sum()))
     return manifest, pairs
+

@@ -74,13 +74,44 @@ def score_pairs(model: Optional[Pipeline], a: np.ndarray, b: np.ndarray) -> np.n
     return model.predict_proba(pair_features(a, b))[:, 1]
 
 
-def _pair_embeddings(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+# Pairs are scored a block at a time: both embeddings of every pair at once would be
+# 2 x pairs x E floats, more than all the embeddings together at 30,000 images.
+_PAIR_BLOCK = 8192
+# Identification scores test images a block at a time against every training image: the
+# whole (test x train) similarity matrix grows with the square of the images.
+_SIMILARITY_BLOCK = 1 << 22  # floats per block (16 MiB in float32)
+
+
+def _pair_rows(row_of: dict[str, int], pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Each pair's two embedding rows."""
     missing = (set(pairs["path_a"]) | set(pairs["path_b"])) - set(row_of)
     if missing:
         raise InputError(f"{len(missing)} paired images have no embedding, e.g. {sorted(missing)[0]!r}; rerun crop and embed")
-    a = embeddings[pairs["path_a"].map(row_of).to_numpy()]
-    b = embeddings[pairs["path_b"].map(row_of).to_numpy()]
-    return a, b
+    return pairs["path_a"].map(row_of).to_numpy(), pairs["path_b"].map(row_of).to_numpy()
+
+
+def _blocks(count: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, count)) for start in range(0, count, size)] or [slice(0, 0)]
+
+
+def _score(model: Optional[Pipeline], embeddings: np.ndarray, rows: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, cosines) of the pairs whose embedding rows are ``rows``, a block at a time."""
+    rows_a, rows_b = rows
+    scores, cosines = [], []
+    for block in _blocks(len(rows_a), _PAIR_BLOCK):
+        a, b = embeddings[rows_a[block]], embeddings[rows_b[block]]
+        scores.append(score_pairs(model, a, b))
+        cosines.append(cosine_similarity(a, b))
+    return np.concatenate(scores), np.concatenate(cosines)
+
+
+def _features(embeddings: np.ndarray, rows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The pair features of every pair (the classifier's training set), built a block at a time."""
+    rows_a, rows_b = rows
+    features = np.empty((len(rows_a), 2 * embeddings.shape[1]), dtype=embeddings.dtype)
+    for block in _blocks(len(rows_a), _PAIR_BLOCK):
+        features[block] = pair_features(embeddings[rows_a[block]], embeddings[rows_b[block]])
+    return features
 
 
 def _pairs_within(index: pd.DataFrame, split: str, pair_types, per_identity: int, seed: int) -> pd.DataFrame:
@@ -123,17 +154,14 @@ def fit_and_score(
         train_pairs = training_pairs(index, config)
         if train_pairs.empty or train_pairs["label"].nunique() < 2:
             raise InputError("the training identities give only one kind of pair; more identities or images are needed")
-        a, b = _pair_embeddings(embeddings, row_of, train_pairs)
         model = registered.builder(classifier_config, len(train_pairs))
-        model.fit(pair_features(a, b), train_pairs["label"].to_numpy())
+        model.fit(_features(embeddings, _pair_rows(row_of, train_pairs)), train_pairs["label"].to_numpy())
         logger.info("%s trained on %d pairs (%d genuine)", classifier, len(train_pairs), int(train_pairs["label"].sum()))
 
     scored = []
     for pairs in (val_pairs, test_pairs):
-        a, b = _pair_embeddings(embeddings, row_of, pairs)
         table = pairs.copy()
-        table["score"] = score_pairs(model, a, b)
-        table["cosine"] = cosine_similarity(a, b)
+        table["score"], table["cosine"] = _score(model, embeddings, _pair_rows(row_of, pairs))
         scored.append(table)
     threshold_table = threshold_pairs(index, config)
     if threshold_table["label"].nunique() < 2:
@@ -143,8 +171,7 @@ def fit_and_score(
         )
         threshold_table = scored[0]
     else:
-        a, b = _pair_embeddings(embeddings, row_of, threshold_table)
-        threshold_table = threshold_table.assign(score=score_pairs(model, a, b))
+        threshold_table = threshold_table.assign(score=_score(model, embeddings, _pair_rows(row_of, threshold_table))[0])
     threshold = choose_threshold(threshold_table["score"].to_numpy(), threshold_table["label"].to_numpy(), config.threshold_rule)
     logger.info(
         "threshold %.4g (%s) on %d pairs of the validation identities (%d genuine)",
@@ -167,6 +194,18 @@ def _identity_model(classifier: str, classifier_config, n_train: int) -> Optiona
         # Early stopping holds out a stratified slice, impossible with one image per identity.
         model.set_params(**{key: False for key in model.get_params() if key.endswith("__early_stopping")})
     return model
+
+
+def _class_scores(model: Optional[Pipeline], test_x: np.ndarray, train_x: np.ndarray, starts: np.ndarray, n_classes: int) -> np.ndarray:
+    """(test, classes) float64 scores: the fitted model's probabilities, or (``model`` None,
+    cosine) each identity's best cosine similarity to any of its training images; for
+    cosine, ``train_x`` is sorted by class and class c's rows start at ``starts[c]``."""
+    if model is None:
+        return np.maximum.reduceat(test_x @ train_x.T, starts, axis=1).astype(np.float64)
+    # predict_proba's columns follow model.classes_, which are the identity columns present.
+    class_scores = np.zeros((test_x.shape[0], n_classes))
+    class_scores[:, model.classes_] = model.predict_proba(test_x)
+    return class_scores
 
 
 def identify(
@@ -198,28 +237,27 @@ def identify(
     column_of = {identity: k for k, identity in enumerate(identities)}
     train_x, test_x = embeddings[train], embeddings[test]
     train_y = index.loc[train, "identity"].map(column_of).to_numpy()
+    truth = index.loc[test, "identity"].map(column_of).fillna(-1).astype(np.int64).to_numpy()
 
     model = _identity_model(classifier, classifier_config, int(train.sum()))
-    if model is None:
-        similarity = test_x @ train_x.T
-        class_scores = np.full((test_x.shape[0], identities.size), -np.inf)
-        for column in range(identities.size):
-            class_scores[:, column] = similarity[:, train_y == column].max(axis=1)
-    else:
+    if model is not None:
         model.fit(train_x, train_y)
-        probabilities = model.predict_proba(test_x)
-        # predict_proba's columns follow model.classes_, which are the identity columns present.
-        class_scores = np.zeros((test_x.shape[0], identities.size))
-        class_scores[:, model.classes_] = probabilities
-    truth = index.loc[test, "identity"].map(column_of).fillna(-1).astype(np.int64).to_numpy()
-    ranks = identification_ranks(class_scores, truth)
+    # Training images grouped by identity: each identity's best similarity is one reduceat.
+    by_class = np.argsort(train_y, kind="stable")
+    train_x, starts = train_x[by_class], np.searchsorted(train_y[by_class], np.arange(identities.size))
     k = min(int(top_k), identities.size)
-    # Stable sort on the negated scores: among tied identities the alphabetically first leads.
-    order = np.argsort(-class_scores, axis=1, kind="stable")[:, :k]
+    ranks, order, best = [], [], []
+    for block in _blocks(len(test_x), max(1, _SIMILARITY_BLOCK // max(len(train_x), identities.size))):
+        class_scores = _class_scores(model, test_x[block], train_x, starts, identities.size)
+        ranks.append(identification_ranks(class_scores, truth[block]))
+        # Stable sort on the negated scores: among tied identities the alphabetically first leads.
+        order.append(np.argsort(-class_scores, axis=1, kind="stable")[:, :k])
+        best.append(class_scores[np.arange(len(class_scores)), order[-1][:, 0]])
+    ranks, order = np.concatenate(ranks), np.concatenate(order)
     table = index.loc[test, ["path", "identity", "masked"]].reset_index(drop=True)
     table["rank"] = ranks
     table["predicted"] = identities[order[:, 0]]
-    table["score"] = class_scores[np.arange(len(table)), order[:, 0]]
+    table["score"] = np.concatenate(best)
     table[f"top_{k}"] = ["|".join(identities[row]) for row in order]
     logger.info(
         "identification (%s): %d test images, %d identities, rank-1 %.4f",

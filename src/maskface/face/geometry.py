@@ -141,6 +141,11 @@ class FaceDetector:
         batch_size: images per MTCNN call.
         max_side: larger images are downscaled to this longer side before detection
             (the result is mapped back), bounding time and memory on camera photos.
+        min_face_share: smallest face searched for as a share of the image's shorter side
+            (before the border; 0 = only ``min_face_size``). It drops the finest levels of
+            the scale pyramid ``min_face_size`` starts (see :func:`pyramid_min_face`), which
+            hold most of the proposals the later stages must check, so pre-cropped faces
+            that fill the image are found faster (with the same landmarks on rmfrd-dev).
     """
 
     def __init__(
@@ -151,6 +156,7 @@ class FaceDetector:
         min_face_size: int = 20,
         batch_size: int = 16,
         max_side: int = 1024,
+        min_face_share: float = 0.0,
     ):
         from facenet_pytorch import MTCNN
 
@@ -167,20 +173,31 @@ class FaceDetector:
             raise ValueError(f"detection batch_size {batch_size!r} is invalid; valid: an integer >= 1")
         if max_side < 64:
             raise ValueError(f"detection max_side {max_side!r} is invalid; valid: an integer >= 64 (pixels)")
+        if not 0.0 <= min_face_share <= 1.0:
+            raise ValueError(f"min_face_share {min_face_share!r} is invalid; valid: a share of the shorter image side in [0, 1]")
         self.device = resolve_device(device)
         self.pad = float(pad)
         self.batch_size = int(batch_size)
         self.max_side = int(max_side)
+        self.min_face_size = int(min_face_size)
+        self.min_face_share = float(min_face_share)
+        # What a worker process needs to build the same detector (detect_table's workers).
+        self.arguments = {
+            "device": self.device.type, "pad": self.pad, "thresholds": thresholds, "min_face_size": self.min_face_size,
+            "batch_size": self.batch_size, "max_side": self.max_side, "min_face_share": self.min_face_share,
+        }
         # Everything that can change a detection: a cached one is reused only under the same.
+        # A zero share adds nothing, so caches written before the setting existed stay valid.
         self.settings = (
-            f"mtcnn pad={self.pad} thresholds={list(thresholds)} min_face={int(min_face_size)} "
+            f"mtcnn pad={self.pad} thresholds={list(thresholds)} min_face={self.min_face_size} "
             f"max_side={self.max_side} batch={self.batch_size} device={self.device.type}"
+            + (f" min_face_share={self.min_face_share}" if self.min_face_share else "")
         )
         self._mtcnn = MTCNN(
             keep_all=True,
             select_largest=False,
             thresholds=list(thresholds),
-            min_face_size=int(min_face_size),
+            min_face_size=self.min_face_size,
             device=self.device,
         )
         self._mtcnn.eval()
@@ -212,11 +229,13 @@ class FaceDetector:
 
         prepared = [self._prepare(image) for image in images]
         results: list[Optional[Detection]] = [None] * len(images)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (array, _, _) in enumerate(prepared):
-            groups.setdefault(array.shape, []).append(i)
-        for shape in sorted(groups):
-            members = groups[shape]
+        groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
+        for i, (array, _, border) in enumerate(prepared):
+            groups.setdefault((array.shape, border), []).append(i)
+        for shape, border in sorted(groups):
+            members = groups[(shape, border)]
+            shorter = min(shape[0], shape[1]) - 2 * border
+            self._mtcnn.min_face_size = pyramid_min_face(self.min_face_size, self.min_face_share, shorter, self._mtcnn.factor)
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
                 batch = np.stack([prepared[i][0] for i in chunk])
@@ -243,46 +262,182 @@ class FaceDetector:
         return Detection(boxes[best], points[best], float(probs[best]), self.pad)
 
 
+def pyramid_min_face(min_face_size: float, share: float, shorter_side: float, factor: float = 0.709) -> float:
+    """The minimum face size to give MTCNN so that its scale pyramid skips the levels for
+    faces smaller than ``share`` of the image's shorter side.
+
+    MTCNN's pyramid is ``12 / m * factor**k`` for a minimum face ``m``; a minimum face of
+    ``min_face_size / factor**n`` gives the same levels without the first ``n``. The
+    largest such ``n`` whose face size stays within ``share * shorter_side`` is taken, so
+    what remains is a subset of the full pyramid: the levels kept propose the same boxes,
+    only the finest levels are not searched. Where those levels' boxes took part in the
+    non-maximum suppression the landmarks can move (figure 8 in benchmarks/README.md: none
+    of rmfrd-dev's, about 1 % of 250 px LFW photos by about 2 px). Share 0:
+    ``min_face_size`` itself.
+    """
+    limit = share * shorter_side
+    size = float(min_face_size)
+    # Exact to a rounding error whatever the float formatting: 1e-9 px never decides a level.
+    while size / factor <= limit + 1e-9:
+        size /= factor
+    return size
+
+
 # --------------------------------------------------------------------------- landmark table
 
-
-def _row(path: str, detection: Detection, source: str) -> dict:
-    row: dict = {"path": path, "detected": detection.detected}
-    box = detection.box if detection.box is not None else np.full(4, np.nan)
-    points = detection.landmarks if detection.landmarks is not None else np.full((5, 2), np.nan)
-    row.update({column: _round(value) for column, value in zip(BOX_COLUMNS, box)})
-    row.update({column: _round(value) for column, value in zip(LANDMARK_COLUMNS, points.reshape(-1))})
-    row["confidence"] = round(detection.confidence, 6) if np.isfinite(detection.confidence) else np.nan
-    row["padded"] = detection.padded
-    row["landmark_source"] = source
-    return row
+# The landmark table's numeric columns, in TABLE_COLUMNS order.
+_NUMBER_COLUMNS = (*BOX_COLUMNS, *LANDMARK_COLUMNS, "confidence", "padded")
+# Processes start with a fresh interpreter (spawn: torch's thread pools do not survive a
+# fork), about two seconds of imports each: below this many images one process is faster.
+MIN_IMAGES_PER_PROCESS = 128
 
 
-def _round(value: float) -> float:
-    return float(round(float(value), 2)) if np.isfinite(value) else np.nan
+def _rounded(values: np.ndarray, digits: int) -> np.ndarray:
+    """``values`` rounded as Python's ``round`` does (correctly, in decimal; NaN where not finite).
+
+    Vectorised: ``rint(x * 10**digits) / 10**digits`` is the same float wherever the product
+    is not within rounding error of a half (or huge); those few go through ``round`` itself. The
+    table's text must not depend on which path made it, and one Python float per value
+    would be most of the split stage's memory.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    unit = 10.0**digits
+    with np.errstate(invalid="ignore", over="ignore"):
+        scaled = values * unit
+        out = np.rint(scaled) / unit
+        # Also beyond 2**52, where the product no longer holds the fraction.
+        exact = (np.abs(scaled - np.floor(scaled) - 0.5) < 1e-6) | ~(np.abs(scaled) < 2.0**52)
+    exact &= np.isfinite(values)
+    out[exact] = [round(value, digits) for value in values[exact].tolist()]
+    out[~np.isfinite(values)] = np.nan
+    return out
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
-    frame["detected"] = frame["detected"].astype(bool)
-    frame["path"] = frame["path"].astype(object)
-    return frame
+def _numbers(detections: Sequence[Detection]) -> np.ndarray:
+    """(N, 16) float64 rows of :data:`_NUMBER_COLUMNS` for detections, rounded as the table stores them."""
+    numbers = np.full((len(detections), len(_NUMBER_COLUMNS)), np.nan)
+    for i, detection in enumerate(detections):
+        if detection.box is not None:
+            numbers[i, 0:4] = detection.box
+        if detection.landmarks is not None:
+            numbers[i, 4:14] = np.asarray(detection.landmarks).reshape(-1)
+        numbers[i, 14] = detection.confidence
+        numbers[i, 15] = detection.padded
+    numbers[:, :14] = _rounded(numbers[:, :14], 2)
+    numbers[:, 14] = _rounded(numbers[:, 14], 6)
+    return numbers
 
 
-def detect_table(paths: Sequence[str], detector: FaceDetector, desc: str = "detecting faces") -> pd.DataFrame:
-    """Detect a face in every image file -> the landmark table (see module docstring), in order."""
-    rows: list[dict] = []
-    chunk = max(detector.batch_size, 1)
+def _table(paths: Sequence[str], detected: np.ndarray, numbers: np.ndarray, sources) -> pd.DataFrame:
+    """The landmark table from columns: ``numbers`` (N, 16) in :data:`_NUMBER_COLUMNS` order,
+    ``sources`` one landmark source for all rows or one per row."""
+    columns: dict = {"path": pd.Series(list(paths), dtype=object), "detected": np.asarray(detected, dtype=bool)}
+    numbers = np.asarray(numbers, dtype=np.float64).reshape(len(columns["detected"]), len(_NUMBER_COLUMNS))
+    columns.update({name: numbers[:, j].copy() for j, name in enumerate(_NUMBER_COLUMNS)})
+    columns["landmark_source"] = [sources] * len(numbers) if isinstance(sources, str) else list(sources)
+    return pd.DataFrame(columns, columns=list(TABLE_COLUMNS))
+
+
+def _sizes(paths: Sequence[str]) -> list[tuple[int, int]]:
+    """Each image's (width, height) from its header, (0, 0) where unreadable (the detection
+    itself then raises on it, as it would have)."""
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except (OSError, ValueError):
+            sizes.append((0, 0))
+    return sizes
+
+
+def detection_batches(paths: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Indices of ``paths`` in batches of one image size each, full but for the last of a size.
+
+    MTCNN batches only images of one size; in path order a dataset of mixed sizes (RMFRD's
+    masked photos) would give mostly batches of one.
+    """
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(_sizes(paths)):
+        by_size.setdefault(size, []).append(i)
+    return [members[start : start + batch_size] for members in by_size.values() for start in range(0, len(members), batch_size)]
+
+
+def detect_table(
+    paths: Sequence[str], detector: FaceDetector, desc: str = "detecting faces", workers: int = 1
+) -> pd.DataFrame:
+    """Detect a face in every image file -> the landmark table (see module docstring), in order.
+
+    Images are batched by size (:func:`detection_batches`). ``workers`` > 1 runs the
+    batches in that many processes with one torch thread each (a CPU detector; MTCNN's
+    many small operations keep one core busy better than several threads do); the table is
+    the same as with one.
+    """
+    paths = [str(p) for p in paths]
+    batches = detection_batches(paths, max(detector.batch_size, 1))
+    detected = np.zeros(len(paths), dtype=bool)
+    numbers = np.full((len(paths), len(_NUMBER_COLUMNS)), np.nan)
+    processes = process_count(workers, len(paths), detector.device.type)
     with tqdm(total=len(paths), desc=desc, unit="img") as progress:
-        for start in range(0, len(paths), chunk):
-            batch = [str(p) for p in paths[start : start + chunk]]
-            detections = detector.detect([load_rgb(p) for p in batch])
-            rows.extend(_row(path, detection, "mtcnn") for path, detection in zip(batch, detections))
+        for batch, found in zip(batches, _detections(paths, batches, detector, processes)):
+            detected[batch] = [detection.detected for detection in found]
+            numbers[batch] = _numbers(found)
             progress.update(len(batch))
-    table = _frame(rows)
-    found = int(table["detected"].sum())
-    logger.info("faces found in %d of %d images (border %.2f of the side)", found, len(table), detector.pad)
-    return table
+    logger.info(
+        "faces found in %d of %d images (border %.2f of the side; %d process(es))", int(detected.sum()), len(paths), detector.pad, processes
+    )
+    return _table(paths, detected, numbers, "mtcnn")
+
+
+def process_count(workers: int, images: int, device: str) -> int:
+    """Processes for ``images`` detections: ``workers`` (0 = one per usable CPU core), one on
+    a GPU or for fewer than :data:`MIN_IMAGES_PER_PROCESS` images per process."""
+    if workers < 0:
+        raise ValueError(f"detection workers {workers!r} is invalid; valid: 0 (one per CPU core) or a count >= 1")
+    if device != "cpu":
+        return 1
+    if workers == 0:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(workers, images // MIN_IMAGES_PER_PROCESS))
+
+
+def _detections(paths: list[str], batches: list[list[int]], detector: FaceDetector, processes: int):
+    """Each batch's detections, in batch order; batches go to ``processes`` worker processes."""
+    if processes <= 1:
+        for batch in batches:
+            yield detector.detect([load_rgb(paths[i]) for i in batch])
+        return
+    import concurrent.futures.process
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    try:
+        with concurrent.futures.ProcessPoolExecutor(
+            processes, mp_context=context, initializer=_start_worker, initargs=(detector.arguments,)
+        ) as pool:
+            yield from pool.map(_detect_files, ([paths[i] for i in batch] for batch in batches))
+    except concurrent.futures.process.BrokenProcessPool as error:
+        raise InputError(
+            "a face detection process died abruptly (out of memory, or a file that crashes the image decoder); "
+            f"rerun with crop.detect_workers: 1 to find the file, or free memory ({error})"
+        ) from error
+
+
+_WORKER_DETECTOR: Optional[FaceDetector] = None
+
+
+def _start_worker(arguments: dict) -> None:
+    global _WORKER_DETECTOR
+    import torch
+
+    # One thread per process: the processes share the cores, threads on top would oversubscribe.
+    torch.set_num_threads(1)
+    _WORKER_DETECTOR = FaceDetector(**arguments)
+
+
+def _detect_files(paths: list[str]) -> list[Detection]:
+    assert _WORKER_DETECTOR is not None, "worker not started"
+    return _WORKER_DETECTOR.detect([load_rgb(path) for path in paths])
 
 
 def ground_truth_table(paths: Sequence[str]) -> pd.DataFrame:
@@ -293,40 +448,86 @@ def ground_truth_table(paths: Sequence[str]) -> pd.DataFrame:
     image without a ground-truth row raises :class:`ValueError` naming it: ground-truth
     landmarks exist only for the synthetic source.
     """
-    known: dict[str, np.ndarray] = {}
-    for folder in sorted({os.path.dirname(os.path.dirname(str(p))) for p in paths}):
+    paths = [str(p) for p in paths]
+    keys: list[pd.Series] = []
+    points: list[np.ndarray] = []
+    for folder in sorted({os.path.dirname(os.path.dirname(p)) for p in paths}):
         table_path = os.path.join(folder, GROUND_TRUTH_CSV)
         if not os.path.isfile(table_path):
             continue
-        truth = read_csv(table_path)
+        # Only the columns used: the mask polygons beside them are most of the file.
+        truth = read_csv(table_path, usecols=lambda column: column in ("path", *LANDMARK_COLUMNS))
         if not {"path", *LANDMARK_COLUMNS} <= set(truth.columns):
             raise InputError(f"{table_path} lacks landmark columns; needed: path, {', '.join(LANDMARK_COLUMNS)}")
-        points = truth[list(LANDMARK_COLUMNS)].to_numpy(dtype=np.float64).reshape(-1, 5, 2)
-        for relative, landmarks in zip(truth["path"], points):
-            known[os.path.normpath(os.path.join(folder, str(relative)))] = landmarks
-    rows = []
-    for path in paths:
-        landmarks = known.get(os.path.normpath(str(path)))
-        if landmarks is None:
-            raise InputError(
-                f"{path}: no ground-truth landmarks ({GROUND_TRUTH_CSV} beside its identity folder); "
-                "crop.landmarks = ground_truth works only for data.source = synthetic; valid otherwise: mtcnn"
-            )
-        box = np.concatenate([landmarks.min(axis=0), landmarks.max(axis=0)])
-        rows.append(_row(str(path), Detection(box, landmarks, 1.0, 0.0), "ground_truth"))
-    return _frame(rows)
+        keys.append(truth["path"].map(lambda relative, folder=folder: os.path.normpath(os.path.join(folder, str(relative)))))
+        points.append(truth[list(LANDMARK_COLUMNS)].to_numpy(dtype=np.float64))
+    known = pd.Index(pd.concat(keys, ignore_index=True) if keys else [], dtype=object)
+    landmarks = np.concatenate(points) if points else np.empty((0, len(LANDMARK_COLUMNS)))
+    # A file listed twice: the last row counts.
+    last = ~known.duplicated(keep="last")
+    known, landmarks = known[last], landmarks[last]
+    rows = known.get_indexer([os.path.normpath(p) for p in paths]) if len(paths) else np.empty(0, dtype=int)
+    if (rows < 0).any():
+        raise InputError(
+            f"{paths[int(np.argmax(rows < 0))]}: no ground-truth landmarks ({GROUND_TRUTH_CSV} beside its identity folder); "
+            "crop.landmarks = ground_truth works only for data.source = synthetic; valid otherwise: mtcnn"
+        )
+    found = landmarks[rows].reshape(-1, 5, 2)
+    numbers = np.concatenate(
+        [found.min(axis=1), found.max(axis=1), found.reshape(-1, 10), np.ones((len(paths), 1)), np.zeros((len(paths), 1))], axis=1
+    )
+    numbers[:, :14] = _rounded(numbers[:, :14], 2)
+    return _table(paths, np.ones(len(paths), dtype=bool), numbers, "ground_truth")
 
 
 def skipped_table(paths: Sequence[str]) -> pd.DataFrame:
     """The landmark table when no stage needs landmarks: every row undetected, source ``none``."""
-    return _frame([_row(str(p), Detection(None, None, float("nan"), 0.0), "none") for p in paths])
+    numbers = np.full((len(paths), len(_NUMBER_COLUMNS)), np.nan)
+    numbers[:, -1] = 0.0
+    return _table([str(p) for p in paths], np.zeros(len(paths), dtype=bool), numbers, "none")
 
 
 CACHE_KEY_COLUMNS = ("sha256", "settings")
 
 
+def _read_cache(cache_path: Path, settings: str) -> pd.DataFrame:
+    """The cache's rows for ``settings``, one per SHA-256 (the last), indexed by it; empty when
+    there is no cache or it cannot be read (a cache only ever saves time)."""
+    empty = pd.DataFrame(columns=list(TABLE_COLUMNS[1:]), index=pd.Index([], dtype=object, name="sha256"))
+    if not cache_path.is_file():
+        return empty
+    try:
+        cache = read_csv(cache_path)
+        if not {*CACHE_KEY_COLUMNS, *TABLE_COLUMNS[1:]} <= set(cache.columns):
+            raise ValueError(f"columns {list(cache.columns)}")
+        cache = _typed(cache[cache["settings"].astype(str) == settings].copy())
+    except (OSError, ValueError) as error:
+        logger.warning("ignoring the unreadable landmark cache %s (%s)", cache_path, error)
+        return empty
+    cache = cache.assign(sha256=cache["sha256"].astype(str)).drop_duplicates("sha256", keep="last")
+    return cache.set_index("sha256")[list(TABLE_COLUMNS[1:])]
+
+
+def _append_to_cache(cache_path: Path, fresh: pd.DataFrame, digests: Sequence[str], settings: str) -> None:
+    """Add ``fresh`` detections (rows of a landmark table) under their digests and ``settings``;
+    every setting's rows are kept, so switching settings back and forth detects nothing twice."""
+    columns = [*CACHE_KEY_COLUMNS, *TABLE_COLUMNS[1:]]
+    added = fresh.drop(columns="path").assign(sha256=list(digests), settings=settings)[columns]
+    try:
+        kept = read_csv(cache_path) if cache_path.is_file() else None
+        kept = _typed(kept[columns].copy()) if kept is not None and set(columns) <= set(kept.columns) else None
+    except (OSError, ValueError):
+        kept = None
+    table = added if kept is None else pd.concat([kept, added], ignore_index=True)
+    write_csv_atomically(table.drop_duplicates(list(CACHE_KEY_COLUMNS), keep="last", ignore_index=True), cache_path)
+
+
 def cached_detect_table(
-    paths: Sequence[str], detector: FaceDetector, cache_path: Path, digests: Optional[Sequence[str]] = None
+    paths: Sequence[str],
+    detector: FaceDetector,
+    cache_path: Path,
+    digests: Optional[Sequence[str]] = None,
+    workers: int = 1,
 ) -> pd.DataFrame:
     """:func:`detect_table`, reusing the detections of earlier runs kept in ``cache_path``.
 
@@ -336,7 +537,8 @@ def cached_detect_table(
     table is the same as :func:`detect_table` gives (the cached rows are what it wrote).
 
     ``digests``: each path's SHA-256 where the caller has them already (the manifest's
-    ``sha256`` column); None hashes the files here.
+    ``sha256`` column); None hashes the files here. The tables stay columns of arrays, never
+    a Python object per image: a full dataset's cache holds hundreds of thousands of rows.
     """
     paths = [str(p) for p in paths]
     if digests is None:
@@ -345,34 +547,22 @@ def cached_detect_table(
         digests = [file_sha256(path) for path in tqdm(paths, desc="hashing for the landmark cache", unit="img")]
     elif len(digests) != len(paths):
         raise ValueError(f"{len(digests)} digests for {len(paths)} paths")
-    known: dict[tuple[str, str], dict] = {}
-    if cache_path.is_file():
-        try:
-            cache = read_csv(cache_path)
-            if not {*CACHE_KEY_COLUMNS, *TABLE_COLUMNS[1:]} <= set(cache.columns):
-                raise ValueError(f"columns {list(cache.columns)}")
-            cache = _typed(cache)
-            for row in cache.to_dict("records"):
-                known[(str(row["sha256"]), str(row["settings"]))] = row
-        except (OSError, ValueError) as error:
-            logger.warning("ignoring the unreadable landmark cache %s (%s)", cache_path, error)
-            known = {}
-    missing = [path for path, digest in zip(paths, digests) if (digest, detector.settings) not in known]
-    fresh = detect_table(missing, detector) if missing else _frame([])
-    fresh_rows = {row["path"]: row for row in fresh.to_dict("records")}
-    rows = []
-    for path, digest in zip(paths, digests):
-        row = fresh_rows.get(path)
-        if row is None:
-            row = {column: known[(digest, detector.settings)][column] for column in TABLE_COLUMNS[1:]}
-        else:
-            known[(digest, detector.settings)] = {"sha256": digest, "settings": detector.settings, **row}
-        rows.append({**row, "path": path})
-    logger.info("landmarks: %d of %d images from the cache %s, %d detected", len(paths) - len(missing), len(paths), cache_path, len(missing))
-    if missing:
-        columns = [*CACHE_KEY_COLUMNS, *TABLE_COLUMNS[1:]]
-        write_csv_atomically(pd.DataFrame([{c: row[c] for c in columns} for row in known.values()], columns=columns), cache_path)
-    return _frame(rows)
+    digests = [str(d) for d in digests]
+    known = _read_cache(cache_path, detector.settings)
+    rows = known.index.get_indexer(digests) if len(known) else np.full(len(paths), -1)
+    hits, missing = rows >= 0, np.flatnonzero(rows < 0)
+    detected = np.zeros(len(paths), dtype=bool)
+    numbers = np.full((len(paths), len(_NUMBER_COLUMNS)), np.nan)
+    if hits.any():
+        detected[hits] = known["detected"].to_numpy(dtype=bool)[rows[hits]]
+        numbers[hits] = known[list(_NUMBER_COLUMNS)].to_numpy(dtype=np.float64)[rows[hits]]
+    if len(missing):
+        fresh = detect_table([paths[i] for i in missing], detector, workers=workers)
+        detected[missing] = fresh["detected"].to_numpy(dtype=bool)
+        numbers[missing] = fresh[list(_NUMBER_COLUMNS)].to_numpy(dtype=np.float64)
+        _append_to_cache(cache_path, fresh, [digests[i] for i in missing], detector.settings)
+    logger.info("landmarks: %d of %d images from the cache %s, %d detected", int(hits.sum()), len(paths), cache_path, len(missing))
+    return _table(paths, detected, numbers, "mtcnn")
 
 
 def landmark_table(
@@ -396,10 +586,11 @@ def landmark_table(
         thresholds=config.detect_thresholds,
         min_face_size=config.detect_min_face,
         batch_size=config.detect_batch_size,
+        min_face_share=config.detect_min_face_share,
     )
     if cache_path is not None:
-        return cached_detect_table(paths, detector, cache_path, digests)
-    return detect_table(paths, detector)
+        return cached_detect_table(paths, detector, cache_path, digests, config.detect_workers)
+    return detect_table(paths, detector, workers=config.detect_workers)
 
 
 FILTER_REASONS = ("no_face", "low_confidence")
