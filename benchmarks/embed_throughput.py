@@ -31,11 +31,11 @@ import torch
 from _common import machine, real_face_paths
 from PIL import Image
 
-from maskface.backbones import create_model
+from maskface.models.backbones import create_model
 from maskface.config import CropConfig
-from maskface.crop import crop_dataset, open_crops
+from maskface.face.crop import crop_dataset, open_crops
 from maskface.device import inference_dtype
-from maskface.embed import embed_array, save_model
+from maskface.inference.embed import embed_array, save_model
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
@@ -112,7 +112,7 @@ def main() -> None:
     size = 160
     print(f"machine: {machine()}")
     print(f"images: {len(paths)} real faces (rmfrd-dev, lfw-gray-20), facenet {size} px")
-    # What maskface.embed.load_model hands the embed stage, the API and the CLI.
+    # What maskface.inference.embed.load_model hands the embed stage, the API and the CLI.
     deployed = copy.deepcopy(model).fold_batch_norm()
     # Alternating rounds, so that a slow spell of the machine hits both sides alike.
     naive_times, ratios = [], []

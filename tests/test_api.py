@@ -9,11 +9,11 @@ import torch
 from PIL import Image
 
 from maskface.api import UNKNOWN, Gallery, GalleryError, expand_paths, load_gallery, load_model
-from maskface.backbones import create_model
-from maskface.classify import pair_features
-from maskface.crop import open_crops
-from maskface.embed import embed_array, save_model
-from maskface.model_folder import ImageError
+from maskface.models.backbones import create_model
+from maskface.evaluation.classify import pair_features
+from maskface.face.crop import open_crops
+from maskface.inference.embed import embed_array, save_model
+from maskface.inference.model_folder import ImageError
 
 
 def as_cosine_folder(folder, target, threshold):
@@ -58,7 +58,7 @@ def test_preprocess_is_the_crop_stage_tensor(model, built):
 
 
 def test_verify_scores_with_the_folder_classifier(model, built):
-    from maskface.classify import read_classifier_file
+    from maskface.evaluation.classify import read_classifier_file
 
     index = built["index"]
     a, b = index.at[0, "path"], index.at[len(index) - 1, "path"]
@@ -105,12 +105,12 @@ def test_overlapped_decoding_keeps_order_and_failures_across_batches(built, tmp_
 
 
 def test_a_failing_crop_is_an_image_error_naming_the_file(model, built, monkeypatch):
-    import maskface.crop
+    import maskface.face.crop
 
     def no_face(*args, **kwargs):
         raise ValueError("no face found (alignment on)")
 
-    monkeypatch.setattr(maskface.crop, "crop_details", no_face)
+    monkeypatch.setattr(maskface.face.crop, "crop_details", no_face)
     with pytest.raises(ImageError, match="preprocessing failed: no face found"):
         model.embed(built["index"].at[0, "path"])
 
@@ -243,7 +243,7 @@ def test_flip_recorded_by_the_pipeline_is_applied_by_the_api(build_toy_model_fol
 
     import torch
 
-    from maskface.embed import embed_crops, load_model as load_backbone
+    from maskface.inference.embed import embed_crops, load_model as load_backbone
 
     built = build_toy_model_folder(tmp_path)
     embed_crops(built["crops"], built["dir"] / "backbone", tmp_path / "flipped", batch_size=32, device="cpu", precision="fp32", flip=True)
@@ -270,13 +270,13 @@ def test_a_fusion_model_folder_round_trips_through_load_and_embed(toy_dataset, t
     last groups), embedded by the embed stage, loaded through the API: same embeddings, and
     the API's cosine is the fused one."""
     from maskface.artifacts import load_embeddings
-    from maskface.classify import classifier_metadata, fit_and_score
+    from maskface.evaluation.classify import classifier_metadata, fit_and_score
     from maskface.config import ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, FinetuneConfig
-    from maskface.crop import PREPROCESS_FILE, crop_dataset
-    from maskface.embed import embed_crops, load_model as load_embedder
-    from maskface.classify import save_classifier
+    from maskface.face.crop import PREPROCESS_FILE, crop_dataset
+    from maskface.inference.embed import embed_crops, load_model as load_embedder
+    from maskface.evaluation.classify import save_classifier
     from maskface.tables import read_csv
-    from maskface.train import finetune
+    from maskface.training.train import finetune
 
     monkeypatch.chdir(tmp_path)  # outside any repository DVCLive only writes files
     crops = tmp_path / "crops"

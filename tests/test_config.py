@@ -26,7 +26,7 @@ from maskface.config import (
     parse_section,
     section,
 )
-from maskface.datasets import DataConfig
+from maskface.data.datasets import DataConfig
 
 
 def test_repository_params_parse(repo_root: Path):
@@ -38,7 +38,7 @@ def test_repository_params_parse(repo_root: Path):
 
 
 def test_the_commented_fusion_entry_of_params_is_valid_once_uncommented(repo_root: Path):
-    from maskface.backbones import get_spec
+    from maskface.models.backbones import get_spec
 
     text = (repo_root / "params.yaml").read_text()
     # The commented block under `backbones:`, from its key to the next live entry.

@@ -8,8 +8,8 @@
 >>> model.identify(["probe.jpg"], gallery, top=3)
 
 Images may be paths, PIL images (any mode) or uint8 arrays (H, W), (H, W, 3), (H, W, 4);
-every one goes through :func:`maskface.model_folder.preprocess_image`, the crop stage's own
-transform. A bad image raises :class:`maskface.model_folder.ImageError` naming it; the
+every one goes through :func:`maskface.inference.model_folder.preprocess_image`, the crop stage's own
+transform. A bad image raises :class:`maskface.inference.model_folder.ImageError` naming it; the
 ``*_many`` variants skip bad images and return them as :class:`Failure` rows instead.
 """
 
@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from maskface import __version__
 from maskface.errors import InputError, UserError
-from maskface.model_folder import (
+from maskface.inference.model_folder import (
     ImageError,
     ImageInput,
     ModelFolder,
@@ -337,7 +337,7 @@ class FaceModel:
 
         ``progress``: True shows a tqdm bar, None shows it only on a terminal.
         """
-        from maskface.embed import embed_array
+        from maskface.inference.embed import embed_array
 
         items = _as_list(images)
         batch_size = batch_size or self.batch_size
@@ -506,7 +506,7 @@ def load_model(
     channels_last: bool = True,
     decode_workers: int = 2,
 ) -> FaceModel:
-    """Load a model folder (``models/<backbone>`` or an exported copy); see :mod:`maskface.model_folder`.
+    """Load a model folder (``models/<backbone>`` or an exported copy); see :mod:`maskface.inference.model_folder`.
 
     ``decode_workers``: threads that decode and preprocess the next batch of images while
     the network embeds this one.
@@ -516,7 +516,7 @@ def load_model(
     embed stage's settings too (channels-last is what oneDNN and cuDNN convolve fastest;
     in bf16 on the CPU the NCHW path is ~1.5x slower, benchmarks/README.md figure 1).
 
-    Raises :class:`maskface.model_folder.ModelFolderError` for a missing, incomplete,
+    Raises :class:`maskface.inference.model_folder.ModelFolderError` for a missing, incomplete,
     corrupt (checksum) or incompatible folder.
     """
     return FaceModel(
