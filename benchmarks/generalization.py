@@ -17,10 +17,14 @@ folders, the accuracy at the model's own threshold (chosen on rmfrd-dev val pair
 pipeline) with its gap to the 10-fold accuracy.
 
 Models: every registered face network with real weights, untouched (``pretrained``, embedding
-= the network's own feature, head = identity), and the model folders of a pipeline run
-(``--models DIR`` = a ``models/`` folder from ``dvc repro`` on rmfrd-dev). Preprocessing is
-the one in each model's preprocess.json; pretrained networks are shown with alignment to
-their own template and with the crop modes in ``--modes``.
+= the network's own feature, head = identity; registered fusions such as
+``edgeface+mobilefacenet`` included, their members' pretrained networks side by side), and the
+model folders of a pipeline run (``--models DIR`` = a ``models/`` folder from ``dvc repro`` on
+rmfrd-dev). Preprocessing is the one in each model's preprocess.json; pretrained networks are
+shown with alignment to their own template and with the crop modes in ``--modes``.
+``--average A+B`` adds a row averaging the cosines of the trained folders A and B, each
+fine-tuned alone (score-level fusion outside the pipeline, to compare with a fusion backbone
+fine-tuned as one network).
 
 Landmarks (MTCNN, once per collection) and crops are cached in ``--work``.
 
@@ -28,6 +32,9 @@ Usage:
     # 1. train on rmfrd-dev's training identities (README's real-data recipe) in a scratch copy
     # 2. compare:
     python benchmarks/generalization.py --work /tmp/maskface-generalization --models /tmp/run/models
+    # a fusion next to its members, and the average of the members trained alone:
+    python benchmarks/generalization.py --models /tmp/run/models --modes nose --flip 1 \
+        --backbones edgeface mobilefacenet edgeface+mobilefacenet --average edgeface+mobilefacenet
 """
 
 from __future__ import annotations
@@ -214,6 +221,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--tight-crops", action="store_true", help="also use lfw-masktheface's 128 px crop_* copies")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--average", nargs="*", default=[], metavar="A+B",
+        help="also score the mean cosine of these trained model folders (in --models), each trained alone",
+    )
     return parser.parse_args(argv)
 
 
@@ -242,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append(row)
                     logger.info("%s", row)
 
+    trained: dict[tuple[str, str], np.ndarray] = {}
     if args.models is not None:
         for folder in sorted(p for p in args.models.iterdir() if (p / "backbone" / "model.json").is_file()):
             preprocess = json.loads((folder / "backbone" / "preprocess.json").read_text())
@@ -252,11 +264,25 @@ def main(argv: list[str] | None = None) -> int:
             for collection in collections:
                 images = crops_for(collection, preprocess["crop"], int(preprocess["input_size"]), args.work)
                 embeddings = embed_array(model, images, batch_size=64, progress=False, flip=flip)
+                trained[folder.name, collection.name] = embeddings
                 threshold = classifier.get("threshold") if classifier.get("classifier") == "cosine" else None
                 row = {"model": f"{folder.name} (trained)", "mode": preprocess["crop"]["mode"], "flip": flip, "collection": collection.name}
                 row.update(evaluate(collection, embeddings, threshold, args.bootstrap))
                 rows.append(row)
                 logger.info("%s", row)
+
+    for fusion in args.average:
+        members = fusion.split("+")
+        missing = [m for m in members if (m, args.collections[0]) not in trained]
+        if missing:
+            raise SystemExit(f"--average {fusion}: no trained model folder {', '.join(missing)} in {args.models}")
+        for collection in collections:
+            # Unit embeddings side by side, scaled by 1/sqrt(n): their dot product is the mean cosine.
+            side_by_side = np.concatenate([trained[m, collection.name] for m in members], axis=1) / np.sqrt(len(members))
+            row = {"model": f"{' + '.join(members)} (each trained, cosines averaged)", "mode": "", "flip": None, "collection": collection.name}
+            row.update(evaluate(collection, side_by_side, None, args.bootstrap))
+            rows.append(row)
+            logger.info("%s", row)
 
     table = pd.DataFrame(rows)
     args.work.mkdir(parents=True, exist_ok=True)

@@ -263,3 +263,52 @@ def test_flip_recorded_by_the_pipeline_is_applied_by_the_api(build_toy_model_fol
     with torch.no_grad():
         raw = network.head(network.features(pixels)) + network.head(network.features(pixels.flip(-1)))
     np.testing.assert_allclose(expected[:4], torch.nn.functional.normalize(raw, dim=1).numpy(), atol=1e-5)
+
+
+def test_a_fusion_model_folder_round_trips_through_load_and_embed(toy_dataset, tmp_path, monkeypatch):
+    """edgeface+mobilefacenet trained by the pipeline's own finetune (one epoch, both members'
+    last groups), embedded by the embed stage, loaded through the API: same embeddings, and
+    the API's cosine is the fused one."""
+    from maskface.artifacts import load_embeddings
+    from maskface.evaluation.classify import classifier_metadata, fit_and_score
+    from maskface.config import ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, FinetuneConfig
+    from maskface.face.crop import PREPROCESS_FILE, crop_dataset
+    from maskface.inference.embed import embed_crops, load_model as load_embedder
+    from maskface.evaluation.classify import save_classifier
+    from maskface.tables import read_csv
+    from maskface.training.train import finetune
+
+    monkeypatch.chdir(tmp_path)  # outside any repository DVCLive only writes files
+    crops = tmp_path / "crops"
+    crop_dataset(toy_dataset["manifest"], CropConfig(mode="ratio", keep_ratio=0.75, template="arcface"), 112, crops)
+    folder = tmp_path / "edgeface+mobilefacenet"
+    config = BackboneConfig(
+        epochs=1, embedding_size=640, head_init="identity", train_layers="last_5", batch_size=16, lr=1e-3, warmup_epochs=0,
+    )
+    summary = finetune(
+        "edgeface+mobilefacenet", crops, toy_dataset["pairs_dir"] / "val.csv", folder / "backbone", tmp_path / "live",
+        config, ArcFaceConfig(), FinetuneConfig(seed=0, device="cpu"), progress=False,
+    )
+    assert summary["started_from"] is None  # weights none: from scratch
+    assert (folder / "backbone" / PREPROCESS_FILE).is_file()
+    embed_crops(crops, folder / "backbone", tmp_path / "embeddings", batch_size=32, device="cpu", precision="fp32")
+    embeddings, index = load_embeddings(tmp_path / "embeddings")
+    val = read_csv(toy_dataset["pairs_dir"] / "val.csv")
+    test = read_csv(toy_dataset["pairs_dir"] / "test.csv")
+    _, threshold, _, _ = fit_and_score(embeddings, index, val, test, "cosine", None, ClassifyConfig(train_pairs_per_identity=9))
+    save_classifier(None, folder / "classifier", classifier_metadata("cosine", None, threshold, embeddings.shape[1]))
+
+    model = load_model(folder, device="cpu", batch_size=16, precision="fp32")
+    assert model.backbone == "edgeface+mobilefacenet" and model.embedding_size == 640 and model.input_size == 112
+    paths = index["path"].tolist()
+    rows = [0, 1, 2, 3, 40, len(paths) - 1]
+    vectors = model.embed([paths[k] for k in rows])
+    np.testing.assert_allclose(vectors, embeddings[rows], atol=1e-5)
+    result = model.verify(paths[0], paths[-1])
+    assert result.cosine == pytest.approx(float(embeddings[0] @ embeddings[-1]), abs=1e-5)
+    assert result.same == (result.score >= threshold)
+    # The saved weights are what training kept: the unfolded network from the folder agrees too.
+    unfolded = load_embedder(folder / "backbone", fold_batch_norm=False)
+    with torch.no_grad():
+        again = unfolded(torch.from_numpy(np.stack([model.preprocess(p) for p in paths[:4]]))).numpy()
+    np.testing.assert_allclose(again, embeddings[:4], atol=1e-5)

@@ -37,6 +37,20 @@ def test_repository_params_parse(repo_root: Path):
     assert section(params, SplitConfig, "split").ratios == (0.7, 0.1, 0.2)
 
 
+def test_the_commented_fusion_entry_of_params_is_valid_once_uncommented(repo_root: Path):
+    from maskface.models.backbones import get_spec
+
+    text = (repo_root / "params.yaml").read_text()
+    # The commented block under `backbones:`, from its key to the next live entry.
+    lines = text.split("\n  # edgeface+mobilefacenet:\n", 1)[1].split("\n  facenet:", 1)[0].splitlines()
+    block = "  edgeface+mobilefacenet:\n" + "\n".join(line.replace("  # ", "  ", 1) for line in lines)
+    params = {"backbones": yaml.safe_load("backbones:\n" + block)["backbones"]}
+    fusion = backbone_configs(params)["edgeface+mobilefacenet"]
+    # The head starts as the identity, so the embedding is the fused feature itself.
+    assert fusion.head_init == "identity" and fusion.embedding_size == get_spec("edgeface+mobilefacenet").feature_dim
+    assert fusion.weights == "auto" and fusion.train_layers == "last_5"
+
+
 def test_unknown_key_names_the_key_and_the_valid_keys():
     with pytest.raises(ConfigError) as error:
         parse_section(CropConfig, {"mode": "none", "keep_ratoi": 0.5}, "crop")

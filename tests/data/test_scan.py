@@ -161,3 +161,46 @@ def test_an_explicit_weights_name_that_cannot_be_found_stops_the_scan(tmp_path, 
     monkeypatch.setattr(weights, "_download", lambda url, destination: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(weights.WeightsUnavailableError, match="edgeface_xs_q.pt"):
         write_weights_records({"backbones": {"edgeface": {"weights": "webface12m"}}}, tmp_path / "weights")
+
+
+def test_a_fusions_weights_record_lists_each_member_file_and_changes_with_either(tmp_path, monkeypatch):
+    import hashlib
+    import json
+
+    from maskface.models import weights
+    from maskface.data.scan import write_weights_records
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(weights, "_download", lambda url, destination: (_ for _ in ()).throw(OSError("offline")))
+    folder = tmp_path / "share"
+    folder.mkdir()
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
+
+    def publish(spec, content):
+        source = weights.get_source(spec)
+        (folder / source.filename).write_bytes(content)
+        monkeypatch.setitem(weights._registry(), spec, weights.WeightSource(**{**source.__dict__, "sha256": hashlib.sha256(content).hexdigest()}))
+
+    params = {"backbones": {"edgeface+mobilefacenet": {"weights": "auto"}}}
+    out = tmp_path / "weights"
+    publish("edgeface:webface12m", b"e")
+    # One member's file missing: auto means from scratch for the whole fusion.
+    assert write_weights_records(params, out)["edgeface+mobilefacenet"]["spec"] is None
+    publish("mobilefacenet:ms1m", b"m1")
+    records = write_weights_records(params, out)
+    first = json.loads((out / "edgeface+mobilefacenet.json").read_text())
+    assert first == records["edgeface+mobilefacenet"]
+    assert first["spec"] == "edgeface+mobilefacenet:pretrained" and first["weights"] == "auto"
+    assert [(m["spec"], m["file"], m["sha256"]) for m in first["members"]] == [
+        ("edgeface:webface12m", "edgeface_xs_q.pt", hashlib.sha256(b"e").hexdigest()),
+        ("mobilefacenet:ms1m", "mobilefacenet_ms1m.pt", hashlib.sha256(b"m1").hexdigest()),
+    ]
+    # The second member's file changes: so does the record DVC's finetune@ depends on.
+    publish("mobilefacenet:ms1m", b"m2")
+    write_weights_records(params, out)
+    second = json.loads((out / "edgeface+mobilefacenet.json").read_text())
+    assert second["members"][0] == first["members"][0] and second["members"][1]["sha256"] == hashlib.sha256(b"m2").hexdigest()
+    # An explicit name needs every member's file.
+    (folder / "edgeface_xs_q.pt").unlink()
+    with pytest.raises(weights.WeightsUnavailableError, match="edgeface_xs_q.pt"):
+        write_weights_records({"backbones": {"edgeface+mobilefacenet": {"weights": "pretrained"}}}, out)

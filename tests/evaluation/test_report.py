@@ -115,3 +115,21 @@ def test_single_class_pair_type_is_explained_not_dropped(tmp_path):
     block = verification_report(scores, labels, scores, labels, types)
     text = render_report({"facenet": {**block, "classifier": "cosine"}}, report_dir=tmp_path)
     assert "| genuine-only | cosine | 20 (20) | n/a: skipped" in text
+
+
+def test_started_from_names_every_file_of_a_fusion_and_the_one_of_a_single_network(tmp_path):
+    from maskface.models.weights import combined_provenance
+
+    edgeface = {"spec": "edgeface:webface12m", "file": "edgeface_xs_q.pt", "sha256": "a" * 64, "origin": "official"}
+    mobilefacenet = {"spec": "mobilefacenet:ms1m", "file": "mobilefacenet_ms1m.pt", "sha256": "b" * 64, "origin": "official"}
+    results = {
+        "edgeface+mobilefacenet": {**fake_results(4, "cosine"), "started_from": combined_provenance("edgeface+mobilefacenet:pretrained", [edgeface, mobilefacenet])},
+        "edgeface": {**fake_results(5, "cosine"), "started_from": edgeface},
+    }
+    settings = {name: {"weights": "auto", "input_size": None, "embedding_size": 640, "epochs": 3} for name in results}
+    text = render_report(results, report_dir=tmp_path, settings=settings)
+    assert (
+        "| edgeface+mobilefacenet | edgeface:webface12m (official, sha256 aaaaaaaaaaaa) + "
+        "mobilefacenet:ms1m (official, sha256 bbbbbbbbbbbb) | default | 640 | 3 | cosine |"
+    ) in text
+    assert "| edgeface | edgeface:webface12m (official, sha256 aaaaaaaaaaaa) | default |" in text

@@ -7,7 +7,10 @@ from maskface.models.backbones import available_backbones, create_model, get_spe
 from maskface.inference.embed import load_model, save_model
 
 # Small inputs keep the registry-wide tests fast on CPU; every trunk pools adaptively.
-TEST_SIZE = {"facenet": 96, "vggface": 64, "alexnet": 96, "edgeface": 64, "edgeface_xxs": 64, "mobilefacenet": 112}
+TEST_SIZE = {
+    "facenet": 96, "vggface": 64, "alexnet": 96, "edgeface": 64, "edgeface_xxs": 64, "mobilefacenet": 112,
+    "edgeface+mobilefacenet": 112,
+}
 
 
 @pytest.fixture(scope="module", params=available_backbones())
@@ -17,7 +20,9 @@ def model(request):
 
 
 def test_registry_lists_the_study_and_modern_backbones():
-    assert available_backbones() == ["facenet", "vggface", "alexnet", "edgeface", "edgeface_xxs", "mobilefacenet"]
+    assert available_backbones() == [
+        "facenet", "vggface", "alexnet", "edgeface", "edgeface_xxs", "mobilefacenet", "edgeface+mobilefacenet",
+    ]
 
 
 def test_forward_shape_finite_and_unit_norm(model):
@@ -248,3 +253,142 @@ def test_explicit_weights_without_a_file_fail_naming_the_file_and_place(monkeypa
 
 def _refuse_download(url, destination):
     raise OSError(f"offline test: no connection to {url}")
+
+
+# --- fusion ------------------------------------------------------------------------------------
+
+FUSION = "edgeface+mobilefacenet"
+
+
+def _member_model(fused, member):
+    """A stand-alone ``member`` embedder carrying the fused model's weights for that member."""
+    spec = get_spec(member)
+    single = create_model(member, embedding_size=spec.feature_dim, input_size=112)
+    single.trunk.load_state_dict(fused.trunk.members[member].state_dict())
+    single.init_head_identity()
+    return single.eval()
+
+
+def test_fused_cosine_is_the_mean_of_the_member_cosines():
+    torch.manual_seed(0)
+    fused = create_model(FUSION, embedding_size=640, input_size=112)
+    _randomise_batch_norms(fused)
+    fused.init_head_identity()
+    fused.eval()
+    pixels = torch.randint(0, 256, (6, 3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        # Oracle: each network alone, with its own normalisation, through its own embedder.
+        member_cosines = [
+            (lambda e: e @ e.T)(_member_model(fused, member)(pixels)) for member in ("edgeface", "mobilefacenet")
+        ]
+        expected = sum(member_cosines) / 2
+        embeddings = fused(pixels)
+        torch.testing.assert_close(embeddings @ embeddings.T, expected, atol=1e-5, rtol=0)
+        # Folding the batch norms for inference keeps it.
+        folded = copy.deepcopy(fused).fold_batch_norm()(pixels)
+        torch.testing.assert_close(folded @ folded.T, expected, atol=1e-4, rtol=0)
+    # The two members really differ, so the mean is no accident of one of them.
+    assert (member_cosines[0] - member_cosines[1]).abs().max() > 0.05
+
+
+def test_fused_normalisation_is_each_members_own():
+    fused = create_model(FUSION, embedding_size=640, input_size=112)
+    pixels = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    # The fused embedder hands the pixels on; each member normalises them as it does alone.
+    assert fused.normalize(pixels)[0, 0, 0, 0].item() == 255.0
+    for member in ("edgeface", "mobilefacenet"):
+        alone = create_model(member, input_size=112).normalize(pixels)
+        torch.testing.assert_close(fused.trunk.normalizers[member](fused.normalize(pixels)), alone)
+
+
+def _trainable_names(module):
+    return {name for name, parameter in module.named_parameters() if parameter.requires_grad}
+
+
+@pytest.mark.parametrize("count, per_member", [(1, {"mobilefacenet": 1, "edgeface": 0}), (5, {"mobilefacenet": 3, "edgeface": 2}), (12, {"mobilefacenet": 6, "edgeface": 6}), (17, {"mobilefacenet": 11, "edgeface": 6})])
+def test_fused_train_layers_unfreeze_the_last_groups_of_both_members(count, per_member):
+    fused = create_model(FUSION, embedding_size=640, input_size=112)
+    fused.configure_training(f"last_{count}", freeze_bn_stats=False)
+    # Oracle: each member alone with its own last_<k>.
+    expected = set()
+    for member, k in per_member.items():
+        alone = create_model(member, input_size=112)
+        alone.configure_training(f"last_{k}" if k else "head", freeze_bn_stats=False)
+        expected |= {f"members.{member}.{name}" for name in _trainable_names(alone.trunk)}
+    assert _trainable_names(fused.trunk) == expected
+    assert len(fused.trunk.layer_groups) == 17
+    with pytest.raises(ValueError, match="last_1 .. last_17"):
+        fused.configure_training("last_18", freeze_bn_stats=False)
+
+
+def test_fusion_members_must_share_input_size_and_template():
+    from maskface.models.backbones import register_fusion
+
+    with pytest.raises(ValueError, match=r"edgeface 112 px on the arcface template, facenet 160 px on the facenet template"):
+        register_fusion("edgeface", "facenet")
+    with pytest.raises(ValueError, match="is a fusion itself"):
+        register_fusion("edgeface_xxs", FUSION)
+    with pytest.raises(ValueError, match="two or more different"):
+        register_fusion("edgeface", "edgeface")
+    assert "edgeface+facenet" not in available_backbones()
+    spec = get_spec(FUSION)
+    assert (spec.input_size, spec.template, spec.feature_dim, spec.members) == (112, "arcface", 640, ("edgeface", "mobilefacenet"))
+
+
+def _publish(tmp_path, monkeypatch, trunks):
+    """Save each ``backbone -> trunk`` state dict as that backbone's published file in a weights
+    folder, with the registry's SHA-256 pinned to it; returns the files."""
+    import hashlib
+
+    from maskface.models import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(weights, "_download", _refuse_download)
+    folder = tmp_path / "share"
+    folder.mkdir(exist_ok=True)
+    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
+    files = {}
+    for backbone, trunk in trunks.items():
+        source = weights.get_source(f"{backbone}:{get_spec(backbone).default_weights}")
+        path = folder / source.filename
+        torch.save(trunk.state_dict(), path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        monkeypatch.setitem(weights._registry(), source.spec, weights.WeightSource(**{**source.__dict__, "sha256": digest}))
+        files[backbone] = (path, digest)
+    return files
+
+
+def test_fused_pretrained_weights_load_each_members_file_and_record_both(tmp_path, monkeypatch):
+    torch.manual_seed(5)
+    published = {name: create_model(name, input_size=112).trunk for name in ("edgeface", "mobilefacenet")}
+    files = _publish(tmp_path, monkeypatch, published)
+    model = create_model(FUSION, weights="auto", embedding_size=640)
+    for name, trunk in published.items():
+        for key, tensor in trunk.state_dict().items():
+            torch.testing.assert_close(model.trunk.members[name].state_dict()[key], tensor, rtol=0, atol=0)
+    record = model.pretrained
+    assert record["spec"] == f"{FUSION}:pretrained"
+    assert [(m["spec"], m["file"], m["sha256"], m["origin"]) for m in record["members"]] == [
+        ("edgeface:webface12m", "edgeface_xs_q.pt", files["edgeface"][1], "official"),
+        ("mobilefacenet:ms1m", "mobilefacenet_ms1m.pt", files["mobilefacenet"][1], "official"),
+    ]
+    assert record["sha256"] == f"{files['edgeface'][1]} + {files['mobilefacenet'][1]}"
+    assert record == create_model(FUSION, weights="pretrained", embedding_size=640).pretrained
+
+
+def test_fused_weights_auto_with_a_member_file_missing_starts_all_from_scratch(tmp_path, monkeypatch, caplog):
+    torch.manual_seed(6)
+    edgeface = create_model("edgeface", input_size=112).trunk
+    _publish(tmp_path, monkeypatch, {"edgeface": edgeface})  # no MobileFaceNet file anywhere
+    with caplog.at_level("WARNING"):
+        model = create_model(FUSION, weights="auto", embedding_size=640)
+    assert model.pretrained is None and "mobilefacenet_ms1m.pt" in caplog.text
+    # Never half pretrained: the EdgeFace file was found but not loaded either.
+    published = edgeface.state_dict()["model.stem.0.weight"]
+    assert not torch.equal(model.trunk.members["edgeface"].state_dict()["model.stem.0.weight"], published)
+    from maskface.models.weights import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match="mobilefacenet_ms1m.pt"):
+        create_model(FUSION, weights="pretrained", embedding_size=640)
+    with pytest.raises(ValueError, match="none, auto, pretrained"):
+        create_model(FUSION, weights="webface12m")

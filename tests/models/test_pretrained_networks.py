@@ -93,3 +93,23 @@ def test_int8_file_as_published_agrees_with_the_dequantised_fp32_network(weights
     # (mean 0.95 measured on rmfrd-dev); a wrong dequantisation gives ~0.
     assert cosine.mean().item() >= 0.93
     assert cosine.min().item() >= 0.8
+
+
+def test_the_fused_pretrained_network_separates_people_at_least_as_well_as_its_weaker_member(weights_dir, faces):
+    pixels, labels = faces
+    aucs, cosines = {}, {}
+    for name in ("edgeface", "mobilefacenet", "edgeface+mobilefacenet"):
+        spec = get_spec(name)
+        model = create_model(name, weights=spec.default_weights, embedding_size=spec.feature_dim).eval()
+        model.init_head_identity()
+        with torch.no_grad():
+            embeddings = model(pixels).numpy()
+        aucs[name], cosines[name] = _pair_auc(embeddings, labels), embeddings @ embeddings.T
+        if name == "edgeface+mobilefacenet":
+            # Both published files, each with its SHA-256, loaded through the one loader.
+            assert [m["spec"] for m in model.pretrained["members"]] == ["edgeface:webface12m", "mobilefacenet:ms1m"]
+            assert all(m["origin"] == "official" and len(m["sha256"]) == 64 for m in model.pretrained["members"])
+    # Score-level fusion: the fused cosine is the mean of the two networks' own cosines.
+    np.testing.assert_allclose(cosines["edgeface+mobilefacenet"], (cosines["edgeface"] + cosines["mobilefacenet"]) / 2, atol=1e-4)
+    assert aucs["edgeface+mobilefacenet"] >= min(aucs["edgeface"], aucs["mobilefacenet"])
+    assert aucs["edgeface+mobilefacenet"] > 0.7

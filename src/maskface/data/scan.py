@@ -167,8 +167,9 @@ def write_scan(config: DataConfig, out: Path, cache_path: Optional[Path] = None)
 
 def write_weights_records(params, out_dir: Path) -> dict[str, dict]:
     """``out_dir/<backbone>.json`` for every entry of ``backbones``: the pretrained file it will
-    start from (:func:`maskface.models.weights.pretrained_record`); stale files of removed backbones go."""
-    from maskface.models.backbones import get_spec
+    start from, or for a fusion each member's (:func:`maskface.models.weights.pretrained_record`);
+    stale files of removed backbones go."""
+    from maskface.models.backbones import get_spec, weight_specs
     from maskface.config import backbone_configs
     from maskface.models.weights import pretrained_record
 
@@ -176,7 +177,13 @@ def write_weights_records(params, out_dir: Path) -> dict[str, dict]:
     out_dir.mkdir(parents=True, exist_ok=True)
     records = {}
     for name, config in backbone_configs(params).items():
-        records[name] = pretrained_record(name, config.weights, get_spec(name).default_weights)
+        spec = get_spec(name)
+        # A fusion starts from its members' files: the record lists each, so that a change in
+        # any of them reruns the fusion's fine-tuning.
+        files = None
+        if spec.members and config.weights != "none":
+            files = weight_specs(name, spec.default_weights if config.weights == "auto" else config.weights)
+        records[name] = pretrained_record(name, config.weights, spec.default_weights, files)
         target = out_dir / f"{name}.json"
         text = json.dumps(records[name], indent=2, sort_keys=True) + "\n"
         if not target.is_file() or target.read_text(encoding="utf-8") != text:

@@ -225,7 +225,10 @@ def _started_text(block: Mapping, weights: Any) -> str:
     """What a backbone's trunk started from: the resolved weights file, from scratch, or the spec asked for."""
     started = block.get("started_from")
     if started:
-        return f"{started['spec']} ({started['origin']}, sha256 {started['sha256'][:12]})"
+        # A fusion started from several files: each member's, side by side.
+        return " + ".join(
+            f"{part['spec']} ({part['origin']}, sha256 {part['sha256'][:12]})" for part in started.get("members") or [started]
+        )
     if "started_from" in block or weights in (None, "none"):
         # Known to be random (auto found no file), or asked to be.
         return "none (from scratch)"

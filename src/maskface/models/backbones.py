@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +52,8 @@ class BackboneSpec:
     # The 5-point alignment template the network was trained on (maskface.face.geometry.TEMPLATES):
     # `crop.template: auto` aligns each backbone's faces to its own.
     template: str = "facenet"
+    # A fusion's member backbones (:func:`register_fusion`); () for a single network.
+    members: tuple[str, ...] = ()
 
 
 class Trunk(nn.Module):
@@ -134,6 +138,7 @@ def register_backbone(
     default_weights: str,
     description: str,
     template: str = "facenet",
+    members: tuple[str, ...] = (),
 ) -> Callable[[TrunkBuilder], TrunkBuilder]:
     """Decorator registering a trunk builder under ``name`` with its preprocessing."""
 
@@ -152,6 +157,7 @@ def register_backbone(
             description=description,
             builder=builder,
             template=template,
+            members=tuple(members),
         )
         return builder
 
@@ -356,13 +362,41 @@ def create_model(
 
 
 def load_pretrained(trunk: Trunk, name: str, weights: str) -> dict:
-    """Load backbone ``name``'s pretrained ``weights`` into ``trunk``; returns their provenance."""
-    from maskface.models.weights import provenance
+    """Load backbone ``name``'s pretrained ``weights`` into ``trunk``; returns their provenance.
 
-    state, path = _pretrained_state(name, weights)
-    trunk.load_published(state, weights)
-    logger.info("%s: loaded pretrained weights %r from %s", name, weights, path)
-    return provenance(f"{name}:{weights}", path)
+    A fusion's ``weights`` are its members' files (:func:`weight_specs`), each loaded into its
+    member's trunk by that trunk's own ``load_published``; the provenance then lists them all
+    (:func:`maskface.models.weights.combined_provenance`).
+    """
+    from maskface.models.weights import combined_provenance, provenance
+
+    specs = weight_specs(name, weights)
+    # Every file is resolved, verified and read before any is loaded, so that a missing one
+    # (`weights: auto`) leaves the whole trunk at its random initialisation, never half pretrained.
+    states = [_pretrained_state(*spec.split(":")) for spec in specs]
+    records = []
+    for spec, (state, path) in zip(specs, states):
+        member, member_weights = spec.split(":")
+        target = trunk.members[member] if isinstance(trunk, FusedTrunk) else trunk
+        target.load_published(state, member_weights)
+        logger.info("%s: loaded pretrained weights %r from %s", member, member_weights, path)
+        records.append(provenance(spec, path))
+    if isinstance(trunk, FusedTrunk):
+        return combined_provenance(f"{name}:{weights}", records)
+    return records[0]
+
+
+def weight_specs(name: str, weights: str) -> tuple[str, ...]:
+    """The weight files (``backbone:weights`` specs of :mod:`maskface.models.weights`) that backbone
+    ``name``'s pretrained ``weights`` stand for: its own, or for a fusion each member's default."""
+    from maskface.models.weights import UnknownWeightsError
+
+    spec = get_spec(name)
+    if weights not in spec.weights:
+        raise UnknownWeightsError(f"unknown weights {weights!r} for backbone {name!r}; valid: {', '.join(spec.weights)}")
+    if spec.members:
+        return tuple(f"{member}:{get_spec(member).default_weights}" for member in spec.members)
+    return (f"{name}:{weights}",)
 
 
 # --- facenet: InceptionResnetV1 ---------------------------------------------------------------
@@ -763,6 +797,111 @@ class MobileFaceNetTrunk(Trunk):
 )
 def _build_mobilefacenet() -> Trunk:
     return MobileFaceNetTrunk()
+
+
+# --- fusion: several networks side by side ------------------------------------------------------
+
+
+class FusedTrunk(Trunk):
+    """Several registered networks on the same aligned face; their L2-normalised features side
+    by side, each scaled by ``1 / sqrt(number of members)``.
+
+    The concatenation has unit norm, and the dot product of two of them is the mean of the
+    members' cosine similarities. With the head as the identity (``head_init: identity``) the
+    fused embedding's cosine is therefore the average of the members' cosines (score-level
+    fusion) carried by one embedding, so galleries, classifiers, the API and model folders
+    treat a fusion as any other backbone.
+
+    The trunk receives the pixels themselves (the fused spec's normalisation is the identity)
+    and each member normalises them as its own spec says. Members share the input size and
+    alignment template (:func:`register_fusion` checks).
+
+    Layer groups interleave the members' from the end, so ``train_layers: last_<n>`` unfreezes
+    the last groups of every member in turn: for EdgeFace + MobileFaceNet, ``last_5`` is
+    MobileFaceNet's last 3 and EdgeFace's last 2 (each one's default alone).
+    """
+
+    def __init__(self, members: tuple[str, ...]):
+        super().__init__()
+        self.member_names = tuple(members)
+        self.members = nn.ModuleDict({name: get_spec(name).builder() for name in members})
+        self.normalizers = nn.ModuleDict({name: PixelNormalize(get_spec(name)) for name in members})
+        self.share = 1.0 / math.sqrt(len(members))
+        from_end = [[f"members.{name}.{group}" for group in reversed(self.members[name].layer_groups)] for name in members]
+        # Counted from the end: the last member's last group, the first member's last group, then
+        # each one's last but one, ...: odd counts give the later member (MobileFaceNet, finer
+        # grained) the extra group.
+        interleaved = [group for level in itertools.zip_longest(*from_end) for group in reversed(level) if group is not None]
+        self.layer_groups = tuple(reversed(interleaved))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for name in self.member_names:
+            feature = self.members[name](self.normalizers[name](x))
+            # Normalised in fp32, as FaceEmbedder does: a bf16 norm loses ~3 digits.
+            parts.append(F.normalize(feature.float(), dim=1) * self.share)
+        return torch.cat(parts, dim=1)
+
+    def get_submodule(self, target: str) -> nn.Module:
+        # A member resolves its own group names (MobileFaceNet's "features.0-4" is no attribute path).
+        prefix, _, rest = target.partition(".")
+        if prefix == "members" and rest:
+            name, _, inner = rest.partition(".")
+            if name in self.members:
+                return self.members[name].get_submodule(inner) if inner else self.members[name]
+        return super().get_submodule(target)
+
+    def fold_batch_norm(self) -> int:
+        # Each member folds the pairs its own forward() applies back to back.
+        return sum(self.members[name].fold_batch_norm() for name in self.member_names)
+
+    def load_published(self, state: dict[str, torch.Tensor], weights: str) -> None:
+        raise ValueError(
+            f"a fusion has no published file of its own; its members' files are loaded by load_pretrained "
+            f"({', '.join(self.member_names)})"
+        )
+
+
+def register_fusion(*members: str) -> str:
+    """Register ``"<a>+<b>..."`` as a backbone: the members' networks side by side (:class:`FusedTrunk`).
+
+    Its one weights name, ``pretrained``, stands for each member's default weights. Members
+    must be registered single networks sharing input size and alignment template (they see
+    the same aligned face); the error names them otherwise. Returns the registered name.
+    """
+    if len(members) < 2 or len(set(members)) != len(members):
+        raise ValueError(f"a fusion needs two or more different backbones, got {members!r}")
+    name = "+".join(members)
+    specs = [get_spec(member) for member in members]
+    nested = [spec.name for spec in specs if spec.members]
+    if nested:
+        raise ValueError(f"fusion {name}: {', '.join(nested)} is a fusion itself; list its members instead")
+    if len({(spec.input_size, spec.template) for spec in specs}) != 1:
+        shapes = ", ".join(f"{spec.name} {spec.input_size} px on the {spec.template} template" for spec in specs)
+        raise ValueError(
+            f"fusion {name}: members must share input size and alignment template (they see the same "
+            f"aligned face); got {shapes}"
+        )
+    register_backbone(
+        name,
+        input_size=specs[0].input_size,
+        # The identity: the trunk gets the pixels and each member normalises them its own way.
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        pixel_range=255.0,
+        feature_dim=sum(spec.feature_dim for spec in specs),
+        weights=("pretrained",),
+        default_weights="pretrained",
+        description=f"fusion of {', '.join(members)}: their networks side by side, each feature "
+        f"L2-normalised, equal weights ({' + '.join(str(spec.feature_dim) for spec in specs)}-d)",
+        template=specs[0].template,
+        members=tuple(members),
+    )(functools.partial(FusedTrunk, tuple(members)))
+    return name
+
+
+# The average of EdgeFace's and MobileFaceNet's cosines (docs/recipe.md, "Fusion").
+register_fusion("edgeface", "mobilefacenet")
 
 
 def _pretrained_state(backbone: str, weights: str) -> tuple[dict[str, torch.Tensor], Path]:

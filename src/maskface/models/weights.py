@@ -569,25 +569,45 @@ def provenance(spec: str, path: Path) -> dict:
     return {"spec": spec, "file": path.name, "sha256": file_sha256(path), "origin": weights_origin(source, path)}
 
 
-def pretrained_record(backbone: str, weights: str, default_weights: str) -> dict:
+def combined_provenance(spec: str, members: Sequence[dict]) -> dict:
+    """The provenance of a fusion's weights (``spec``, e.g. ``edgeface+mobilefacenet:pretrained``):
+    its members' records (:func:`provenance`) under ``members``, and ``file``, ``sha256`` and
+    ``origin`` as theirs joined by `` + `` in member order, so a reader of single-file records
+    still sees every file."""
+    members = [dict(member) for member in members]
+    joined = {key: " + ".join(str(member[key]) for member in members) for key in ("file", "sha256", "origin")}
+    return {"spec": spec, **joined, "members": members}
+
+
+def pretrained_record(backbone: str, weights: str, default_weights: str, files: Optional[Sequence[str]] = None) -> dict:
     """What a backbone's ``weights`` setting resolves to now: ``{"weights", "spec", "file",
     "sha256", "origin"}``, or ``"spec": None`` for random initialisation (``none``, or ``auto``
     with no file to be had). Downloads or builds the file if it is missing, as fine-tuning would.
 
+    ``files``: the weight specs that ``backbone:<weights>`` stands for when it is not a file
+    of its own: a fusion's members' (:func:`maskface.models.backbones.weight_specs`); the record is
+    then :func:`combined_provenance`, and with ``auto`` one missing file means random
+    initialisation for all, as fine-tuning does.
+
     The scan stage writes one per backbone for fine-tuning to depend on, so that DVC reruns a
-    backbone's fine-tuning when its pretrained file changes, though the file lives outside DVC's view.
+    backbone's fine-tuning when its pretrained file changes (any member's, for a fusion),
+    though the file lives outside DVC's view.
     """
     spec_name = default_weights if weights == "auto" else weights
     record = {"weights": weights, "spec": None, "file": None, "sha256": None, "origin": None}
     if weights == "none":
         return record
+    specs = list(files) if files is not None else [f"{backbone}:{spec_name}"]
     try:
-        path = resolve_weights(f"{backbone}:{spec_name}")
+        paths = [resolve_weights(spec) for spec in specs]
     except WeightsUnavailableError:
         if weights != "auto":
             raise
         return record  # fine-tuning will start from random initialisation, with a warning
-    return {**record, **provenance(f"{backbone}:{spec_name}", path)}
+    records = [provenance(spec, path) for spec, path in zip(specs, paths)]
+    if files is None:
+        return {**record, **records[0]}
+    return {**record, **combined_provenance(f"{backbone}:{spec_name}", records)}
 
 
 def import_weights(spec: str, folder: Path, cache_dir: Optional[Path] = None) -> Path:
