@@ -21,7 +21,7 @@ def test_each_registered_classifier_has_its_params_class():
 def test_builders_give_a_pipeline_for_learned_classifiers_only():
     for name in available_classifiers():
         model = registered(name).builder(config_class(name)(), 50)
-        assert (model is None) == (name == "cosine")
+        assert (model is None) == (not registered(name).learned)
         if model is not None:
             assert hasattr(model, "predict_proba")
 
@@ -37,3 +37,15 @@ def test_registering_a_classifier_is_all_params_checking_needs(tmp_path, monkeyp
     monkeypatch.setitem(classifiers._REGISTRY, "toy", Registered(lambda config, n_train: None, CosineConfig))
     params = load_params(path)
     assert classifier_name(params) == "toy" and config_class("toy") is CosineConfig
+
+
+def test_whether_a_classifier_learns_comes_from_the_registry(monkeypatch):
+    # A new parameter-free classifier needs no name list elsewhere: classifier.json says it
+    # scores with the cosine and names no model file, which is what model folders load by.
+    from maskface.evaluation.classify import classifier_metadata
+
+    monkeypatch.setitem(classifiers._REGISTRY, "angle", Registered(lambda config, n_train: None, CosineConfig, learned=False))
+    meta = classifier_metadata("angle", CosineConfig(), threshold=0.3, embedding_size=8)
+    assert (meta["score"], meta["model_file"], meta["pair_features"]) == ("cosine", None, None)
+    learned = classifier_metadata("knn", KnnConfig(), threshold=0.5, embedding_size=8)
+    assert learned["score"] == "probability" and learned["model_file"] is not None

@@ -31,16 +31,19 @@ Builder = Callable[[Any, int], "Pipeline | None"]
 class Registered:
     builder: Builder
     config_class: type
+    # False: the threshold on the cosine similarity is the whole model (nothing to fit or save).
+    learned: bool = True
 
 
 _REGISTRY: dict[str, Registered] = {}
 
 
-def register_classifier(name: str, config_class: type):
-    """Register ``builder(config, n_train) -> Pipeline | None`` under ``name`` with its params class."""
+def register_classifier(name: str, config_class: type, learned: bool = True):
+    """Register ``builder(config, n_train) -> Pipeline | None`` under ``name`` with its params class;
+    ``learned=False`` for a classifier whose builder returns None (it scores with the cosine)."""
 
     def decorate(builder: Builder) -> Builder:
-        _REGISTRY[name] = Registered(builder, config_class)
+        _REGISTRY[name] = Registered(builder, config_class, learned)
         return builder
 
     return decorate
@@ -63,7 +66,7 @@ def config_class(classifier: str) -> type:
     return registered(classifier).config_class
 
 
-@register_classifier("cosine", CosineConfig)
+@register_classifier("cosine", CosineConfig, learned=False)
 def _cosine(config: CosineConfig, n_train: int) -> None:
     return None
 

@@ -150,7 +150,7 @@ def fit_and_score(
     registered = _registered(classifier)
     row_of = {path: row for row, path in enumerate(index["path"])}
     model: Optional[Pipeline] = None
-    if classifier != "cosine":
+    if registered.learned:
         train_pairs = training_pairs(index, config)
         if train_pairs.empty or train_pairs["label"].nunique() < 2:
             raise InputError("the training identities give only one kind of pair; more identities or images are needed")
@@ -277,7 +277,7 @@ def classifier_metadata(
     identification: bool = False,
 ) -> dict:
     """What ``classifier.json`` says: which classifier and how to score a pair from two embeddings."""
-    learned = classifier != "cosine"
+    learned = _registered(classifier).learned
     return {
         "format": META_FORMAT,
         "classifier": classifier,
