@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from maskface.artifacts import EMBED_SETTINGS_FILE, save_embeddings
 from maskface.backbones import FaceEmbedder, create_model
-from maskface.crop import open_crops
 from maskface.device import autocast, inference_dtype, resolve_device
 from maskface.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ def embed_crops(
 ) -> pd.DataFrame:
     """Embed every cropped image; writes ``embeddings.npy`` (N, E) float32, ``index.csv`` and
     ``embed.json`` (``{"flip": bool}``: inference must embed the same way)."""
+    # Here rather than at the top: the API and the CLI load models through this module and
+    # need neither pandas nor the crop stage's tables in their process.
+    from maskface.artifacts import EMBED_SETTINGS_FILE, save_embeddings
+    from maskface.crop import open_crops
+
     torch_device = resolve_device(device)
     model = load_model(model_dir, torch_device)
     images, index = open_crops(crops_dir)
