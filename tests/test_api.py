@@ -139,6 +139,19 @@ def test_decoding_processes_keep_order_and_report_every_failure(built, tmp_path,
     np.testing.assert_allclose(result.embeddings, built["embeddings"][rows], atol=1e-5)
 
 
+def test_models_that_detect_faces_decode_in_threads(tmp_path):
+    # MTCNN runs in torch, which the command's process loads anyway; a worker would load it again.
+    aligned = {"input_size": 64, "crop": {"mode": "none", "align": True, "landmarks": "mtcnn", "detect_device": "cpu"}}
+    plain = {"input_size": 64, "crop": {"mode": "ratio", "keep_ratio": 0.75}}
+    gone = [tmp_path / f"gone{k}.png" for k in range(api.PROCESS_MIN_FILES)]
+    for settings, in_processes in ((aligned, False), (plain, True)):
+        with api._Decoder(gone, settings, None, window=8) as decoder:
+            assert (decoder.processes is not None) == in_processes
+            assert [str(error) for _, error in decoder.results()] == [f"{path}: missing: no such file" for path in gone]
+    with api._Decoder(gone[1:], plain, None, window=8) as decoder:
+        assert decoder.processes is None  # too few files to pay for worker processes
+
+
 def _die(chunk):
     os._exit(3)
 

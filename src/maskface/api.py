@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import zipfile
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -41,6 +40,7 @@ from maskface.model_folder import (
     describe_input,
     load_embedder,
     load_pair_scorer,
+    needs_face,
     preprocess_image,
     read_model_folder,
 )
@@ -183,10 +183,11 @@ def _as_list(images: Any) -> list:
 
 
 def default_decode_workers() -> int:
-    """Decoding processes (or threads) for this machine: one per two cores, 1 to 4.
+    """Decoding processes for this machine: one per two cores, 1 to 4.
 
     The network's own threads use the cores too; on 2 cores one worker decodes a command's
-    images while torch and the model load, and is idle once the network runs.
+    images while torch and the model load, and is idle once the network runs. (Threads:
+    at least 2, see :class:`_Decoder`.)
     """
     try:
         cores = len(os.sched_getaffinity(0))
@@ -227,12 +228,6 @@ def _start_decode_worker(settings: Mapping[str, Any]) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool, the workers must
     # not die mid-task printing tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Face detection (alignment) runs torch here: one thread per worker, so the workers and
-    # the network's threads share the cores instead of oversubscribing them; and a forked
-    # child must not enter an OpenMP thread team inherited from a parent that used one.
-    os.environ["OMP_NUM_THREADS"] = "1"
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
     # The transform's module now, while the parent loads torch and the model.
     import maskface.crop  # noqa: F401
 
@@ -255,12 +250,18 @@ class _Decoder:
 
     Image files go to worker processes in chunks when there are many of them (forked,
     so they start in milliseconds and import only PIL and the crop stage's transform);
-    PIL images and arrays, and short lists, are prepared in threads of this process.
+    PIL images and arrays, short lists, and models that detect the face first (alignment)
+    are prepared in threads of this process: MTCNN runs in torch, which releases the GIL
+    and which a worker process would import again (seconds of CPU on each).
     Creating the decoder starts the work: a caller that creates it before importing torch
     and loading the model has images decoded by the time the network is ready.
+
+    ``workers``: processes and threads; None: :func:`default_decode_workers` processes,
+    at least 2 threads.
     """
 
-    def __init__(self, items: list, settings: Mapping[str, Any], workers: int, window: int):
+    def __init__(self, items: list, settings: Mapping[str, Any], workers: Optional[int], window: int):
+        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
         self.items = items
@@ -270,14 +271,12 @@ class _Decoder:
         files = sum(1 for item in items if _is_file_input(item))
         # fork: a worker inherits the imports made so far instead of redoing them; spawn would
         # pay a fresh interpreter per worker, so without fork (macOS, Windows) threads decode.
-        import multiprocessing
-
-        if files >= PROCESS_MIN_FILES and "fork" in multiprocessing.get_all_start_methods():
+        if files >= PROCESS_MIN_FILES and not needs_face(settings) and "fork" in multiprocessing.get_all_start_methods():
             self.processes = ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                max_workers=workers or default_decode_workers(), mp_context=multiprocessing.get_context("fork"),
                 initializer=_start_decode_worker, initargs=(dict(settings),),
             )
-        self.threads = ThreadPoolExecutor(max_workers=workers)
+        self.threads = ThreadPoolExecutor(max_workers=workers or max(2, default_decode_workers()))
         self.pending: deque = deque()
         self.next = 0
         self.consumed = 0
@@ -427,15 +426,13 @@ class FaceModel:
     ):
         if batch_size < 1:
             raise InputError(f"batch_size {batch_size!r} is invalid; valid: an integer >= 1")
-        if decode_workers is None:
-            decode_workers = default_decode_workers()
-        if decode_workers < 1:
-            raise InputError(f"decode_workers {decode_workers!r} is invalid; valid: an integer >= 1")
+        if decode_workers is not None and decode_workers < 1:
+            raise InputError(f"decode_workers {decode_workers!r} is invalid; valid: an integer >= 1, or None (automatic)")
         if precision not in PRECISIONS:  # refused before any work, lazy or not
             raise InputError(f"precision {precision!r} is invalid; valid: {', '.join(PRECISIONS)}")
         if isinstance(device, str) and device not in DEVICES:
             raise InputError(f"device {device!r} is invalid; valid: {', '.join(DEVICES)}")
-        self.decode_workers = int(decode_workers)
+        self.decode_workers = decode_workers
         self.folder = folder
         self.precision = precision
         self.channels_last = bool(channels_last)
@@ -698,8 +695,9 @@ def load_model(
 ) -> FaceModel:
     """Load a model folder (``models/<backbone>`` or an exported copy); see :mod:`maskface.model_folder`.
 
-    ``decode_workers``: processes (for many image files; threads otherwise) that decode and
-    preprocess images ahead of the network; default one per two cores, 1 to 4.
+    ``decode_workers``: processes (for many image files; threads for other inputs and for
+    models that detect the face first) that decode and preprocess images ahead of the
+    network; None: one process per two cores (1 to 4), at least 2 threads.
     ``lazy``: read the weights on first use (see :class:`FaceModel`); errors in them then
     surface there instead of here.
 
