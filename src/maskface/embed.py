@@ -87,12 +87,20 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", fold_batch_n
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: {model_dir} is not a maskface model folder")
     config = json.loads(config_path.read_text())
-    # Weights come from the checkpoint; building with weights='none' avoids needless downloads.
-    model = create_model(config["backbone"], weights="none", embedding_size=config["embedding_size"], input_size=config["input_size"])
-    state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model = model.to(device).eval()
-    return model.fold_batch_norm() if fold_batch_norm else model
+    # Building, loading and folding are hundreds of small tensor copies, each a parallel region
+    # on the CPU: one thread does them as fast, and on a busy machine ~4x faster (no thread
+    # team to wait for; facenet 0.4 s instead of 1.6 s with the 2 cores shared).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # Weights come from the checkpoint; building with weights='none' avoids needless downloads.
+        model = create_model(config["backbone"], weights="none", embedding_size=config["embedding_size"], input_size=config["input_size"])
+        state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model = model.to(device).eval()
+        return model.fold_batch_norm() if fold_batch_norm else model
+    finally:
+        torch.set_num_threads(threads)
 
 
 def embed_crops(
