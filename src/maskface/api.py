@@ -267,20 +267,23 @@ class _Decoder:
         self.items = items
         self.settings = settings
         self.window = max(1, window)
-        self.processes = None
-        files = sum(1 for item in items if _is_file_input(item))
-        # fork: a worker inherits the imports made so far instead of redoing them; spawn would
-        # pay a fresh interpreter per worker, so without fork (macOS, Windows) threads decode.
-        if files >= PROCESS_MIN_FILES and not needs_face(settings) and "fork" in multiprocessing.get_all_start_methods():
-            self.processes = ProcessPoolExecutor(
-                max_workers=workers or default_decode_workers(), mp_context=multiprocessing.get_context("fork"),
-                initializer=_start_decode_worker, initargs=(dict(settings),),
-            )
-        self.threads = ThreadPoolExecutor(max_workers=workers or max(2, default_decode_workers()))
         self.pending: deque = deque()
         self.next = 0
         self.consumed = 0
+        self.processes = None
+        self.threads = ThreadPoolExecutor(max_workers=workers or max(2, default_decode_workers()))
+        files = sum(1 for item in items if _is_file_input(item))
         try:
+            # fork: a worker inherits the imports made so far instead of redoing them; spawn would
+            # pay a fresh interpreter per worker, so without fork (macOS, Windows) threads decode.
+            if files >= PROCESS_MIN_FILES and not needs_face(settings) and "fork" in multiprocessing.get_all_start_methods():
+                self.processes = ProcessPoolExecutor(
+                    max_workers=workers or default_decode_workers(), mp_context=multiprocessing.get_context("fork"),
+                    initializer=_start_decode_worker, initargs=(dict(settings),),
+                )
+                # The first submission forks every worker: now, before any decoding thread exists
+                # (the thread pool starts its threads at its first submission).
+                self.processes.submit(os.getpid)
             self._fill()
         except BaseException:
             self.close()
