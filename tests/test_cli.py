@@ -607,14 +607,18 @@ def test_embed_decodes_while_torch_loads_and_imports_no_table_or_config_library(
         "from maskface.cli import main\n"
         "code = main(sys.argv[1:])\n"
         "heavy = ('pandas', 'pydantic', 'yaml', 'sklearn', 'matplotlib', 'scipy', 'maskface.config', 'maskface.crop')\n"
-        "print(json.dumps({'code': code, 'decoder': started, 'imported': [m for m in heavy if m in sys.modules]}))\n"
+        "import os\n"
+        "print(json.dumps({'code': code, 'decoder': started, 'imported': [m for m in heavy if m in sys.modules], "
+        "'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY')}))\n"
     )
     paths = built["index"]["path"].tolist()
     out = tmp_path / "vectors.npy"
     argv = ["embed", *paths, "--model", str(built["dir"]), "--out", str(out), "--precision", "fp32", "--no-progress"]
-    result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True)
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True, env=environment)
     report = json.loads(result.stdout.splitlines()[-1])
-    assert report == {"code": 0, "decoder": [False, True], "imported": []}
+    # Threads that sleep while they wait: set before torch loaded (the decoder started first).
+    assert report == {"code": 0, "decoder": [False, True], "imported": [], "omp_wait_policy": "PASSIVE"}
     np.testing.assert_allclose(np.load(out), built["embeddings"], atol=1e-5)
     assert read_csv(tmp_path / "vectors.csv")["path"].tolist() == paths
 
