@@ -6,9 +6,9 @@ own 512-d embedding, no fine-tuning: cosine similarity, the accuracy-maximising 
 chosen on the val pairs and applied to the test pairs, and the test ROC AUC.
 
 Everything goes through the pipeline's functions: ``build_manifest`` -> landmarks
-(``maskface.geometry``, MTCNN once for all images) -> optional ``face_filter`` ->
+(``maskface.face.geometry``, MTCNN once for all images) -> optional ``face_filter`` ->
 ``split_dataset`` (identity-disjoint 0.7/0.1/0.2, masked-unmasked pairs, seed 0) ->
-``crop_details`` (the crop stage's transform) -> ``embed_array`` -> ``maskface.metrics``.
+``crop_details`` (the crop stage's transform) -> ``embed_array`` -> ``maskface.evaluation.metrics``.
 With the filter on, as in the pipeline, dropped images are removed *before* the split, so
 the test pairs differ slightly; their counts are in the table.
 
@@ -34,17 +34,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maskface.backbones import create_model
+from maskface.models.backbones import create_model
 from maskface.config import CropConfig
-from maskface.crop import crop_details
-from maskface.datasets import DataConfig, build_manifest
-from maskface.embed import embed_array
-from maskface.geometry import FaceDetector, detect_table, detection_rates, face_filter, read_landmark_table, table_landmarks
+from maskface.face.crop import crop_details
+from maskface.data.datasets import DataConfig, build_manifest
+from maskface.inference.embed import embed_array
+from maskface.face.geometry import FaceDetector, detect_table, detection_rates, face_filter, read_landmark_table, table_landmarks
 from maskface.imageio import load_rgb
-from maskface.metrics import choose_threshold, confusion_at_threshold, roc_auc
-from maskface.split import split_dataset
+from maskface.evaluation.metrics import choose_threshold, confusion_at_threshold, roc_auc
+from maskface.data.split import split_dataset
 from maskface.tables import write_csv
-from maskface.weights import resolve_weights
+from maskface.models.weights import resolve_weights
 
 logger = logging.getLogger("crop_modes_rmfrd")
 

@@ -39,11 +39,11 @@ import torch  # noqa: E402
 from _common import machine, real_face_paths  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from maskface.backbones import create_model  # noqa: E402
+from maskface.models.backbones import create_model  # noqa: E402
 from maskface.config import CropConfig  # noqa: E402
-from maskface.crop import crop_dataset, open_crops  # noqa: E402
+from maskface.face.crop import crop_dataset, open_crops  # noqa: E402
 from maskface.device import inference_dtype  # noqa: E402
-from maskface.embed import embed_array, save_model  # noqa: E402
+from maskface.inference.embed import embed_array, save_model  # noqa: E402
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
@@ -126,7 +126,7 @@ def main() -> None:
     size = 160
     print(f"machine: {machine()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f} at the start")
     print(f"images: {len(paths)} real faces (rmfrd-dev, lfw-gray-20), facenet {size} px")
-    # What maskface.embed.load_model hands the embed stage, the API and the CLI.
+    # What maskface.inference.embed.load_model hands the embed stage, the API and the CLI.
     deployed = copy.deepcopy(model).fold_batch_norm()
     # Alternating rounds, so that a slow spell of the machine hits every side alike.
     ratios, command_ratios = [], []

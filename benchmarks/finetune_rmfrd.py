@@ -33,13 +33,13 @@ import pandas as pd
 import torch
 
 from maskface.config import ArcFaceConfig, BackboneConfig, CropConfig, FinetuneConfig
-from maskface.crop import crop_dataset, open_crops
-from maskface.datasets import DataConfig, build_manifest
-from maskface.embed import embed_array, load_model
-from maskface.metrics import verification_report
-from maskface.split import split_dataset
-from maskface.train import finetune, pair_scores
-from maskface.weights import resolve_weights
+from maskface.face.crop import crop_dataset, open_crops
+from maskface.data.datasets import DataConfig, build_manifest
+from maskface.inference.embed import embed_array, load_model
+from maskface.evaluation.metrics import verification_report
+from maskface.data.split import split_dataset
+from maskface.training.train import finetune, pair_scores
+from maskface.models.weights import resolve_weights
 
 logger = logging.getLogger("finetune_rmfrd")
 

@@ -48,16 +48,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import datasets_root, machine  # noqa: E402
 
-from maskface.backbones import available_backbones, create_model, get_spec  # noqa: E402
-from maskface.crop import crop_details  # noqa: E402
-from maskface.datasets import DataConfig, build_manifest  # noqa: E402
-from maskface.embed import embed_array, load_model  # noqa: E402
-from maskface.geometry import FaceDetector, detect_table, read_landmark_table, table_landmarks  # noqa: E402
+from maskface.models.backbones import available_backbones, create_model, get_spec  # noqa: E402
+from maskface.face.crop import crop_details  # noqa: E402
+from maskface.data.datasets import DataConfig, build_manifest  # noqa: E402
+from maskface.inference.embed import embed_array, load_model  # noqa: E402
+from maskface.face.geometry import FaceDetector, detect_table, read_landmark_table, table_landmarks  # noqa: E402
 from maskface.imageio import load_rgb  # noqa: E402
-from maskface.metrics import AucStatistic, bootstrap_interval, kfold_accuracy, roc_auc  # noqa: E402
-from maskface.split import assign_splits  # noqa: E402
+from maskface.evaluation.metrics import AucStatistic, bootstrap_interval, kfold_accuracy, roc_auc  # noqa: E402
+from maskface.data.split import assign_splits  # noqa: E402
 from maskface.tables import read_csv, write_csv  # noqa: E402
-from maskface.weights import WeightsError  # noqa: E402
+from maskface.models.weights import WeightsError  # noqa: E402
 
 logger = logging.getLogger("generalization")
 
@@ -111,7 +111,7 @@ def build_pairs(manifest: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 
 def _orl_with_simulated_masks(root: Path, cache: Path) -> pd.DataFrame:
     """ORL's photos plus a masked copy of each drawn by `maskface simulate-masks` (cached)."""
-    from maskface.simulate import simulate_masks
+    from maskface.data.simulate import simulate_masks
 
     originals = build_manifest(DataConfig(source="folder", root=str(root), workers=2)).manifest
     masked_dir = cache / "masked"

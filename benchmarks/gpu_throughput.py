@@ -2,10 +2,10 @@
 
 For every registered backbone at its own input size (random uint8 pixels: speed does not
 depend on the weights), on the chosen device:
-- embedding: maskface.embed.embed_array with ``precision="fp32"``, NCHW, against the embed
+- embedding: maskface.inference.embed.embed_array with ``precision="fp32"``, NCHW, against the embed
   stage's defaults (``precision="auto"``: bf16 where native, else fp16 on CUDA; channels-last);
 - training: one full ArcFace step (forward, loss, backward, AdamW) in fp32 NCHW against the
-  finetune stage's CUDA path (autocast in ``maskface.train.training_precision``'s dtype, a
+  finetune stage's CUDA path (autocast in ``maskface.training.train.training_precision``'s dtype, a
   gradient scaler only for fp16, channels-last).
 The GPU is named in the output. On a CPU the script runs the same code (small sizes make a
 smoke run: ``--device cpu --batch-size 8 --steps 2``), which is how tests keep it working.
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from _common import machine
 
-from maskface.backbones import available_backbones, create_model, get_spec
+from maskface.models.backbones import available_backbones, create_model, get_spec
 from maskface.device import autocast, inference_dtype, resolve_device
-from maskface.embed import embed_array
-from maskface.losses import ArcFaceLoss
-from maskface.train import training_precision
+from maskface.inference.embed import embed_array
+from maskface.training.losses import ArcFaceLoss
+from maskface.training.train import training_precision
 
 IDENTITIES = 64
 

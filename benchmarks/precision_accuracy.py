@@ -1,7 +1,7 @@
 """Figure 1, second half: does the bf16 default change verification accuracy?
 
 The reduced-precision path is the default on CPUs with native bf16 only if its embeddings
-agree with fp32 (tested: cosine >= 0.999 on real faces, tests/test_embed.py) and verification
+agree with fp32 (tested: cosine >= 0.999 on real faces, tests/inference/test_embed.py) and verification
 accuracy is unchanged. This embeds the same real faces (rmfrd-dev, then lfw-gray-20) with
 facenet (casia-webface, 160 px) in fp32 and bf16 through the project's crop + embed path,
 scores balanced same/different pairs by cosine (masked-unmasked, masked-masked and
@@ -21,12 +21,12 @@ import numpy as np
 import pandas as pd
 from _common import machine, real_face_paths
 
-from maskface.backbones import create_model
+from maskface.models.backbones import create_model
 from maskface.config import PAIR_TYPES, CropConfig
-from maskface.crop import crop_dataset, open_crops
-from maskface.embed import embed_array
-from maskface.metrics import kfold_accuracy, roc_auc
-from maskface.split import make_pairs
+from maskface.face.crop import crop_dataset, open_crops
+from maskface.inference.embed import embed_array
+from maskface.evaluation.metrics import kfold_accuracy, roc_auc
+from maskface.data.split import make_pairs
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
         }
     )
     # The pretrained embedding itself (identity head, not a random projection, so every run
-    # scores the same model), as maskface.embed.load_model hands it on: batch norms folded.
+    # scores the same model), as maskface.inference.embed.load_model hands it on: batch norms folded.
     model = create_model("facenet", weights="casia-webface", embedding_size=512)
     model.init_head_identity()
     model.eval().fold_batch_norm()

@@ -31,18 +31,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from maskface.classifiers import available_classifiers, config_class
-from maskface.classify import fit_and_score
+from maskface.evaluation.classifiers import available_classifiers, config_class
+from maskface.evaluation.classify import fit_and_score
 from maskface.config import PAIR_TYPES, ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, EvaluateConfig, FinetuneConfig
-from maskface.crop import crop_dataset
-from maskface.datasets import DataConfig, build_manifest
+from maskface.face.crop import crop_dataset
+from maskface.data.datasets import DataConfig, build_manifest
 from maskface.artifacts import load_embeddings
-from maskface.embed import embed_crops
-from maskface.evaluate import evaluate_backbone
-from maskface.report import kfold_cell, number, tar_cell, with_interval
-from maskface.split import split_dataset
-from maskface.train import finetune
-from maskface.weights import resolve_weights
+from maskface.inference.embed import embed_crops
+from maskface.evaluation.evaluate import evaluate_backbone
+from maskface.evaluation.report import kfold_cell, number, tar_cell, with_interval
+from maskface.data.split import split_dataset
+from maskface.training.train import finetune
+from maskface.models.weights import resolve_weights
 
 logger = logging.getLogger("rmfrd_classifiers")
 

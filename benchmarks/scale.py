@@ -40,8 +40,8 @@ _PEAK_OF_CHILD = (
 
 def rendered(work: Path, images: int) -> Path:
     """The manifest of ``images`` synthetic faces (10 per identity), rendered on first use."""
-    from maskface.datasets import SyntheticConfig
-    from maskface.synthetic import generate_dataset
+    from maskface.data.datasets import SyntheticConfig
+    from maskface.data.synthetic import generate_dataset
 
     folder = work / f"faces-{images}"
     manifest = folder / "manifest.csv"

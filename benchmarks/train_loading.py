@@ -24,10 +24,10 @@ import torch
 from _common import machine, real_face_paths
 from PIL import Image
 
-from maskface.backbones import create_model
+from maskface.models.backbones import create_model
 from maskface.config import CropConfig
-from maskface.crop import crop_dataset, open_crops
-from maskface.losses import ArcFaceLoss
+from maskface.face.crop import crop_dataset, open_crops
+from maskface.training.losses import ArcFaceLoss
 
 
 def main() -> None:

@@ -1,9 +1,9 @@
 """Figure 5: validation and detection throughput of the split stage on real images.
 
-Validation: every file is opened and fully decoded once (maskface.datasets.build_manifest),
+Validation: every file is opened and fully decoded once (maskface.data.datasets.build_manifest),
 with 1 and 2 worker processes on the same folder.
 
-Detection: the face-geometry step of the split stage (maskface.geometry.detect_table,
+Detection: the face-geometry step of the split stage (maskface.face.geometry.detect_table,
 facenet-pytorch MTCNN on CPU with torch's intra-op threads on both cores) over real faces,
 one image per MTCNN call against the default batch of 16 (same-size images share a batch).
 CPU utilisation is the process's CPU time over wall time and cores: near 100 % means both
@@ -21,8 +21,8 @@ import time
 import torch
 from _common import datasets_root, machine, real_face_paths
 
-from maskface.datasets import DataConfig, build_manifest
-from maskface.geometry import FaceDetector, detect_table
+from maskface.data.datasets import DataConfig, build_manifest
+from maskface.face.geometry import FaceDetector, detect_table
 
 
 def timed(function):

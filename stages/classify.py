@@ -8,8 +8,8 @@ from pathlib import Path
 import _common
 
 from maskface.artifacts import CLASSIFIER_META_FILE, IDENTIFICATION_FILE, load_embeddings, read_embed_settings
-from maskface.classifiers import config_class
-from maskface.classify import (
+from maskface.evaluation.classifiers import config_class
+from maskface.evaluation.classify import (
     classifier_metadata,
     fit_and_score,
     identify,

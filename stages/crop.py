@@ -7,12 +7,12 @@ from pathlib import Path
 
 import _common
 
-from maskface.backbones import get_spec
+from maskface.models.backbones import get_spec
 from maskface.config import CropConfig, backbone_config, load_params, section
-from maskface.crop import crop_dataset, preview_sheet
-from maskface.datasets import read_manifest
+from maskface.face.crop import crop_dataset, preview_sheet
+from maskface.data.datasets import read_manifest
 from maskface.errors import InputError
-from maskface.geometry import read_landmark_table
+from maskface.face.geometry import read_landmark_table
 
 
 def main(argv: list[str] | None = None) -> None:

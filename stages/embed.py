@@ -8,7 +8,7 @@ from pathlib import Path
 import _common
 
 from maskface.config import EmbedConfig, load_params, section
-from maskface.embed import embed_crops
+from maskface.inference.embed import embed_crops
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import _common
 
 from maskface.config import CropConfig, EvaluateConfig, backbone_settings, load_params, section
-from maskface.evaluate import evaluate
+from maskface.evaluation.evaluate import evaluate
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import _common
 
 from maskface.config import ArcFaceConfig, FinetuneConfig, backbone_config, load_params, section
-from maskface.train import finetune
+from maskface.training.train import finetune
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import _common
 
 from maskface.config import load_params, section
-from maskface.datasets import DataConfig
-from maskface.scan import write_scan, write_weights_records
+from maskface.data.datasets import DataConfig
+from maskface.data.scan import write_scan, write_weights_records
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,9 +10,9 @@ import _common
 import pandas as pd
 
 from maskface.config import CropConfig, SplitConfig, load_params, section
-from maskface.datasets import DataConfig, build_manifest, build_validation_manifest
-from maskface.geometry import detection_rates, face_filter, filtered_sheet, landmark_table
-from maskface.split import make_pairs, split_dataset
+from maskface.data.datasets import DataConfig, build_manifest, build_validation_manifest
+from maskface.face.geometry import detection_rates, face_filter, filtered_sheet, landmark_table
+from maskface.data.split import make_pairs, split_dataset
 from maskface.tables import write_csv
 
 

@@ -44,7 +44,7 @@ def toy_dataset(tmp_path_factory):
     """12 identities x 6 images (3 masked) on disk, with a manifest, splits and pairs."""
     import pandas as pd
 
-    from maskface.split import split_dataset
+    from maskface.data.split import split_dataset
 
     root = tmp_path_factory.mktemp("toy")
     rows = []
@@ -77,11 +77,11 @@ def build_toy_model_folder(toy_dataset):
     import torch
 
     from maskface.artifacts import load_embeddings
-    from maskface.backbones import create_model
-    from maskface.classify import fit_and_score, save_classifier
+    from maskface.models.backbones import create_model
+    from maskface.evaluation.classify import fit_and_score, save_classifier
     from maskface.config import ClassifyConfig, CropConfig, KnnConfig
-    from maskface.crop import PREPROCESS_FILE, crop_dataset
-    from maskface.embed import embed_crops, save_model
+    from maskface.face.crop import PREPROCESS_FILE, crop_dataset
+    from maskface.inference.embed import embed_crops, save_model
     from maskface.tables import read_csv
 
     def build(root: Path) -> dict:

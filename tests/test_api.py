@@ -14,12 +14,12 @@ from PIL import Image
 
 from maskface import api
 from maskface.api import UNKNOWN, Gallery, GalleryError, expand_paths, load_gallery, load_model
-from maskface.backbones import create_model
-from maskface.classify import pair_features
-from maskface.crop import open_crops
-from maskface.embed import embed_array, save_model
+from maskface.models.backbones import create_model
+from maskface.evaluation.classify import pair_features
+from maskface.face.crop import open_crops
+from maskface.inference.embed import embed_array, save_model
 from maskface.errors import UserError
-from maskface.model_folder import ImageError, ModelFolderError
+from maskface.inference.model_folder import ImageError, ModelFolderError
 
 
 def as_cosine_folder(folder, target, threshold):
@@ -64,7 +64,7 @@ def test_preprocess_is_the_crop_stage_tensor(model, built):
 
 
 def test_verify_scores_with_the_folder_classifier(model, built):
-    from maskface.classify import read_classifier_file
+    from maskface.evaluation.classify import read_classifier_file
 
     index = built["index"]
     a, b = index.at[0, "path"], index.at[len(index) - 1, "path"]
@@ -210,12 +210,12 @@ def test_a_lazy_model_reports_bad_weights_at_first_use(built, tmp_path):
 
 
 def test_a_failing_crop_is_an_image_error_naming_the_file(model, built, monkeypatch):
-    import maskface.crop
+    import maskface.face.crop
 
     def no_face(*args, **kwargs):
         raise ValueError("no face found (alignment on)")
 
-    monkeypatch.setattr(maskface.crop, "crop_details", no_face)
+    monkeypatch.setattr(maskface.face.crop, "crop_details", no_face)
     with pytest.raises(ImageError, match="preprocessing failed: no face found"):
         model.embed(built["index"].at[0, "path"])
 
@@ -348,7 +348,7 @@ def test_flip_recorded_by_the_pipeline_is_applied_by_the_api(build_toy_model_fol
 
     import torch
 
-    from maskface.embed import embed_crops, load_model as load_backbone
+    from maskface.inference.embed import embed_crops, load_model as load_backbone
 
     built = build_toy_model_folder(tmp_path)
     embed_crops(built["crops"], built["dir"] / "backbone", tmp_path / "flipped", batch_size=32, device="cpu", precision="fp32", flip=True)

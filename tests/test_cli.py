@@ -14,16 +14,16 @@ import pytest
 import torch
 from PIL import Image
 
-from maskface.backbones import create_model
-from maskface.classify import fit_and_score, save_classifier
+from maskface.models.backbones import create_model
+from maskface.evaluation.classify import fit_and_score, save_classifier
 from maskface.cli import main
 from maskface.config import ClassifyConfig, CropConfig, KnnConfig
-from maskface.crop import crop_dataset
-from maskface.datasets import read_manifest
+from maskface.face.crop import crop_dataset
+from maskface.data.datasets import read_manifest
 from maskface.artifacts import load_embeddings
-from maskface.embed import embed_crops, save_model
-from maskface.metrics import confusion_at_threshold, kfold_accuracy, roc_auc
-from maskface.split import make_pairs
+from maskface.inference.embed import embed_crops, save_model
+from maskface.evaluation.metrics import confusion_at_threshold, kfold_accuracy, roc_auc
+from maskface.data.split import make_pairs
 from maskface.tables import read_csv
 
 COMMANDS = ("verify", "embed", "enroll", "identify", "eval", "export", "info", "weights", "simulate-masks")
@@ -455,17 +455,17 @@ def test_identify_without_model_opens_the_gallery_folder_only_after_the_checks(c
 
 
 def test_a_bug_keeps_its_traceback_and_does_not_exit_2(capsys, built, monkeypatch):
-    import maskface.model_folder
+    import maskface.inference.model_folder
 
     def bug(*args, **kwargs):
         raise ValueError("a library bug, not bad input")
 
-    monkeypatch.setattr(maskface.model_folder, "read_model_folder", bug)
+    monkeypatch.setattr(maskface.inference.model_folder, "read_model_folder", bug)
     with pytest.raises(ValueError, match="a library bug"):
         main(["info", "--model", str(built["dir"])])
     # As a user sees it: the traceback on stderr and status 1.
     script = (
-        "import sys, maskface.model_folder as m\n"
+        "import sys, maskface.inference.model_folder as m\n"
         "def bug(*a, **k): raise KeyError('library bug')\n"
         "m.read_model_folder = bug\n"
         "from maskface.cli import main\n"
@@ -509,10 +509,10 @@ def test_eval_crosses_from_rmfrd_dev_to_lfw(datasets_root, tmp_path, capsys):
     The full-size run (facenet, all of lfw-gray-20) is a dated command in benchmarks/README.md.
     """
     from maskface.config import ArcFaceConfig, BackboneConfig, FinetuneConfig
-    from maskface.datasets import DataConfig, build_manifest
-    from maskface.split import split_dataset
+    from maskface.data.datasets import DataConfig, build_manifest
+    from maskface.data.split import split_dataset
     from maskface.tables import write_csv
-    from maskface.train import finetune
+    from maskface.training.train import finetune
 
     manifest = build_manifest(DataConfig(source="rmfrd", root=str(datasets_root / "rmfrd-dev")), None).manifest
     manifest, pairs = split_dataset(manifest, (0.7, 0.1, 0.2), 0, "identity", ["masked-unmasked"], 20)
@@ -606,7 +606,7 @@ def test_embed_decodes_while_torch_loads_and_imports_no_table_or_config_library(
         "api._Decoder = Spy\n"
         "from maskface.cli import main\n"
         "code = main(sys.argv[1:])\n"
-        "heavy = ('pandas', 'pydantic', 'yaml', 'sklearn', 'matplotlib', 'scipy', 'maskface.config', 'maskface.crop')\n"
+        "heavy = ('pandas', 'pydantic', 'yaml', 'sklearn', 'matplotlib', 'scipy', 'maskface.config', 'maskface.face.crop')\n"
         "import os\n"
         "print(json.dumps({'code': code, 'decoder': started, 'imported': [m for m in heavy if m in sys.modules], "
         "'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY')}))\n"

@@ -26,7 +26,7 @@ from maskface.config import (
     parse_section,
     section,
 )
-from maskface.datasets import DataConfig
+from maskface.data.datasets import DataConfig
 
 
 def test_repository_params_parse(repo_root: Path):

@@ -37,7 +37,7 @@ def test_a_progress_bar_and_log_lines_share_stderr_cleanly(capsys):
 def test_importing_the_package_configures_no_handlers():
     # In a fresh interpreter: in this one, pytest and other tests have touched logging already.
     probe = (
-        "import json, logging, maskface.cli, maskface.logs, maskface.evaluate; "
+        "import json, logging, maskface.cli, maskface.logs, maskface.evaluation.evaluate; "
         "print(json.dumps([len(logging.getLogger().handlers), len(logging.getLogger('maskface').handlers)]))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

@@ -7,13 +7,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskface.classify import fit_and_score, pair_features
+from maskface.evaluation.classify import fit_and_score, pair_features
 from maskface.config import ArcFaceConfig, BackboneConfig, ClassifyConfig, CropConfig, EvaluateConfig, FinetuneConfig, KnnConfig, MlpConfig
-from maskface.crop import crop_dataset
+from maskface.face.crop import crop_dataset
 from maskface.artifacts import load_embeddings
-from maskface.embed import embed_crops, load_model
-from maskface.evaluate import evaluate
-from maskface.metrics import roc_auc
+from maskface.inference.embed import embed_crops, load_model
+from maskface.evaluation.evaluate import evaluate
+from maskface.evaluation.metrics import roc_auc
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def trained(toy_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("chain")
     crops = root / "crops"
     crop_dataset(toy_dataset["manifest"], CropConfig(), 64, crops)
-    from maskface.train import finetune
+    from maskface.training.train import finetune
 
     # Outside any git/DVC repository DVCLive only writes files (no experiment bookkeeping).
     previous = os.getcwd()
@@ -67,8 +67,8 @@ def test_embeddings_are_unit_rows_and_reproducible(trained):
     assert embeddings.shape == (len(index), 16)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
     model = load_model(trained["root"] / "model")
-    from maskface.crop import open_crops
-    from maskface.embed import embed_array
+    from maskface.face.crop import open_crops
+    from maskface.inference.embed import embed_array
 
     images, _ = open_crops(trained["crops"])
     again = embed_array(model, images, np.arange(5), batch_size=2, progress=False, precision="auto", channels_last=True)
@@ -123,8 +123,8 @@ def test_evaluate_writes_nested_metrics_and_plot_data(trained, toy_dataset, tmp_
 
 
 def test_bf16_embeddings_agree_with_fp32(trained):
-    from maskface.crop import open_crops
-    from maskface.embed import embed_array
+    from maskface.face.crop import open_crops
+    from maskface.inference.embed import embed_array
 
     model = load_model(trained["root"] / "model")
     images, _ = open_crops(trained["crops"])

@@ -8,8 +8,8 @@
 >>> model.identify(["probe.jpg"], gallery, top=3)
 
 Images may be paths, PIL images (any mode) or uint8 arrays (H, W), (H, W, 3), (H, W, 4);
-every one goes through :func:`maskface.model_folder.preprocess_image`, the crop stage's own
-transform. A bad image raises :class:`maskface.model_folder.ImageError` naming it; the
+every one goes through :func:`maskface.inference.model_folder.preprocess_image`, the crop stage's own
+transform. A bad image raises :class:`maskface.inference.model_folder.ImageError` naming it; the
 ``*_many`` variants skip bad images and return them as :class:`Failure` rows instead.
 """
 
@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from maskface import __version__
 from maskface.errors import InputError, UserError
-from maskface.model_folder import (
+from maskface.inference.model_folder import (
     ImageError,
     ImageInput,
     ModelFolder,
@@ -229,7 +229,7 @@ def _start_decode_worker(settings: Mapping[str, Any]) -> None:
     # not die mid-task printing tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # The transform's module now, while the parent loads torch and the model.
-    import maskface.crop  # noqa: F401
+    import maskface.face.crop  # noqa: F401
 
 
 def _decode_files(chunk: list[tuple[int, str]]) -> list[Union[np.ndarray, tuple[str, str]]]:
@@ -460,7 +460,7 @@ class FaceModel:
 
     @property
     def embedder(self):
-        """The network (:class:`maskface.backbones.FaceEmbedder`), batch norms folded, on :attr:`device`."""
+        """The network (:class:`maskface.models.backbones.FaceEmbedder`), batch norms folded, on :attr:`device`."""
         if self._embedder is None:
             self._embedder = load_embedder(self.folder, self.device)
         return self._embedder
@@ -524,7 +524,7 @@ class FaceModel:
         # network loads, when the model is lazy, while the workers decode.
         with self._decoder(items, batch_size) as decoder:
             embedder = self.embedder
-            from maskface.embed import embed_array
+            from maskface.inference.embed import embed_array
 
             # tqdm: disable=None hides the bar when stderr is not a terminal.
             disable = {True: False, None: None}.get(progress, True)
@@ -696,7 +696,7 @@ def load_model(
     decode_workers: Optional[int] = None,
     lazy: bool = False,
 ) -> FaceModel:
-    """Load a model folder (``models/<backbone>`` or an exported copy); see :mod:`maskface.model_folder`.
+    """Load a model folder (``models/<backbone>`` or an exported copy); see :mod:`maskface.inference.model_folder`.
 
     ``decode_workers``: processes (for many image files; threads for other inputs and for
     models that detect the face first) that decode and preprocess images ahead of the
@@ -709,7 +709,7 @@ def load_model(
     embed stage's settings too (channels-last is what oneDNN and cuDNN convolve fastest;
     in bf16 on the CPU the NCHW path is ~1.5x slower, benchmarks/README.md figure 1).
 
-    Raises :class:`maskface.model_folder.ModelFolderError` for a missing, incomplete,
+    Raises :class:`maskface.inference.model_folder.ModelFolderError` for a missing, incomplete,
     corrupt (checksum) or incompatible folder.
     """
     return FaceModel(

@@ -246,7 +246,7 @@ def _gallery_model(args: argparse.Namespace, gallery) -> Path:
     then runs no code from it (weights_only weights, an arrays-only classifier).
     """
     from maskface.api import GalleryError
-    from maskface.model_folder import read_model_folder
+    from maskface.inference.model_folder import read_model_folder
 
     named = gallery.meta.get("model_dir")
     if not isinstance(named, str) or not named or not Path(named).is_dir():
@@ -289,7 +289,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from maskface.config import EvaluateConfig
-    from maskface.crosseval import evaluate_model_on, read_dataset, with_masked_copy
+    from maskface.evaluation.crosseval import evaluate_model_on, read_dataset, with_masked_copy
 
     defaults = EvaluateConfig()
     for name, value in (("--bootstrap", args.bootstrap), ("--worst-pairs", args.worst_pairs)):
@@ -368,8 +368,8 @@ def _simulated_copy(args: argparse.Namespace, manifest) -> Path:
     same relative paths, so face detection runs on those alone. Reused when
     OUT/masked-copy already holds a manifest.
     """
-    from maskface.crosseval import choose_masked
-    from maskface.simulate import MANIFEST_FILE, simulate_masks
+    from maskface.evaluation.crosseval import choose_masked
+    from maskface.data.simulate import MANIFEST_FILE, simulate_masks
 
     copy_dir = args.out / "masked-copy"
     if (copy_dir / MANIFEST_FILE).is_file():
@@ -389,7 +389,7 @@ def _simulated_copy(args: argparse.Namespace, manifest) -> Path:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from maskface.model_folder import export_model_folder
+    from maskface.inference.model_folder import export_model_folder
 
     manifest = export_model_folder(args.model, args.out, overwrite=args.overwrite)
     payload = {"out": str(args.out), **manifest}
@@ -402,7 +402,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from maskface.model_folder import read_model_folder
+    from maskface.inference.model_folder import read_model_folder
 
     folder = read_model_folder(args.model)
     summary = folder.summary()
@@ -456,7 +456,7 @@ def _add_eval_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     from maskface.config import PAIR_TYPES, EvaluateConfig
     # The datasets module's list, not crosseval's: crosseval pulls in scikit-learn and
     # matplotlib, a second of start-up for every command.
-    from maskface.datasets import EXTRA_SOURCES as EVAL_SOURCES
+    from maskface.data.datasets import EXTRA_SOURCES as EVAL_SOURCES
 
     evaluate = commands.add_parser(
         "eval", parents=[common], help=EVAL_HELP,
@@ -504,7 +504,7 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``maskface`` parser; ``command``: only that command's options are built.
 
     The other commands are listed by name only: eval's options need maskface.config and
-    maskface.datasets, and weights and simulate-masks come from their own modules, in all
+    maskface.data.datasets, and weights and simulate-masks come from their own modules, in all
     ~0.3 s of imports (pydantic, pandas) that every other command would pay at start-up.
     """
     common = _common()
@@ -588,13 +588,13 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
 
     # The modules that own these commands add them; each leaf sets ``func(args) -> int``.
     if command in (None, "weights"):
-        from maskface.weights import add_weights_parser
+        from maskface.models.weights import add_weights_parser
 
         add_weights_parser(commands)
     else:
         commands.add_parser("weights")
     if command in (None, "simulate-masks"):
-        from maskface.simulate import add_simulate_parser
+        from maskface.data.simulate import add_simulate_parser
 
         add_simulate_parser(commands)
     else:

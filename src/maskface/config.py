@@ -25,13 +25,13 @@ from maskface.errors import ConfigError
 from maskface.errors import invalid_param as _fail
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
-# How a decision threshold is chosen on validation pairs (maskface.metrics.choose_threshold).
+# How a decision threshold is chosen on validation pairs (maskface.evaluation.metrics.choose_threshold).
 THRESHOLD_RULES = ("max_accuracy", "one_se")
 CROP_MODES = ("none", "ratio", "eyes", "mask", "nose")
 SPLIT_BY = ("identity", "image")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
-# MASK_STYLES repeats maskface.masks's so that reading params never imports the drawing code.
+# MASK_STYLES repeats maskface.data.masks's so that reading params never imports the drawing code.
 MASK_STYLES = ("surgical", "cloth", "n95")
 
 # The top-level sections a stage may read besides one per registered classifier (its
@@ -165,7 +165,7 @@ def _words(field: FieldInfo) -> str:
 
 
 class SyntheticConfig(Section):
-    """The embedded default dataset (see :mod:`maskface.synthetic`)."""
+    """The embedded default dataset (see :mod:`maskface.data.synthetic`)."""
 
     identities: Annotated[int, Field(ge=2)] = 24
     images_per_identity: Annotated[int, Field(ge=4)] = 12
@@ -205,11 +205,11 @@ LANDMARK_SOURCES = ("none", "mtcnn", "ground_truth", "auto")
 class CropConfig(Section):
     """What the networks see of each face, and how faces are found and aligned.
 
-    Modes (maskface.crop): ``none`` the whole face; ``ratio`` the top ``keep_ratio`` of the
+    Modes (maskface.face.crop): ``none`` the whole face; ``ratio`` the top ``keep_ratio`` of the
     height; ``eyes`` everything above a line ``eye_line`` eye distances below the eyes;
     ``mask`` the whole face with the mask region blanked; ``nose`` the whole face with
     everything below the nose line (``nose_line`` eye distances below the nose) greyed, on
-    masked and unmasked photos alike. Landmarks (maskface.geometry) are
+    masked and unmasked photos alike. Landmarks (maskface.face.geometry) are
     found once, in the split stage, unless ``landmarks`` is none; ``align`` and the modes
     ``eyes`` and ``mask`` need them, the filter needs MTCNN's.
     """
@@ -387,7 +387,7 @@ class ClassifyConfig(Section):
     The threshold pairs are drawn from the validation identities, of the types in
     ``threshold_pair_types`` (a deployed verifier meets unmasked pairs too, and collections
     easier than the training one need thresholds like theirs), and ``threshold_rule`` picks
-    the threshold on them (:func:`maskface.metrics.choose_threshold`).
+    the threshold on them (:func:`maskface.evaluation.metrics.choose_threshold`).
     """
 
     train_pairs_per_identity: Annotated[int, Field(ge=1)] = 30
@@ -442,14 +442,14 @@ def section(params: Mapping, cls: type, name: str):
 def top_level_keys() -> tuple[str, ...]:
     """Every section params.yaml may hold: :data:`SECTIONS` and one per registered classifier."""
     # Imported here: the registry imports this module for the classifiers' params classes.
-    from maskface.classifiers import available_classifiers
+    from maskface.evaluation.classifiers import available_classifiers
 
     return (*SECTIONS, *available_classifiers())
 
 
 def classifier_name(params: Mapping) -> str:
     """The ``classifier`` setting, checked against the classifier registry."""
-    from maskface.classifiers import available_classifiers
+    from maskface.evaluation.classifiers import available_classifiers
 
     name = params.get("classifier", "mlp")
     if name not in available_classifiers():
@@ -472,7 +472,7 @@ def backbone_settings(params: Mapping) -> dict[str, BackboneConfig]:
 
 def backbone_configs(params: Mapping) -> dict[str, BackboneConfig]:
     """All entries of ``backbones``, each checked against the backbone registry."""
-    from maskface.backbones import available_backbones
+    from maskface.models.backbones import available_backbones
 
     raw = params.get("backbones")
     if not isinstance(raw, Mapping) or not raw:

@@ -132,6 +132,6 @@ def test_removing_a_file_reruns_split(project: Path):
 
 
 def _manifest_paths(project: Path) -> list[str]:
-    from maskface.datasets import read_manifest
+    from maskface.data.datasets import read_manifest
 
     return read_manifest(project / "data" / "manifest.csv")["path"].tolist()

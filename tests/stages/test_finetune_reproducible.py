@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskface import facenet_opencv as fo
+from maskface.models import facenet_opencv as fo
 
 pytestmark = [
     pytest.mark.slow,
@@ -68,7 +68,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def test_building_the_weights_does_not_change_the_model(tmp_path: Path, repo_root: Path, toy_dataset):
     from maskface.config import CropConfig
-    from maskface.crop import crop_dataset
+    from maskface.face.crop import crop_dataset
 
     crops = tmp_path / "crops"
     crop_dataset(toy_dataset["manifest"], CropConfig(), 80, crops)

@@ -107,12 +107,12 @@ def _crash(*args, **kwargs):
 def test_a_crashed_validation_worker_is_one_line_and_exit_2(split_stage, stage_logging, tmp_path, monkeypatch, capsys):
     import _common
 
-    import maskface.datasets
+    import maskface.data.datasets
 
     params = {"data": {"source": "synthetic", "workers": 2, "synthetic": {"identities": 4, "images_per_identity": 4}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(maskface.datasets, "validate_image", _crash)  # the workers are forked with it
+    monkeypatch.setattr(maskface.data.datasets, "validate_image", _crash)  # the workers are forked with it
     with pytest.raises(SystemExit) as exit_:
         _common.run(split_stage.main, SPLIT_ARGV)
     assert exit_.value.code == 2

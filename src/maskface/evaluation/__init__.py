@@ -1,0 +1,1 @@
+"""Evaluation: pair classifiers, metrics, the evaluate stage, its report and plots."""

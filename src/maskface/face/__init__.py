@@ -1,0 +1,1 @@
+"""Face geometry: landmarks, alignment, crop modes and finding the mask."""

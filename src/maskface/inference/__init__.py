@@ -1,0 +1,1 @@
+"""Inference: embeddings and the self-contained model folder."""

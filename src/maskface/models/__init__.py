@@ -1,0 +1,1 @@
+"""The face networks: the backbone registry and their pretrained weights."""

@@ -1,0 +1,1 @@
+"""Fine-tuning: the ArcFace trainer, its loss, augmentation and several processes."""

@@ -1,0 +1,946 @@
+"""ArcFace fine-tuning of a registered backbone on the crop stage's arrays.
+
+One function, :func:`finetune`, runs the same way on a CPU, one GPU, or N GPUs under
+``torchrun --nproc_per_node=N`` (see :mod:`maskface.training.distributed`). It seeds, enters the
+distributed session and runs a :class:`Trainer`, whose steps (epoch, validation,
+checkpoint and resume, early stopping) are its methods:
+
+- batches are read straight from the crop stage's uint8 memory map (optionally in
+  ``loader_workers`` processes) and augmented there (:mod:`maskface.training.augment`);
+- AdamW or SGD with separate learning rates for the trunk (``lr``) and for the head plus
+  the ArcFace class centres (``head_lr``), linear warm-up then cosine decay, weight decay
+  on weight matrices only, gradient clipping;
+- CUDA: bf16 autocast where supported, else fp16 with a gradient scaler; channels-last;
+- validation pair accuracy and ROC AUC after every epoch (and before the first), the best
+  epoch kept, optional early stopping; curves through DVCLive;
+- a checkpoint after every epoch (model, class centres, optimiser, scaler, RNG states,
+  epoch) in ``checkpoint_dir``; a rerun with the same settings and data resumes from it
+  and, with ``deterministic``, ends with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from maskface.artifacts import file_sha256
+from maskface.training.augment import augment_batch, crop_landmarks
+from maskface.models.backbones import FaceEmbedder, create_model
+from maskface.config import ArcFaceConfig, BackboneConfig, FinetuneConfig
+from maskface.face.crop import IMAGES_FILE, PREPROCESS_FILE, open_crops
+from maskface.device import amp_dtype, autocast
+from maskface.training.distributed import (
+    DistributedContext,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    distributed_session,
+    epoch_batches,
+    gather_objects,
+    wrap_model,
+)
+from maskface.inference.embed import embed_array, save_model
+from maskface.errors import InputError
+from maskface.training.losses import ArcFaceLoss
+from maskface.evaluation.metrics import choose_threshold, confusion_at_threshold, roc_auc
+from maskface.tables import read_csv
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "last.pt"
+TRAINING_FILE = "training.json"
+# Settings that change how a run executes but not what it computes: a checkpoint written
+# under other values of these is still resumed.
+_EXECUTION_ONLY = ("device", "loader_workers", "resume")
+
+
+@dataclass
+class EpochResult:
+    """One epoch: mean training loss (ArcFace cross entropy, nats), the last learning-rate
+    multiplier of the schedule, validation pair accuracy and ROC AUC, wall time in seconds.
+    Epoch 0 is the model before any training (loss NaN, multiplier 0)."""
+
+    epoch: int
+    loss: float
+    lr_multiplier: float
+    val_accuracy: float
+    val_auc: float
+    seconds: float
+    # Pairs of another collection (data.validation_sources), when given; None otherwise.
+    xval_accuracy: float | None = None
+    xval_auc: float | None = None
+
+
+class StopTraining(Exception):
+    """Raised by an ``on_epoch_end`` callback to stop after a checkpoint (the run stays resumable)."""
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+def seed_everything(seed: int, deterministic: bool) -> dict:
+    """Seed Python, NumPy and torch (all devices); with ``deterministic``, only deterministic kernels.
+
+    Returns the previous global switches, for :func:`restore_determinism`: these are
+    process-wide, and a library call must not leave them changed.
+    """
+    previous = {
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs a fixed workspace for reproducible matmuls; read when CUDA first
+        # initialises cuBLAS, so it is set before any CUDA work of this process.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = torch.cuda.is_available()
+    return previous
+
+
+def restore_determinism(previous: dict) -> None:
+    torch.use_deterministic_algorithms(previous["deterministic"], warn_only=previous["warn_only"])
+    torch.backends.cudnn.deterministic = previous["cudnn_deterministic"]
+    torch.backends.cudnn.benchmark = previous["cudnn_benchmark"]
+
+
+def rng_state() -> dict:
+    """Every global RNG this process trains with, as tensors and plain Python values."""
+    version, mt, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        saved = state["cuda"]
+        if len(saved) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(saved)
+        else:
+            logger.warning("checkpoint has CUDA RNG states of %d devices, %d visible: not restored", len(saved), torch.cuda.device_count())
+
+
+# --------------------------------------------------------------------------- schedule, optimiser, precision
+
+
+def cosine_schedule(step: int, total: int, warmup: int) -> float:
+    """LR multiplier at ``step`` (0-based): linear warm-up over ``warmup`` steps, then cosine to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def parameter_groups(model: FaceEmbedder, loss_fn: nn.Module, config: BackboneConfig) -> list[dict]:
+    """Optimiser groups: trunk at ``lr``, head and class centres at ``head_lr`` (``lr`` if null).
+
+    Weight decay applies to weight matrices and kernels only; biases and batch-norm
+    scales (1-d tensors) are exempt, as decaying them only fights the normalisation.
+    """
+    head_lr = config.head_lr if config.head_lr is not None else config.lr
+    parts = (
+        ("trunk", model.trunk_parameters(), config.lr),
+        ("head", model.head_parameters() + [p for p in loss_fn.parameters() if p.requires_grad], head_lr),
+    )
+    groups = []
+    for name, params, lr in parts:
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append(
+                    {
+                        "params": chosen,
+                        "lr": lr,
+                        "base_lr": lr,
+                        "weight_decay": config.weight_decay if decay else 0.0,
+                        "name": f"{name}{'' if decay else '_no_decay'}",
+                    }
+                )
+    return groups
+
+
+def build_optimizer(groups: list[dict], config: BackboneConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum (plain SGD at momentum 0)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.momentum > 0)
+    raise ValueError(f"optimizer {config.optimizer!r} is invalid; valid: adamw, sgd")
+
+
+def training_precision(device: torch.device, amp: bool) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a gradient scaler is needed).
+
+    bf16 where the GPU supports it (no scaler: bf16 has fp32's exponent range), else fp16
+    with a scaler (its 5-bit exponent underflows small gradients); fp32 on CPU and with
+    ``amp`` off.
+    """
+    dtype = amp_dtype(device) if amp else None
+    return dtype, dtype == torch.float16
+
+
+# --------------------------------------------------------------------------- data
+
+
+class BatchSource(Dataset):
+    """Augmented training batches from the crop memmap; item ``k`` is this epoch's batch ``k``.
+
+    Each batch gets its own RNG seeded with (seed, epoch, rank, k), so batches do not
+    depend on which worker process makes them nor on where a resumed run restarted.
+    The memmap is opened lazily in each process (pickling one would copy the array).
+    """
+
+    def __init__(
+        self,
+        images_path: Path,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        masked: np.ndarray,
+        landmarks: np.ndarray,
+        config: FinetuneConfig,
+        rank: int,
+    ):
+        self.images_path = Path(images_path)
+        self.rows = rows
+        self.labels = labels
+        self.masked = masked
+        self.landmarks = landmarks
+        self.augment = {
+            "mask_p": config.mask_augment_p,
+            "mask_styles": tuple(config.mask_styles),
+            "flip_p": config.flip_p,
+            "brightness": config.brightness,
+            "contrast": config.contrast,
+            "saturation": config.saturation,
+        }
+        self.seed = config.seed
+        self.rank = rank
+        self.epoch = 0
+        self.batches: list[np.ndarray] = []
+        self._images: np.ndarray | None = None
+
+    def set_epoch(self, epoch: int, batches: list[np.ndarray]) -> None:
+        """``batches``: positions into ``rows`` (see :func:`maskface.training.distributed.epoch_batches`)."""
+        self.epoch = epoch
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_images"] = None
+        return state
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (uint8 (B, 3, S, S), int64 (B,) class labels)."""
+        if self._images is None:
+            self._images = np.load(self.images_path, mmap_mode="r")
+        chosen = self.batches[k]
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, k])
+        pixels = augment_batch(
+            np.asarray(self._images[self.rows[chosen]]),
+            self.masked[chosen],
+            self.landmarks[chosen],
+            rng,
+            **self.augment,
+        )
+        return torch.from_numpy(pixels), torch.from_numpy(self.labels[chosen].astype(np.int64))
+
+
+class ArcFaceTrainer(nn.Module):
+    """Embedder and ArcFace loss as one module, so DDP averages the class centres' gradients too.
+
+    With an ``anchor`` network (the untouched pretrained embedder, frozen) the loss adds
+    ``anchor_weight * mean(1 - cos(embedding, anchor embedding))`` over the batch: a pull
+    toward what the network knew before, which keeps a small fine-tuning set from making it
+    forget faces from other collections (feature distillation, as in LwF).
+    """
+
+    def __init__(self, model: FaceEmbedder, loss_fn: ArcFaceLoss, anchor: FaceEmbedder | None = None, anchor_weight: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+        self.anchor_weight = float(anchor_weight)
+        # A plain attribute, not a submodule: never trained, saved, or synchronised by DDP.
+        self.__dict__["anchor"] = anchor
+
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        embeddings = self.model(pixels)
+        loss = self.loss_fn(embeddings, labels)
+        if self.anchor is not None and self.anchor_weight > 0:
+            with torch.no_grad():
+                target = self.anchor(pixels)
+            loss = loss + self.anchor_weight * (1.0 - (embeddings * target).sum(dim=1)).mean()
+        return loss
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def pair_scores(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.DataFrame) -> np.ndarray:
+    """Cosine similarity of each pair; embeddings are unit rows so it is a dot product."""
+    a = embeddings[pairs["path_a"].map(row_of).to_numpy()]
+    b = embeddings[pairs["path_b"].map(row_of).to_numpy()]
+    return np.einsum("ij,ij->i", a, b)
+
+
+def pair_metrics(model: FaceEmbedder, images: np.ndarray, index: pd.DataFrame, pairs: pd.DataFrame, batch_size: int, device) -> tuple[float, float]:
+    """Val pair accuracy (threshold chosen on the same pairs: a model-selection signal) and ROC AUC."""
+    needed = sorted(set(pairs["path_a"]) | set(pairs["path_b"]))
+    row_of_path = {path: row for row, path in enumerate(index["path"])}
+    missing = [p for p in needed if p not in row_of_path]
+    if missing:
+        raise InputError(f"{len(missing)} validation pair images are not in the crops, e.g. {missing[0]!r}; rerun the crop stage")
+    rows = np.array([row_of_path[p] for p in needed])
+    embeddings = embed_array(model, images, rows, batch_size=batch_size, device=device, progress=False)
+    scores = pair_scores(embeddings, {p: i for i, p in enumerate(needed)}, pairs)
+    labels = pairs["label"].to_numpy()
+    threshold = choose_threshold(scores, labels)
+    accuracy = confusion_at_threshold(scores, labels, threshold)["accuracy"]
+    return float(accuracy), float(roc_auc(scores, labels))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_fingerprint(
+    backbone: str,
+    crops_dir: Path,
+    val_pairs_path: Path,
+    backbone_config: BackboneConfig,
+    arcface: ArcFaceConfig,
+    config: FinetuneConfig,
+    world_size: int,
+    cross_val_pairs_path: Path | None = None,
+) -> str:
+    """SHA-256 of everything that decides the trained weights: settings, crops, pairs, process count."""
+    settings = {k: v for k, v in config.model_dump().items() if k not in _EXECUTION_ONLY}
+    payload = {
+        "backbone": backbone,
+        "backbone_config": backbone_config.model_dump(),
+        "arcface": arcface.model_dump(),
+        "finetune": settings,
+        "world_size": world_size,
+        "crops": {name: file_sha256(crops_dir / name) for name in (IMAGES_FILE, "index.csv", PREPROCESS_FILE)},
+        "val_pairs": file_sha256(val_pairs_path),
+    }
+    if cross_val_pairs_path is not None:
+        # They pick the kept epoch too; a checkpoint written under other ones is not resumed.
+        payload["cross_val_pairs"] = file_sha256(cross_val_pairs_path)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """torch.save to a temporary file, then an atomic rename: a kill mid-write leaves the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(state, partial)
+    os.replace(partial, path)
+
+
+def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
+    """The checkpoint at ``path`` if it was written for ``fingerprint``; None (with a log line) otherwise."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a damaged checkpoint must not stop a fresh run
+        logger.warning("checkpoint %s is unreadable (%s); training from the start", path, error)
+        return None
+    if state.get("fingerprint") != fingerprint:
+        logger.warning("checkpoint %s was written for other settings or data; training from the start", path)
+        return None
+    return state
+
+
+# --------------------------------------------------------------------------- training
+
+
+def finetune(
+    backbone: str,
+    crops_dir: Path,
+    val_pairs_path: Path,
+    out_dir: Path,
+    live_dir: Path,
+    backbone_config: BackboneConfig,
+    arcface: ArcFaceConfig,
+    config: FinetuneConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_epoch_end: Callable[[EpochResult], None] | None = None,
+    progress: bool = True,
+    cross_val_pairs_path: Path | None = None,
+) -> dict:
+    """Fine-tune ``backbone`` with ArcFace on the training identities; keep the best epoch.
+
+    Args:
+        crops_dir: the crop stage's folder (images.npy uint8 (N, 3, S, S), index.csv, preprocess.json).
+        val_pairs_path: validation pairs (path_a, path_b, label), scored after every epoch.
+        out_dir: receives model.pt, model.json, preprocess.json, training.json (rank 0 only).
+        live_dir: DVCLive curves (``train/loss``, ``train/lr_multiplier``, ``val/accuracy``, ``val/auc``).
+        checkpoint_dir: where ``last.pt`` goes after each epoch; None = no checkpoints. A
+            checkpoint of the same settings and data is resumed (``config.resume``); it is
+            deleted once training completes.
+        on_epoch_end: called on every rank with each epoch's result after its checkpoint;
+            raising :class:`StopTraining` there stops the run, resumably.
+        cross_val_pairs_path: pairs of another collection (the split stage's ``xval.csv``);
+            when it holds both classes, the kept epoch is the best on the mean of the two
+            sets' metric, epoch 0 (the untouched network) included.
+
+    Under ``torchrun`` every process calls this; see :mod:`maskface.training.distributed`.
+    Returns the training summary (also written as training.json).
+    """
+    previous = seed_everything(config.seed, config.deterministic)
+    try:
+        with distributed_session(config.device) as (context, device):
+            trainer = Trainer(
+                backbone, crops_dir, val_pairs_path, out_dir, live_dir, backbone_config, arcface, config,
+                context=context, device=device, checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end,
+                progress=progress, cross_val_pairs_path=cross_val_pairs_path,
+            )
+            return trainer.fit()
+    finally:
+        restore_determinism(previous)
+
+
+class Validation(NamedTuple):
+    """Pair accuracy and ROC AUC on the val pairs, and on the other collection's (None without them)."""
+
+    accuracy: float
+    auc: float
+    xval_accuracy: float | None = None
+    xval_auc: float | None = None
+
+
+class Trainer:
+    """One ArcFace fine-tuning run, as steps that can be called one by one.
+
+    Construction reads the crops and pairs and builds the model, the ArcFace class centres,
+    the optimiser, the gradient scaler and the training module (DDP across processes). It
+    draws from the global random generators: seed first (:func:`finetune` does, and enters
+    the distributed session that gives ``context`` and ``device``).
+
+    :meth:`fit` is the whole run: :meth:`resume` or epoch 0 (:meth:`validate_untouched`);
+    then per epoch :meth:`run_epoch` (:meth:`train_epoch`, :meth:`validate`, :meth:`record`,
+    :meth:`should_stop`), :meth:`save_checkpoint` and the ``on_epoch_end`` callback; at the
+    end :meth:`summary` and :meth:`save_outputs`.
+
+    Between steps the run's state is in ``epoch`` (the last one finished, 0 = only the
+    untouched network), ``step`` (optimiser steps so far), ``initial`` (epoch 0),
+    ``history`` (epochs 1..), ``best_score`` / ``best_epoch`` / ``best_state``,
+    ``bad_epochs`` (epochs since the best) and ``stopped_early``.
+    """
+
+    def __init__(
+        self,
+        backbone: str,
+        crops_dir: Path,
+        val_pairs_path: Path,
+        out_dir: Path,
+        live_dir: Path,
+        backbone_config: BackboneConfig,
+        arcface: ArcFaceConfig,
+        config: FinetuneConfig,
+        *,
+        context: DistributedContext | None = None,
+        device: torch.device | str = "cpu",
+        checkpoint_dir: Path | None = None,
+        on_epoch_end: Callable[[EpochResult], None] | None = None,
+        progress: bool = True,
+        cross_val_pairs_path: Path | None = None,
+    ):
+        self.backbone = backbone
+        self.crops_dir, self.val_pairs_path = Path(crops_dir), Path(val_pairs_path)
+        self.cross_val_pairs_path = None if cross_val_pairs_path is None else Path(cross_val_pairs_path)
+        self.out_dir, self.live_dir = Path(out_dir), Path(live_dir)
+        self.backbone_config, self.arcface, self.config = backbone_config, arcface, config
+        self.context = context if context is not None else DistributedContext()
+        self.device = torch.device(device)
+        self.checkpoint_path = None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_FILE
+        self.on_epoch_end = on_epoch_end
+        self.progress = progress
+
+        self._read_data()
+        self._build_model()
+        self.steps_per_epoch = len(epoch_batches(len(self.train_rows), self.batch_size, self.context, config.seed, 0))
+        self.total_steps = self.steps_per_epoch * backbone_config.epochs
+        self.warmup = min(self.total_steps, round(backbone_config.warmup_epochs * self.steps_per_epoch))
+        self._log_plan()
+        self.fingerprint = self._fingerprint()
+        self.metric_of = _selection_metric(config.select_by, self.cross_val_pairs is not None)
+
+        self.epoch = 0
+        self.step = 0
+        self.bad_epochs = 0
+        self.stopped_early = False
+        self.initial: EpochResult | None = None
+        self.history: list[EpochResult] = []
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.resumed_from: int | None = None
+        self.live = None
+
+    # ----------------------------------------------------------------------- construction
+
+    def _read_data(self) -> None:
+        """The training rows with their class labels and mask landmarks, the batch source, the pairs."""
+        self.images, self.index = open_crops(self.crops_dir)
+        index = self.index
+        preprocess = json.loads((self.crops_dir / PREPROCESS_FILE).read_text())
+        self.train_rows = train_rows = np.flatnonzero((index["split"] == "train").to_numpy())
+        if len(train_rows) == 0:
+            raise InputError(f"no training images in {self.crops_dir}; check split.ratios")
+        self.identities = sorted(index.loc[train_rows, "identity"].unique())
+        if len(self.identities) < 2:
+            raise InputError(f"ArcFace needs at least 2 training identities; found {len(self.identities)}")
+        label_of = {identity: k for k, identity in enumerate(self.identities)}
+        train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
+        self.val_pairs = read_csv(self.val_pairs_path)
+        self.cross_val_pairs = None
+        if self.cross_val_pairs_path is not None:
+            table = read_csv(self.cross_val_pairs_path)
+            # Both classes are needed for an AUC; an empty table means no validation_sources.
+            self.cross_val_pairs = table if len(table) and table["label"].astype(bool).nunique() == 2 else None
+        world_size = self.context.world_size
+        self.batch_size = min(self.backbone_config.batch_size, len(train_rows))
+        if self.batch_size < 2 * world_size:
+            raise InputError(
+                f"batch_size {self.batch_size} gives fewer than 2 images per process on {world_size} processes "
+                f"(the head's batch norm needs 2); valid: batch_size >= {2 * world_size}"
+            )
+
+        landmarks, sources = crop_landmarks(
+            index.iloc[train_rows].reset_index(drop=True), preprocess.get("crop", {}), self.images.shape[-1]
+        )
+        self.landmark_sources = {str(name): int(count) for name, count in zip(*np.unique(sources, return_counts=True))}
+        self.source = BatchSource(
+            self.crops_dir / IMAGES_FILE, train_rows, train_labels, index["masked"].to_numpy()[train_rows], landmarks,
+            self.config, self.context.rank,
+        )
+
+    def _build_model(self) -> None:
+        """Embedder, ArcFace class centres, optimiser, gradient scaler and the training module, on ``device``."""
+        backbone_config, device = self.backbone_config, self.device
+        model = create_model(
+            self.backbone,
+            weights=backbone_config.weights,
+            embedding_size=backbone_config.embedding_size,
+            input_size=self.images.shape[-1],
+        )
+        if backbone_config.head_init == "identity":
+            model.init_head_identity()
+        pretrained = model.pretrained is not None
+        self.trainable = model.configure_training(
+            backbone_config.train_layers, backbone_config.freeze_bn_stats and pretrained
+        )
+        loss_fn = ArcFaceLoss(
+            backbone_config.embedding_size, len(self.identities),
+            scale=self.arcface.scale, margin_rad=self.arcface.margin_rad,
+        )
+        model.to(device)
+        loss_fn.to(device)
+        if device.type == "cuda":
+            model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(parameter_groups(model, loss_fn, backbone_config), backbone_config)
+        self.dtype, use_scaler = training_precision(device, self.config.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        anchor = None
+        if backbone_config.anchor > 0 and pretrained:
+            anchor = copy.deepcopy(model).eval().requires_grad_(False)
+        self.model, self.loss_fn = model, loss_fn
+        self.network = wrap_model(ArcFaceTrainer(model, loss_fn, anchor, backbone_config.anchor), self.context, device)
+        self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    def _log_plan(self) -> None:
+        if self.context.is_main:
+            logger.info(
+                "%s: %d training images of %d identities; trainable %s (%d parameters); %d x %d steps of %d images "
+                "on %d process(es), device %s, precision %s; mask landmarks %s",
+                self.backbone, len(self.train_rows), len(self.identities), self.trainable or "head only",
+                self.n_trainable, self.backbone_config.epochs, self.steps_per_epoch, self.batch_size,
+                self.context.world_size, self.device, _dtype_name(self.dtype), self.landmark_sources,
+            )
+
+    def _fingerprint(self) -> str | None:
+        """What a checkpoint must have been written for to be resumed; None without checkpoints."""
+        if self.checkpoint_path is None:
+            return None
+        fingerprint = None
+        if self.context.is_main:  # hashing the crops once is enough; every rank resumes the same file
+            fingerprint = checkpoint_fingerprint(
+                self.backbone, self.crops_dir, self.val_pairs_path, self.backbone_config, self.arcface, self.config,
+                self.context.world_size, self.cross_val_pairs_path,
+            )
+        return broadcast_object(fingerprint, self.context)
+
+    # ----------------------------------------------------------------------- the run
+
+    def fit(self) -> dict:
+        """Resume, or score the untouched network (epoch 0); train epoch by epoch with a checkpoint
+        after each until the last epoch or early stopping; save the best epoch. -> the summary."""
+        resumed = self.resume()
+        if self.context.is_main:
+            from dvclive import Live
+
+            self.live_dir.mkdir(parents=True, exist_ok=True)
+            self.live = Live(dir=str(self.live_dir), resume=resumed, save_dvc_exp=False, dvcyaml=None, report=None)
+        try:
+            if not resumed:
+                self.validate_untouched()
+            for epoch in range(self.epoch + 1, self.backbone_config.epochs + 1):
+                if self.stopped_early:
+                    break
+                result = self.run_epoch(epoch)
+                self.save_checkpoint()
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(result)
+        finally:
+            if self.live is not None:
+                self.live.end()
+        summary = self.summary()
+        self.save_outputs(summary)
+        return summary
+
+    def validate_untouched(self) -> EpochResult:
+        """Epoch 0: the network before any training step, the first candidate for the kept epoch."""
+        started = time.perf_counter()
+        scores = self.validate()
+        result = EpochResult(
+            0, float("nan"), 0.0, scores.accuracy, scores.auc, time.perf_counter() - started,
+            scores.xval_accuracy, scores.xval_auc,
+        )
+        self.record(result)
+        self._log(result)
+        return result
+
+    def run_epoch(self, epoch: int) -> EpochResult:
+        """Train one epoch, score it, keep it if it is the best so far, decide on early stopping."""
+        started = time.perf_counter()
+        loss, multiplier = self.train_epoch(epoch)
+        scores = self.validate()
+        result = EpochResult(
+            epoch, loss, multiplier, scores.accuracy, scores.auc, time.perf_counter() - started,
+            scores.xval_accuracy, scores.xval_auc,
+        )
+        self.record(result)
+        self.stopped_early = self.should_stop()
+        self._log(result)
+        return result
+
+    # ----------------------------------------------------------------------- the steps
+
+    def train_epoch(self, epoch: int) -> tuple[float, float]:
+        """One pass over this epoch's batches -> (mean loss over all processes, last LR multiplier).
+
+        Raises InputError when the loss is no longer finite (a learning rate too high).
+        """
+        config, device = self.config, self.device
+        self.source.set_epoch(epoch, epoch_batches(len(self.train_rows), self.batch_size, self.context, config.seed, epoch))
+        loader = DataLoader(
+            self.source, batch_size=None, shuffle=False, num_workers=config.loader_workers,
+            pin_memory=device.type == "cuda",
+        )
+        self.network.train()
+        running = torch.zeros((), dtype=torch.float64, device=device)
+        multiplier = 0.0
+        bar = tqdm(
+            loader, desc=f"{self.backbone} epoch {epoch}", unit="step", leave=False,
+            disable=not (self.progress and self.context.is_main),
+        )
+        for batch, (pixels, labels) in enumerate(bar):
+            loss, multiplier = self.train_step(pixels, labels)
+            running += loss.detach()
+            if batch % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        mean_loss = all_reduce_mean(float(running.item()) / max(1, len(self.source)), self.context, device)
+        if not math.isfinite(mean_loss):
+            raise InputError(
+                f"{self.backbone}: training loss became {mean_loss} in epoch {epoch}; lower backbones.{self.backbone}.lr "
+                f"(now {self.backbone_config.lr}) or head_lr, or keep finetune.grad_clip_norm > 0"
+            )
+        return mean_loss, multiplier
+
+    def train_step(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """One optimiser step on one batch at the schedule's learning rate -> (loss, LR multiplier)."""
+        device = self.device
+        pixels = pixels.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if device.type == "cuda":
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        multiplier = cosine_schedule(self.step, self.total_steps, self.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * multiplier
+        with autocast(device, self.dtype):
+            loss = self.network(pixels, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), max_norm=self.config.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return loss, multiplier
+
+    def validate(self) -> Validation:
+        """The model as it is now on the val pairs and on the other collection's pairs.
+
+        Rank 0 scores them and broadcasts the result, so every rank agrees on early stopping.
+        """
+        result = None
+        if self.context.is_main:
+            batch_size = max(self.batch_size, 32)
+            val = pair_metrics(self.model, self.images, self.index, self.val_pairs, batch_size, self.device)
+            cross = (None, None)
+            if self.cross_val_pairs is not None:
+                cross = pair_metrics(self.model, self.images, self.index, self.cross_val_pairs, batch_size, self.device)
+            result = Validation(*val, *cross)
+        return broadcast_object(result, self.context)
+
+    def record(self, result: EpochResult) -> None:
+        """Add an epoch's result; keep its weights when it beats the best so far (epoch 0 always
+        does), else count it toward ``patience``."""
+        if result.epoch == 0:
+            self.initial = result
+        else:
+            self.history.append(result)
+        score = self.metric_of(result)
+        if result.epoch == 0 or score > self.best_score:
+            # Only rank 0 saves; the others need just the score to agree on early stopping.
+            state = _cpu_state(self.model) if self.context.is_main else {}
+            self.best_score, self.best_epoch, self.best_state, self.bad_epochs = score, result.epoch, state, 0
+        else:
+            self.bad_epochs += 1
+        self.epoch = result.epoch
+
+    def should_stop(self) -> bool:
+        """Early stopping: ``patience`` epochs in a row without a better score, and epochs left to run."""
+        patience = self.config.patience
+        return patience is not None and self.bad_epochs >= patience and self.epoch < self.backbone_config.epochs
+
+    def save_checkpoint(self) -> None:
+        """``last.pt`` after the current epoch: all :meth:`resume` needs to go on as if never stopped.
+
+        Weights, class centres, optimiser and scaler state, every rank's RNG state, the
+        results so far and the best epoch's weights. Nothing without a checkpoint folder.
+        """
+        if self.checkpoint_path is None:
+            return
+        rng_states = gather_objects(rng_state(), self.context)
+        if self.context.is_main:
+            save_checkpoint(
+                self.checkpoint_path,
+                {
+                    "fingerprint": self.fingerprint,
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "bad_epochs": self.bad_epochs,
+                    "stopped_early": self.stopped_early,
+                    "model": _cpu_state(self.model),
+                    "loss": _cpu_state(self.loss_fn),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    "rng": rng_states,
+                    "initial": asdict(self.initial),
+                    "history": [asdict(h) for h in self.history],
+                    "best_score": self.best_score,
+                    "best_epoch": self.best_epoch,
+                    "best_state": self.best_state,
+                },
+            )
+        barrier(self.context)
+
+    def resume(self) -> bool:
+        """Load ``last.pt`` when ``config.resume`` is on and it was written for these settings and
+        data (see :func:`checkpoint_fingerprint`). False, with nothing changed, otherwise."""
+        if self.checkpoint_path is None or not self.config.resume:
+            return False
+        state = load_checkpoint(self.checkpoint_path, self.fingerprint)
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        self.loss_fn.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][self.context.rank])
+        self.history = [EpochResult(**entry) for entry in state["history"]]
+        self.initial = EpochResult(**state["initial"])
+        self.best_score, self.best_epoch, self.best_state = state["best_score"], state["best_epoch"], state["best_state"]
+        self.epoch, self.step, self.bad_epochs = state["epoch"], state["step"], state["bad_epochs"]
+        self.stopped_early = bool(state["stopped_early"])
+        self.resumed_from = self.epoch
+        if self.context.is_main:
+            logger.info("%s: resuming after epoch %d from %s", self.backbone, self.epoch, self.checkpoint_path)
+        return True
+
+    # ----------------------------------------------------------------------- outputs
+
+    def _log(self, result: EpochResult) -> None:
+        """An epoch's curves (DVCLive step = epoch) and log line, on rank 0."""
+        if self.live is not None:
+            self.live.step = result.epoch
+            if result.epoch > 0:
+                self.live.log_metric("train/loss", result.loss)
+                self.live.log_metric("train/lr_multiplier", result.lr_multiplier)
+            self.live.log_metric("val/accuracy", result.val_accuracy)
+            self.live.log_metric("val/auc", result.val_auc)
+            if result.xval_auc is not None:
+                self.live.log_metric("xval/accuracy", result.xval_accuracy)
+                self.live.log_metric("xval/auc", result.xval_auc)
+            self.live.next_step()
+        if not self.context.is_main:
+            return
+        if result.epoch == 0:
+            logger.info(
+                "%s: before fine-tuning val accuracy %.4f auc %.4f%s",
+                self.backbone, result.val_accuracy, result.val_auc, _cross_text(result),
+            )
+        else:
+            logger.info(
+                "%s epoch %d: loss %.4f val accuracy %.4f auc %.4f%s (%.0f s)%s",
+                self.backbone, result.epoch, result.loss, result.val_accuracy, result.val_auc, _cross_text(result),
+                result.seconds, f"; no better epoch for {self.bad_epochs}, stopping" if self.stopped_early else "",
+            )
+
+    def summary(self) -> dict:
+        """The run as training.json holds it: settings, what it started from, every epoch, the kept one."""
+        backbone_config, config = self.backbone_config, self.config
+        return {
+            "backbone": self.backbone,
+            "weights": backbone_config.weights,
+            # What `weights` resolved to: spec, file name, sha256 and origin (official | converted);
+            # None when the trunk started from random initialisation.
+            "started_from": self.model.pretrained,
+            "train_layers": backbone_config.train_layers,
+            "trainable_groups": self.trainable,
+            "trainable_parameters": self.n_trainable,
+            "best_epoch": self.best_epoch,
+            "select_by": config.select_by,
+            # val: the val pairs alone; val+xval: their mean with another collection's pairs.
+            "selected_on": "val+xval" if self.cross_val_pairs is not None else "val",
+            "best_val_" + config.select_by: self.best_score,
+            "stopped_early": self.stopped_early,
+            "resumed_from_epoch": self.resumed_from,
+            "before": _without_wall_time(self.initial),
+            "epochs": [_without_wall_time(h) for h in self.history],
+            "train_images": int(len(self.train_rows)),
+            "train_identities": len(self.identities),
+            "mask_landmark_sources": self.landmark_sources,
+            "device": str(self.device),
+            "processes": self.context.world_size,
+            "precision": _dtype_name(self.dtype),
+            "settings": {
+                "backbone": backbone_config.model_dump(),
+                "arcface": self.arcface.model_dump(),
+                "finetune": config.model_dump(),
+            },
+        }
+
+    def save_outputs(self, summary: dict) -> None:
+        """Rank 0: the best epoch's weights as a model folder with preprocess.json and training.json;
+        the checkpoint is removed (a finished run needs no resuming)."""
+        if self.context.is_main:
+            model, out_dir = self.model, self.out_dir
+            model.load_state_dict(self.best_state)
+            model.to("cpu").to(memory_format=torch.contiguous_format)
+            extra = {
+                "weights": self.backbone_config.weights,
+                "started_from": model.pretrained,
+                "train_layers": self.backbone_config.train_layers,
+                "head_init": self.backbone_config.head_init,
+            }
+            save_model(model, out_dir, extra)
+            shutil.copyfile(self.crops_dir / PREPROCESS_FILE, out_dir / PREPROCESS_FILE)
+            (out_dir / TRAINING_FILE).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
+            if self.checkpoint_path is not None:
+                # A stale file would only be refused by the next run.
+                self.checkpoint_path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # only removed when empty
+                    self.checkpoint_path.parent.rmdir()
+            logger.info(
+                "%s: kept epoch %d (val %s %.4f) -> %s",
+                self.backbone, self.best_epoch, self.config.select_by, self.best_score, out_dir,
+            )
+        barrier(self.context)
+
+
+def _selection_metric(select_by: str, cross_validated: bool) -> Callable[[EpochResult], float]:
+    """The score that picks the kept epoch: the val pairs' AUC (or accuracy), averaged with the
+    other collection's when there is one, so an epoch that gains here by forgetting there loses."""
+    if not cross_validated:
+        return lambda r: getattr(r, f"val_{select_by}")
+    return lambda r: 0.5 * (getattr(r, f"val_{select_by}") + getattr(r, f"xval_{select_by}"))
+
+
+def _cross_text(result: EpochResult) -> str:
+    if result.xval_auc is None:
+        return ""
+    return f", other collection accuracy {result.xval_accuracy:.4f} auc {result.xval_auc:.4f}"
+
+
+def _without_wall_time(result: EpochResult) -> dict:
+    """An epoch for training.json: wall time stays in the log, not in the model folder.
+
+    The same code, data and settings give bit-identical weights; with timings inside,
+    every rerun would still give the model folder a new hash, and DVC a "changed" model.
+    """
+    return {key: value for key, value in asdict(result).items() if key != "seconds"}
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return str(dtype or torch.float32).removeprefix("torch.")
+
+
+def _json_safe(value):
+    """NaN (epoch 0's loss) -> None, so training.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
