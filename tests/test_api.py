@@ -1,19 +1,25 @@
 """maskface.load_model: embed / verify / enroll / identify over a model folder, checked against the pipeline."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from maskface import api
 from maskface.api import UNKNOWN, Gallery, GalleryError, expand_paths, load_gallery, load_model
 from maskface.models.backbones import create_model
 from maskface.evaluation.classify import pair_features
 from maskface.face.crop import open_crops
 from maskface.inference.embed import embed_array, save_model
-from maskface.inference.model_folder import ImageError
+from maskface.errors import UserError
+from maskface.inference.model_folder import ImageError, ModelFolderError
 
 
 def as_cosine_folder(folder, target, threshold):
@@ -102,6 +108,105 @@ def test_overlapped_decoding_keeps_order_and_failures_across_batches(built, tmp_
     np.testing.assert_allclose(result.embeddings, built["embeddings"][:7], atol=1e-5)
     with pytest.raises(ValueError, match="decode_workers 0 is invalid"):
         load_model(built["dir"], device="cpu", decode_workers=0)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_decoding_processes_keep_order_and_report_every_failure(built, tmp_path, monkeypatch, workers):
+    # Chunks of 3 files and a window of 7 images: failures fall at the start, middle and end
+    # of chunks and of batches, and an array between files is prepared in a thread.
+    monkeypatch.setattr(api, "DECODE_CHUNK", 3)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("shopping list")
+    gone = tmp_path / "gone.png"
+    paths = built["index"]["path"].tolist()
+    array = np.asarray(Image.open(paths[5]).convert("RGB"))
+    mixed = [bad, *paths[:10], gone, *paths[10:40], array, *paths[40:], bad]
+    rows = [*range(10), *range(10, 40), 5, *range(40, len(paths))]
+    model = load_model(built["dir"], device="cpu", batch_size=8, precision="fp32", decode_workers=workers)
+    with api._Decoder(mixed, model.folder.preprocess, workers, window=7) as decoder:
+        assert decoder.processes is not None  # files went to worker processes
+        prepared = list(decoder.results())
+    assert [position for position, _ in prepared] == list(range(len(mixed)))
+    images, _ = open_crops(built["crops"])
+    usable = [pixels for _, pixels in prepared if not isinstance(pixels, ImageError)]
+    np.testing.assert_array_equal(np.stack(usable), images[rows])  # the crop stage's own tensors
+    result = model.embed_many(mixed)
+    assert result.positions == [k for k, item in enumerate(mixed) if not (isinstance(item, Path) and item in (bad, gone))]
+    assert [(f.source, f.reason.split(":")[0]) for f in result.failures] == [
+        (str(bad), "not an image"), (str(gone), "missing"), (str(bad), "not an image"),
+    ]
+    assert result.sources[40] == "array #42" and result.positions[40] == 42  # after 40 usable files
+    np.testing.assert_allclose(result.embeddings, built["embeddings"][rows], atol=1e-5)
+
+
+def test_models_that_detect_faces_decode_in_threads(tmp_path):
+    # MTCNN runs in torch, which the command's process loads anyway; a worker would load it again.
+    aligned = {"input_size": 64, "crop": {"mode": "none", "align": True, "landmarks": "mtcnn", "detect_device": "cpu"}}
+    plain = {"input_size": 64, "crop": {"mode": "ratio", "keep_ratio": 0.75}}
+    gone = [tmp_path / f"gone{k}.png" for k in range(api.PROCESS_MIN_FILES)]
+    for settings, in_processes in ((aligned, False), (plain, True)):
+        with api._Decoder(gone, settings, None, window=8) as decoder:
+            assert (decoder.processes is not None) == in_processes
+            assert [str(error) for _, error in decoder.results()] == [f"{path}: missing: no such file" for path in gone]
+    with api._Decoder(gone[1:], plain, None, window=8) as decoder:
+        assert decoder.processes is None  # too few files to pay for worker processes
+
+
+def _die(chunk):
+    os._exit(3)
+
+
+def test_a_decoding_process_that_dies_is_a_one_line_error_naming_its_files(built, monkeypatch):
+    # What a file that crashes the image decoder does: the worker vanishes mid-chunk.
+    monkeypatch.setattr(api, "_decode_files", _die)
+    paths = built["index"]["path"].tolist()
+    model = load_model(built["dir"], device="cpu", precision="fp32")
+    with pytest.raises(UserError, match=rf"a process decoding images died abruptly .* one of {api.DECODE_CHUNK} files: {paths[0]} \.\.\. "):
+        model.embed_many(paths)
+
+
+def test_a_lazy_model_decodes_before_torch_loads_and_embeds_alike(built):
+    """In a fresh interpreter: load_model(lazy=True) imports no torch; the first embedding call
+    starts the decoding processes before torch loads, and gives the eager model's embeddings."""
+    probe = (
+        "import json, sys\n"
+        "import numpy as np\n"
+        "import maskface.api as api\n"
+        "started = []\n"
+        "class Spy(api._Decoder):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        started.append('torch' in sys.modules)\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        started.append(self.processes is not None)\n"
+        "api._Decoder = Spy\n"
+        "model = api.load_model(sys.argv[1], device='cpu', precision='fp32', lazy=True)\n"
+        "loaded = 'torch' in sys.modules\n"
+        "vectors = model.embed(sys.argv[2:])\n"
+        "print(json.dumps({'torch_at_load': loaded, 'decoder': started, 'vectors': vectors.tolist()}))\n"
+    )
+    paths = built["index"]["path"].tolist()
+    result = subprocess.run([sys.executable, "-c", probe, str(built["dir"]), *paths], capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout)
+    assert report["torch_at_load"] is False
+    assert report["decoder"] == [False, True]  # no torch yet when the worker processes started
+    np.testing.assert_allclose(np.array(report["vectors"]), built["embeddings"], atol=1e-5)
+
+
+def test_a_lazy_model_reports_bad_weights_at_first_use(built, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(built["dir"], broken)
+    (broken / "backbone" / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelFolderError, match="cannot load the weights"):
+        load_model(broken, device="cpu")
+    lazy = load_model(broken, device="cpu", lazy=True)
+    with pytest.raises(ModelFolderError, match="model.pt: cannot load the weights"):
+        lazy.embed_many(built["index"]["path"].tolist())
+    config = json.loads((broken / "backbone" / "model.json").read_text())
+    (broken / "backbone" / "model.json").write_text(json.dumps({**config, "backbone": "resnet9000"}))
+    with pytest.raises(ModelFolderError, match="backbone 'resnet9000' is unknown"):
+        load_model(broken, device="cpu")
+    with pytest.raises(ModelFolderError, match="backbone 'resnet9000' is unknown"):
+        load_model(broken, device="cpu", lazy=True).embed(built["index"].at[0, "path"])
 
 
 def test_a_failing_crop_is_an_image_error_naming_the_file(model, built, monkeypatch):

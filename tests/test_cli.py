@@ -1,5 +1,6 @@
 """`maskface` end to end on a toy model folder: outputs, exit codes, and one-line errors on bad input."""
 
+import argparse
 import json
 import os
 import shutil
@@ -562,6 +563,64 @@ def test_help_and_the_parser_start_without_torch_or_scikit_learn():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert json.loads(result.stdout) == []
+
+
+def test_each_command_alone_parses_as_in_the_whole_parser():
+    # main builds only the named command's options; its help must be the whole parser's.
+    from maskface import cli
+
+    def subcommands(parser):
+        return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    whole = cli.build_parser()
+    assert tuple(subcommands(whole)) == cli.COMMANDS == COMMANDS
+    for name in COMMANDS:
+        assert subcommands(cli.build_parser(name))[name].format_help() == subcommands(whole)[name].format_help()
+
+
+def test_the_index_csv_is_what_the_table_writer_writes(tmp_path):
+    from maskface.cli import _write_index
+    from maskface.tables import write_csv
+
+    names = ["a.jpg", "b,c.jpg", 'q"uote.png', "new\nline.jpg", os.fsdecode(b"caf\xe9.jpg"), " lead", "NA", "", "x\r.png"]
+    write_csv(pd.DataFrame({"row": range(len(names)), "path": names}), tmp_path / "pandas.csv")
+    _write_index(names, tmp_path / "csv.csv")
+    assert (tmp_path / "csv.csv").read_bytes() == (tmp_path / "pandas.csv").read_bytes()
+    _write_index(names[:-1], tmp_path / "csv.csv")  # a bare \r does not survive pandas' reader, whoever wrote it
+    assert read_csv(tmp_path / "csv.csv")["path"].tolist() == names[:-1]
+
+
+def test_embed_decodes_while_torch_loads_and_imports_no_table_or_config_library(built, tmp_path):
+    """`maskface embed` in a fresh interpreter: the decoding processes start before torch is
+    imported, and the command's own process never imports pandas, pydantic or scikit-learn
+    (the workers import the crop stage's transform themselves)."""
+    probe = (
+        "import json, sys\n"
+        "import maskface.api as api\n"
+        "started = []\n"
+        "class Spy(api._Decoder):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        started.append('torch' in sys.modules)\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        started.append(self.processes is not None)\n"
+        "api._Decoder = Spy\n"
+        "from maskface.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "heavy = ('pandas', 'pydantic', 'yaml', 'sklearn', 'matplotlib', 'scipy', 'maskface.config', 'maskface.face.crop')\n"
+        "import os\n"
+        "print(json.dumps({'code': code, 'decoder': started, 'imported': [m for m in heavy if m in sys.modules], "
+        "'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY')}))\n"
+    )
+    paths = built["index"]["path"].tolist()
+    out = tmp_path / "vectors.npy"
+    argv = ["embed", *paths, "--model", str(built["dir"]), "--out", str(out), "--precision", "fp32", "--no-progress"]
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, check=True, env=environment)
+    report = json.loads(result.stdout.splitlines()[-1])
+    # Threads that sleep while they wait: set before torch loaded (the decoder started first).
+    assert report == {"code": 0, "decoder": [False, True], "imported": [], "omp_wait_policy": "PASSIVE"}
+    np.testing.assert_allclose(np.load(out), built["embeddings"], atol=1e-5)
+    assert read_csv(tmp_path / "vectors.csv")["path"].tolist() == paths
 
 
 def test_eval_keeps_file_names_of_any_bytes(capsys, built, toy_dataset, tmp_path):

@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -39,6 +40,7 @@ from maskface.inference.model_folder import (
     describe_input,
     load_embedder,
     load_pair_scorer,
+    needs_face,
     preprocess_image,
     read_model_folder,
 )
@@ -50,6 +52,18 @@ GALLERY_FORMAT = "maskface-gallery"
 GALLERY_FORMAT_VERSION = 1
 # What a folder argument expands to; named files are always tried whatever their suffix.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm")
+# What FaceModel accepts before importing torch (maskface.device checks the same names).
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+# Decoded pixels held ahead of the network: enough to decode a command's images while torch
+# and the model load (1,700 faces at 160 px), bounded so memory stays flat for any count.
+DECODE_AHEAD_BYTES = 128 * 2**20
+# Image files per task sent to a worker process: large enough that the pickling and the
+# pipe cost little per image, small enough that results come back while the rest decode.
+DECODE_CHUNK = 16
+# Below this many image files a call decodes in threads: starting worker processes (and
+# their imports) costs more than it saves for a verify of two images.
+PROCESS_MIN_FILES = 64
 
 
 class GalleryError(UserError, ValueError):
@@ -168,6 +182,164 @@ def _as_list(images: Any) -> list:
     return list(images)
 
 
+def default_decode_workers() -> int:
+    """Decoding processes for this machine: one per two cores, 1 to 4.
+
+    The network's own threads use the cores too; on 2 cores one worker decodes a command's
+    images while torch and the model load, and is idle once the network runs. (Threads:
+    at least 2, see :class:`_Decoder`.)
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores // 2))
+
+
+def prepare_image(image: ImageInput, position: Optional[int], settings: Mapping[str, Any]) -> np.ndarray:
+    """One input -> the uint8 (3, S, S) network input; :class:`ImageError` naming the input."""
+    source = describe_input(image, position)
+    rgb = as_rgb(image, position)
+    try:
+        return preprocess_image(rgb, settings)
+    except ImageError as error:
+        raise ImageError(source, error.reason) from None
+    except ValueError as error:
+        # Crop modes that locate the face (alignment) raise ValueError when they cannot.
+        raise ImageError(source, f"preprocessing failed: {' '.join(str(error).split())}") from None
+
+
+def _prepare_or_fail(image: ImageInput, position: int, settings: Mapping[str, Any]) -> Union[np.ndarray, ImageError]:
+    try:
+        return prepare_image(image, position, settings)
+    except ImageError as error:
+        return error
+
+
+# Set in each decoding process by _start_decode_worker: preprocess.json of the model.
+_worker_settings: Optional[Mapping[str, Any]] = None
+
+
+def _start_decode_worker(settings: Mapping[str, Any]) -> None:
+    global _worker_settings
+    _worker_settings = settings
+    import signal
+
+    # Ctrl-C reaches the whole process group: the parent stops the pool, the workers must
+    # not die mid-task printing tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The transform's module now, while the parent loads torch and the model.
+    import maskface.face.crop  # noqa: F401
+
+
+def _decode_files(chunk: list[tuple[int, str]]) -> list[Union[np.ndarray, tuple[str, str]]]:
+    """In a decoding process: each file's pixels, or (source, reason) when it fails."""
+    out: list[Union[np.ndarray, tuple[str, str]]] = []
+    for position, path in chunk:
+        prepared = _prepare_or_fail(path, position, _worker_settings)
+        out.append((prepared.source, prepared.reason) if isinstance(prepared, ImageError) else prepared)
+    return out
+
+
+def _is_file_input(item: Any) -> bool:
+    return isinstance(item, (str, os.PathLike))
+
+
+class _Decoder:
+    """Prepares ``items`` in order, ahead of the caller, within a bounded window.
+
+    Image files go to worker processes in chunks when there are many of them (forked,
+    so they start in milliseconds and import only PIL and the crop stage's transform);
+    PIL images and arrays, short lists, and models that detect the face first (alignment)
+    are prepared in threads of this process: MTCNN runs in torch, which releases the GIL
+    and which a worker process would import again (seconds of CPU on each).
+    Creating the decoder starts the work: a caller that creates it before importing torch
+    and loading the model has images decoded by the time the network is ready.
+
+    ``workers``: processes and threads; None: :func:`default_decode_workers` processes,
+    at least 2 threads.
+    """
+
+    def __init__(self, items: list, settings: Mapping[str, Any], workers: Optional[int], window: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+        self.items = items
+        self.settings = settings
+        self.window = max(1, window)
+        self.pending: deque = deque()
+        self.next = 0
+        self.consumed = 0
+        self.processes = None
+        self.threads = ThreadPoolExecutor(max_workers=workers or max(2, default_decode_workers()))
+        files = sum(1 for item in items if _is_file_input(item))
+        try:
+            # fork: a worker inherits the imports made so far instead of redoing them; spawn would
+            # pay a fresh interpreter per worker, so without fork (macOS, Windows) threads decode.
+            if files >= PROCESS_MIN_FILES and not needs_face(settings) and "fork" in multiprocessing.get_all_start_methods():
+                self.processes = ProcessPoolExecutor(
+                    max_workers=workers or default_decode_workers(), mp_context=multiprocessing.get_context("fork"),
+                    initializer=_start_decode_worker, initargs=(dict(settings),),
+                )
+                # The first submission forks every worker: now, before any decoding thread exists
+                # (the thread pool starts its threads at its first submission).
+                self.processes.submit(os.getpid)
+            self._fill()
+        except BaseException:
+            self.close()
+            raise
+
+    def _submit(self) -> None:
+        start = self.next
+        if self.processes is not None and _is_file_input(self.items[start]):
+            stop = start
+            while stop < len(self.items) and stop - start < DECODE_CHUNK and _is_file_input(self.items[stop]):
+                stop += 1
+            chunk = [(k, self.items[k]) for k in range(start, stop)]
+            self.pending.append((chunk, self.processes.submit(_decode_files, chunk)))
+        else:
+            stop = start + 1
+            future = self.threads.submit(_prepare_or_fail, self.items[start], start, self.settings)
+            self.pending.append(([(start, self.items[start])], future))
+        self.next = stop
+
+    def _fill(self) -> None:
+        while self.next < len(self.items) and self.next - self.consumed < self.window:
+            self._submit()
+
+    def results(self) -> Iterator[tuple[int, Union[np.ndarray, ImageError]]]:
+        """(position, pixels or the ImageError) for every item, in input order."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        while self.pending:
+            chunk, future = self.pending.popleft()
+            try:
+                prepared = future.result()
+            except BrokenProcessPool:
+                names = [describe_input(item, k) for k, item in chunk]
+                raise InputError(
+                    f"a process decoding images died abruptly (a file that crashes the image decoder, or out of memory) "
+                    f"while it read one of {len(names)} files: {names[0]} ... {names[-1]}; move the file away or free memory"
+                ) from None
+            if not isinstance(prepared, list):  # one item prepared in a thread
+                prepared = [prepared]
+            self.consumed += len(chunk)
+            self._fill()
+            for (position, _), result in zip(chunk, prepared):
+                yield position, ImageError(*result) if isinstance(result, tuple) else result
+
+    def close(self) -> None:
+        for pool in (self.processes, self.threads):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "_Decoder":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
 class Gallery:
     """Enrolled faces: per-image embeddings with their identities and source paths.
 
@@ -238,7 +410,12 @@ class Gallery:
 
 
 class FaceModel:
-    """A loaded model folder: embedder, pair classifier and threshold (see module docstring)."""
+    """A loaded model folder: embedder, pair classifier and threshold (see module docstring).
+
+    ``lazy``: read the weights and the classifier (and import torch) on first use rather
+    than now; the first :meth:`embed_many` then starts decoding its images before it loads
+    the network, so the two overlap (what the ``maskface`` command does).
+    """
 
     def __init__(
         self,
@@ -247,23 +424,52 @@ class FaceModel:
         batch_size: int = 64,
         precision: str = "auto",
         channels_last: bool = True,
-        decode_workers: int = 2,
+        decode_workers: Optional[int] = None,
+        lazy: bool = False,
     ):
-        from maskface.device import inference_dtype, resolve_device
-
         if batch_size < 1:
             raise InputError(f"batch_size {batch_size!r} is invalid; valid: an integer >= 1")
-        if decode_workers < 1:
-            raise InputError(f"decode_workers {decode_workers!r} is invalid; valid: an integer >= 1")
-        self.decode_workers = int(decode_workers)
+        if decode_workers is not None and decode_workers < 1:
+            raise InputError(f"decode_workers {decode_workers!r} is invalid; valid: an integer >= 1, or None (automatic)")
+        if precision not in PRECISIONS:  # refused before any work, lazy or not
+            raise InputError(f"precision {precision!r} is invalid; valid: {', '.join(PRECISIONS)}")
+        if isinstance(device, str) and device not in DEVICES:
+            raise InputError(f"device {device!r} is invalid; valid: {', '.join(DEVICES)}")
+        self.decode_workers = decode_workers
         self.folder = folder
         self.precision = precision
         self.channels_last = bool(channels_last)
-        self.device = resolve_device(device) if isinstance(device, str) else device
         self.batch_size = int(batch_size)
-        inference_dtype(self.device, precision)  # refuses an unknown precision before any work
-        self.embedder = load_embedder(folder, self.device)
-        self.scorer: PairScorer = load_pair_scorer(folder)
+        self._device_request = device
+        self._device = None
+        self._embedder = None
+        self._scorer: Optional[PairScorer] = None
+        if not lazy:  # load both now, so that errors in them surface at load_model
+            self._embedder = load_embedder(folder, self.device)
+            self._scorer = load_pair_scorer(folder)
+
+    @property
+    def device(self):
+        """The torch device the network runs on (resolving it imports torch)."""
+        if self._device is None:
+            from maskface.device import resolve_device
+
+            request = self._device_request
+            self._device = resolve_device(request) if isinstance(request, str) else request
+        return self._device
+
+    @property
+    def embedder(self):
+        """The network (:class:`maskface.models.backbones.FaceEmbedder`), batch norms folded, on :attr:`device`."""
+        if self._embedder is None:
+            self._embedder = load_embedder(self.folder, self.device)
+        return self._embedder
+
+    @property
+    def scorer(self) -> PairScorer:
+        if self._scorer is None:
+            self._scorer = load_pair_scorer(self.folder)
+        return self._scorer
 
     # ------------------------------------------------------------------ facts
 
@@ -273,11 +479,11 @@ class FaceModel:
 
     @property
     def threshold(self) -> float:
-        return self.scorer.threshold
+        return self.folder.threshold
 
     @property
     def embedding_size(self) -> int:
-        return int(self.embedder.embedding_size)
+        return int(self.folder.model_config["embedding_size"])
 
     @property
     def input_size(self) -> int:
@@ -295,79 +501,62 @@ class FaceModel:
         """One image -> the uint8 (3, S, S) tensor the network sees (the training transform)."""
         return preprocess_image(image, self.folder.preprocess)
 
-    def _prepare(self, image: ImageInput, position: int) -> np.ndarray:
-        source = describe_input(image, position)
-        rgb = as_rgb(image, position)
-        try:
-            return preprocess_image(rgb, self.folder.preprocess)
-        except ImageError as error:
-            raise ImageError(source, error.reason) from None
-        except ValueError as error:
-            # Crop modes that locate the face (alignment) raise ValueError when they cannot.
-            raise ImageError(source, f"preprocessing failed: {' '.join(str(error).split())}") from None
-
-    def _prepare_or_fail(self, image: ImageInput, position: int) -> Union[np.ndarray, ImageError]:
-        try:
-            return self._prepare(image, position)
-        except ImageError as error:
-            return error
-
-    def _prepared_batches(self, items: list, batch_size: int) -> Iterable[list[tuple[int, Union[np.ndarray, ImageError]]]]:
-        """Batches of (position, pixels or the ImageError), in order, the next batch decoded
-        in threads while the caller runs the network on this one.
-
-        Threads, not processes: decoding and resizing in PIL, and MTCNN in torch, release the
-        GIL, and a worker process would pay the interpreter and torch start-up that a
-        command-line run cannot afford. At most two batches are in memory at once.
-        """
-        from concurrent.futures import ThreadPoolExecutor
-
-        starts = list(range(0, len(items), batch_size))
-        with ThreadPoolExecutor(max_workers=self.decode_workers) as pool:
-            def submit(start: int) -> list:
-                return [(k, pool.submit(self._prepare_or_fail, items[k], k)) for k in range(start, min(start + batch_size, len(items)))]
-
-            pending = submit(starts[0]) if starts else []
-            for following in [*starts[1:], None]:
-                current, pending = pending, (submit(following) if following is not None else [])
-                yield [(position, future.result()) for position, future in current]
+    def _decoder(self, items: list, batch_size: int) -> _Decoder:
+        """Starts preparing ``items`` (see :class:`_Decoder`): worker processes for many image
+        files, threads otherwise; at most DECODE_AHEAD_BYTES of pixels (two batches at least)
+        are decoded ahead of the network."""
+        size = self.input_size
+        window = max(2 * batch_size, DECODE_AHEAD_BYTES // (3 * size * size))
+        return _Decoder(items, self.folder.preprocess, self.decode_workers, window)
 
     def embed_many(self, images: Any, batch_size: Optional[int] = None, progress: Optional[bool] = False) -> EmbedResult:
         """Embed every usable image, skipping (and reporting) the ones that fail.
 
         ``progress``: True shows a tqdm bar, None shows it only on a terminal.
         """
-        from maskface.inference.embed import embed_array
-
         items = _as_list(images)
         batch_size = batch_size or self.batch_size
         chunks: list[np.ndarray] = []
         sources: list[str] = []
         positions: list[int] = []
         failures: list[Failure] = []
-        # tqdm: disable=None hides the bar when stderr is not a terminal.
-        disable = {True: False, None: None}.get(progress, True)
-        bar = tqdm(total=len(items), desc=f"embed ({self.backbone})", unit="img", disable=disable)
-        for batch in self._prepared_batches(items, batch_size):
-            pixels = []
-            for position, prepared in batch:
+        # Decoding starts first (the pool forks before torch or tqdm start threads), then the
+        # network loads, when the model is lazy, while the workers decode.
+        with self._decoder(items, batch_size) as decoder:
+            embedder = self.embedder
+            from maskface.inference.embed import embed_array
+
+            # tqdm: disable=None hides the bar when stderr is not a terminal.
+            disable = {True: False, None: None}.get(progress, True)
+            bar = tqdm(total=len(items), desc=f"embed ({self.backbone})", unit="img", disable=disable)
+            pixels: list[np.ndarray] = []
+            seen = 0
+
+            def flush() -> None:
+                if pixels:
+                    chunks.append(
+                        embed_array(
+                            embedder, np.stack(pixels), batch_size=len(pixels), device=self.device,
+                            progress=False, precision=self.precision, channels_last=self.channels_last,
+                            flip=self.folder.flip,
+                        )
+                    )
+                    pixels.clear()
+
+            # Batches by input position, as before: a failure leaves its batch one image short.
+            for position, prepared in decoder.results():
                 if isinstance(prepared, ImageError):
                     failures.append(Failure(prepared.source, prepared.reason))
                     logger.info("skipping %s", prepared)
-                    continue
-                pixels.append(prepared)
-                sources.append(describe_input(items[position], position))
-                positions.append(position)
-            if pixels:
-                chunks.append(
-                    embed_array(
-                        self.embedder, np.stack(pixels), batch_size=len(pixels), device=self.device,
-                        progress=False, precision=self.precision, channels_last=self.channels_last,
-                        flip=self.folder.flip,
-                    )
-                )
-            bar.update(len(batch))
-        bar.close()
+                else:
+                    pixels.append(prepared)
+                    sources.append(describe_input(items[position], position))
+                    positions.append(position)
+                seen += 1
+                if seen % batch_size == 0 or seen == len(items):
+                    flush()
+                    bar.update(seen - bar.n)
+            bar.close()
         embeddings = np.concatenate(chunks) if chunks else np.empty((0, self.embedding_size), dtype=np.float32)
         return EmbedResult(embeddings, sources, positions, failures)
 
@@ -504,12 +693,16 @@ def load_model(
     batch_size: int = 64,
     precision: str = "auto",
     channels_last: bool = True,
-    decode_workers: int = 2,
+    decode_workers: Optional[int] = None,
+    lazy: bool = False,
 ) -> FaceModel:
     """Load a model folder (``models/<backbone>`` or an exported copy); see :mod:`maskface.inference.model_folder`.
 
-    ``decode_workers``: threads that decode and preprocess the next batch of images while
-    the network embeds this one.
+    ``decode_workers``: processes (for many image files; threads for other inputs and for
+    models that detect the face first) that decode and preprocess images ahead of the
+    network; None: one process per two cores (1 to 4), at least 2 threads.
+    ``lazy``: read the weights on first use (see :class:`FaceModel`); errors in them then
+    surface there instead of here.
 
     ``precision``: ``auto`` (as the embed stage: bf16 on GPUs and on CPUs with native bf16,
     else fp32), ``fp32`` or ``bf16``. ``channels_last`` and ``batch_size`` default to the
@@ -520,8 +713,8 @@ def load_model(
     corrupt (checksum) or incompatible folder.
     """
     return FaceModel(
-        read_model_folder(path), device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
-        decode_workers=decode_workers,
+        read_model_folder(path, check_backbone=not lazy), device=device, batch_size=batch_size, precision=precision, channels_last=channels_last,
+        decode_workers=decode_workers, lazy=lazy,
     )
 
 

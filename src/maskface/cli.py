@@ -42,6 +42,9 @@ from maskface.text import printable
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
+# Every command, in the order of `maskface --help` (build_parser checks it).
+COMMANDS = ("verify", "embed", "enroll", "identify", "eval", "export", "info", "weights", "simulate-masks")
+EVAL_HELP = "verification metrics of a model on another dataset"
 
 
 def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
@@ -63,7 +66,9 @@ def _progress(args: argparse.Namespace) -> Optional[bool]:
 def _load(args: argparse.Namespace, model_dir: Optional[Path] = None):
     from maskface.api import load_model
 
-    return load_model(model_dir or args.model, device=args.device, batch_size=args.batch_size, precision=args.precision)
+    # Lazy: the first embedding call starts decoding its images before torch and the
+    # weights load, so start-up and decoding overlap (docs/performance.md).
+    return load_model(model_dir or args.model, device=args.device, batch_size=args.batch_size, precision=args.precision, lazy=True)
 
 
 # --------------------------------------------------------------------------- commands
@@ -137,19 +142,31 @@ def _embedding_outputs(out: Path) -> list[Path]:
     raise InputError(f"--out {out}: suffix {out.suffix or '(none)'!r} is invalid; valid: .npy (plus an index .csv), .parquet")
 
 
+def _write_index(sources: list[str], path: Path) -> None:
+    """The ``row,path`` index beside FILE.npy, byte for byte what :func:`maskface.tables.write_csv`
+    writes (pandas formats through this same csv writer), without importing pandas: ~0.2 s
+    of a short command's start-up (tests/test_cli.py compares the two)."""
+    import csv
+
+    # maskface.tables' ENCODING and ERRORS (that module imports pandas): file names keep their bytes.
+    with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
+        writer.writerow(("row", "path"))
+        writer.writerows(enumerate(sources))
+
+
 def _write_embeddings(out: Path, embeddings, sources: list[str]) -> list[Path]:
     import numpy as np
-    import pandas as pd
-
-    from maskface.tables import write_csv
 
     outputs = _embedding_outputs(out)
     with _replacing(outputs) as temporary:
         if out.suffix.lower() == ".npy":
             with open(temporary[0], "wb") as handle:
                 np.save(handle, embeddings)
-            write_csv(pd.DataFrame({"row": range(len(sources)), "path": sources}), temporary[1])
+            _write_index(sources, temporary[1])
         else:
+            import pandas as pd
+
             pd.DataFrame({"path": sources, "embedding": [row for row in embeddings]}).to_parquet(temporary[0], index=False)
     return outputs
 
@@ -234,7 +251,7 @@ def _gallery_model(args: argparse.Namespace, gallery) -> Path:
     named = gallery.meta.get("model_dir")
     if not isinstance(named, str) or not named or not Path(named).is_dir():
         raise GalleryError(f"{args.gallery}: its model folder {named!r} is gone; pass --model")
-    folder = read_model_folder(named)
+    folder = read_model_folder(named, check_backbone=False)  # _load checks it, after decoding has started
     if folder.fingerprint() != gallery.meta.get("model_fingerprint"):
         raise GalleryError(
             f"{args.gallery}: the model folder it names ({named}) is not the model it was enrolled with "
@@ -435,14 +452,61 @@ def _threshold_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_eval_parser(commands: Any, common: argparse.ArgumentParser) -> None:
     from maskface.config import PAIR_TYPES, EvaluateConfig
     # The datasets module's list, not crosseval's: crosseval pulls in scikit-learn and
     # matplotlib, a second of start-up for every command.
     from maskface.data.datasets import EXTRA_SOURCES as EVAL_SOURCES
-    from maskface.data.simulate import add_simulate_parser
-    from maskface.models.weights import add_weights_parser
 
+    evaluate = commands.add_parser(
+        "eval", parents=[common], help=EVAL_HELP,
+        description="Build pairs over every identity of a dataset with the split stage's rules, score them with the "
+        "model, and write the evaluate stage's metrics and plot data to --out. The threshold is the model's own.",
+    )
+    _model_options(evaluate)
+    evaluate.add_argument("--data", type=Path, required=True, metavar="ROOT", help="dataset folder (or manifest CSV for --source manifest)")
+    evaluate.add_argument("--source", required=True, choices=EVAL_SOURCES, help="dataset layout, as data.source in params.yaml")
+    evaluate.add_argument("--out", type=Path, default=Path("maskface-eval"), metavar="DIR", help="output folder (default: maskface-eval)")
+    evaluate.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    evaluate.add_argument(
+        "--pair-types", nargs="+", choices=PAIR_TYPES, default=None, metavar="TYPE",
+        help=f"pair types ({', '.join(PAIR_TYPES)}); default masked-unmasked when the dataset has both sides",
+    )
+    masks = evaluate.add_argument_group("simulated masks (an unmasked dataset such as LFW)")
+    masks.add_argument(
+        "--simulate-masks", action="store_true",
+        help="draw masks on the dataset's faces first (maskface simulate-masks into OUT/masked-copy, MTCNN landmarks)",
+    )
+    masks.add_argument("--masked-copy", type=Path, default=None, metavar="DIR", help="use masks drawn before: the output folder of maskface simulate-masks over --data")
+    masks.add_argument("--mask-share", type=float, default=0.5, metavar="F", help="share of each identity's photos shown masked (default: 0.5)")
+    evaluate.add_argument("--max-genuine-per-identity", type=_positive_int, default=20, metavar="N", help="as split.max_genuine_per_identity (default: 20)")
+    evaluate.add_argument("--seed", type=int, default=0, help="pair sampling seed (default: 0)")
+    evaluate.add_argument("--unmasked-root", default=None, metavar="DIR", help="smfrd only: the unmasked counterpart folder")
+    evaluate.add_argument("--masked-pattern", default="mask", help="folder source: names containing this are masked (default: mask)")
+    evaluate.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="processes validating images (default: 2)")
+    evaluate.add_argument("--max-identities", type=int, default=None, metavar="N", help="seeded subsample of identities (quick runs)")
+    evaluate.add_argument("--max-images-per-identity", type=int, default=None, metavar="N", help="seeded subsample of each identity's images")
+    defaults = EvaluateConfig()
+    evaluate.add_argument("--roc-points", type=_positive_int, default=defaults.roc_points, metavar="N", help=f"points in roc.csv and det.csv (default: {defaults.roc_points})")
+    evaluate.add_argument(
+        "--fars", type=float, nargs="+", default=list(defaults.fars), metavar="FAR",
+        help=f"FAR levels for TAR@FAR (default: {' '.join(map(str, defaults.fars))})",
+    )
+    evaluate.add_argument(
+        "--bootstrap", type=int, default=defaults.bootstrap, metavar="N",
+        help=f"identity-bootstrap resamples for 95%% intervals, 0 = none (default: {defaults.bootstrap})",
+    )
+    evaluate.add_argument("--worst-pairs", type=int, default=defaults.worst_pairs, metavar="N", help=f"pairs per row of worst_pairs.png, 0 = no sheet (default: {defaults.worst_pairs})")
+    evaluate.set_defaults(func=cmd_eval)
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``maskface`` parser; ``command``: only that command's options are built.
+
+    The other commands are listed by name only: eval's options need maskface.config and
+    maskface.data.datasets, and weights and simulate-masks come from their own modules, in all
+    ~0.3 s of imports (pydantic, pandas) that every other command would pay at start-up.
+    """
     common = _common()
     parser = argparse.ArgumentParser(
         prog="maskface",
@@ -497,46 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     _threshold_option(identify)
     identify.set_defaults(func=cmd_identify)
 
-    evaluate = commands.add_parser(
-        "eval", parents=[common], help="verification metrics of a model on another dataset",
-        description="Build pairs over every identity of a dataset with the split stage's rules, score them with the "
-        "model, and write the evaluate stage's metrics and plot data to --out. The threshold is the model's own.",
-    )
-    _model_options(evaluate)
-    evaluate.add_argument("--data", type=Path, required=True, metavar="ROOT", help="dataset folder (or manifest CSV for --source manifest)")
-    evaluate.add_argument("--source", required=True, choices=EVAL_SOURCES, help="dataset layout, as data.source in params.yaml")
-    evaluate.add_argument("--out", type=Path, default=Path("maskface-eval"), metavar="DIR", help="output folder (default: maskface-eval)")
-    evaluate.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
-    evaluate.add_argument(
-        "--pair-types", nargs="+", choices=PAIR_TYPES, default=None, metavar="TYPE",
-        help=f"pair types ({', '.join(PAIR_TYPES)}); default masked-unmasked when the dataset has both sides",
-    )
-    masks = evaluate.add_argument_group("simulated masks (an unmasked dataset such as LFW)")
-    masks.add_argument(
-        "--simulate-masks", action="store_true",
-        help="draw masks on the dataset's faces first (maskface simulate-masks into OUT/masked-copy, MTCNN landmarks)",
-    )
-    masks.add_argument("--masked-copy", type=Path, default=None, metavar="DIR", help="use masks drawn before: the output folder of maskface simulate-masks over --data")
-    masks.add_argument("--mask-share", type=float, default=0.5, metavar="F", help="share of each identity's photos shown masked (default: 0.5)")
-    evaluate.add_argument("--max-genuine-per-identity", type=_positive_int, default=20, metavar="N", help="as split.max_genuine_per_identity (default: 20)")
-    evaluate.add_argument("--seed", type=int, default=0, help="pair sampling seed (default: 0)")
-    evaluate.add_argument("--unmasked-root", default=None, metavar="DIR", help="smfrd only: the unmasked counterpart folder")
-    evaluate.add_argument("--masked-pattern", default="mask", help="folder source: names containing this are masked (default: mask)")
-    evaluate.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="processes validating images (default: 2)")
-    evaluate.add_argument("--max-identities", type=int, default=None, metavar="N", help="seeded subsample of identities (quick runs)")
-    evaluate.add_argument("--max-images-per-identity", type=int, default=None, metavar="N", help="seeded subsample of each identity's images")
-    defaults = EvaluateConfig()
-    evaluate.add_argument("--roc-points", type=_positive_int, default=defaults.roc_points, metavar="N", help=f"points in roc.csv and det.csv (default: {defaults.roc_points})")
-    evaluate.add_argument(
-        "--fars", type=float, nargs="+", default=list(defaults.fars), metavar="FAR",
-        help=f"FAR levels for TAR@FAR (default: {' '.join(map(str, defaults.fars))})",
-    )
-    evaluate.add_argument(
-        "--bootstrap", type=int, default=defaults.bootstrap, metavar="N",
-        help=f"identity-bootstrap resamples for 95%% intervals, 0 = none (default: {defaults.bootstrap})",
-    )
-    evaluate.add_argument("--worst-pairs", type=int, default=defaults.worst_pairs, metavar="N", help=f"pairs per row of worst_pairs.png, 0 = no sheet (default: {defaults.worst_pairs})")
-    evaluate.set_defaults(func=cmd_eval)
+    if command in (None, "eval"):
+        _add_eval_parser(commands, common)
+    else:
+        commands.add_parser("eval", help=EVAL_HELP)
 
     export = commands.add_parser(
         "export", parents=[common], help="copy a model folder with a checksummed manifest",
@@ -559,16 +587,35 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     # The modules that own these commands add them; each leaf sets ``func(args) -> int``.
-    add_weights_parser(commands)
-    add_simulate_parser(commands)
+    if command in (None, "weights"):
+        from maskface.models.weights import add_weights_parser
+
+        add_weights_parser(commands)
+    else:
+        commands.add_parser("weights")
+    if command in (None, "simulate-masks"):
+        from maskface.data.simulate import add_simulate_parser
+
+        add_simulate_parser(commands)
+    else:
+        commands.add_parser("simulate-masks")
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run ``maskface`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    parser = build_parser()
+    # Before torch loads OpenMP (it reads this once): waiting threads sleep instead of
+    # spinning. On a machine whose cores other jobs share, a spinning thread burns the time
+    # slice its partner needs: the network ran 3-6x slower with 2 threads on 2 busy cores.
+    # Idle, a wake-up costs microseconds per layer. A value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The first word that is not an option names the command (the top-level options take
+    # no value); anything else (no command, a typo) gets the whole parser and its message.
+    first = next((word for word in argv if not word.startswith("-")), None)
+    parser = build_parser(first if first in COMMANDS else None)
     try:
-        args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2), already printed by argparse
         return exit_.code if isinstance(exit_.code, int) else EXIT_USER_ERROR
     for name, value in (("json", False), ("no_progress", False), ("verbose", 0)):

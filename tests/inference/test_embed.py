@@ -1,3 +1,5 @@
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -50,3 +52,22 @@ def test_bf16_facenet_embeddings_agree_with_fp32_on_real_faces(datasets_root):
     bf16 = embed_array(model, images, batch_size=8, progress=False, precision="bf16", channels_last=True)
     cosine = np.einsum("ij,ij->i", fp32, bf16)
     assert cosine.min() >= 0.999, cosine.min()
+
+
+def test_load_model_rebuilds_the_saved_network_and_leaves_the_thread_count(tmp_path):
+    # Loading runs on one thread (many small copies); the caller's setting must come back,
+    # after a failed load too.
+    from maskface.inference.embed import MODEL_FILE, load_model, save_model
+
+    torch.manual_seed(0)
+    network = create_model("alexnet", weights="none", embedding_size=16, input_size=64).eval()
+    save_model(network, tmp_path / "backbone", {"weights": "none"})
+    before = torch.get_num_threads()
+    loaded = load_model(tmp_path / "backbone", fold_batch_norm=False)
+    assert torch.get_num_threads() == before
+    for name, tensor in network.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    (tmp_path / "backbone" / MODEL_FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises((RuntimeError, pickle.UnpicklingError)):
+        load_model(tmp_path / "backbone")
+    assert torch.get_num_threads() == before

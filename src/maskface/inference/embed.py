@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from maskface.artifacts import EMBED_SETTINGS_FILE, save_embeddings
 from maskface.models.backbones import FaceEmbedder, create_model
-from maskface.face.crop import open_crops
 from maskface.device import autocast, inference_dtype, resolve_device
 from maskface.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +87,20 @@ def load_model(model_dir: Path, device: torch.device | str = "cpu", fold_batch_n
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} is missing: {model_dir} is not a maskface model folder")
     config = json.loads(config_path.read_text())
-    # Weights come from the checkpoint; building with weights='none' avoids needless downloads.
-    model = create_model(config["backbone"], weights="none", embedding_size=config["embedding_size"], input_size=config["input_size"])
-    state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    model = model.to(device).eval()
-    return model.fold_batch_norm() if fold_batch_norm else model
+    # Building, loading and folding are hundreds of small tensor copies, each a parallel region
+    # on the CPU: one thread does them as fast, and on a busy machine ~4x faster (no thread
+    # team to wait for; facenet 0.4 s instead of 1.6 s with the 2 cores shared).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # Weights come from the checkpoint; building with weights='none' avoids needless downloads.
+        model = create_model(config["backbone"], weights="none", embedding_size=config["embedding_size"], input_size=config["input_size"])
+        state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model = model.to(device).eval()
+        return model.fold_batch_norm() if fold_batch_norm else model
+    finally:
+        torch.set_num_threads(threads)
 
 
 def embed_crops(
@@ -106,6 +115,11 @@ def embed_crops(
 ) -> pd.DataFrame:
     """Embed every cropped image; writes ``embeddings.npy`` (N, E) float32, ``index.csv`` and
     ``embed.json`` (``{"flip": bool}``: inference must embed the same way)."""
+    # Here rather than at the top: the API and the CLI load models through this module and
+    # need neither pandas nor the crop stage's tables in their process.
+    from maskface.artifacts import EMBED_SETTINGS_FILE, save_embeddings
+    from maskface.face.crop import open_crops
+
     torch_device = resolve_device(device)
     model = load_model(model_dir, torch_device)
     images, index = open_crops(crops_dir)

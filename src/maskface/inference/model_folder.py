@@ -43,7 +43,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from maskface import __version__
-from maskface.artifacts import CLASSIFIER_META_FILE, file_sha256
 from maskface.errors import InputError, UserError
 from maskface.imageio import load_rgb, sniff_format, to_rgb
 from maskface.text import one_line
@@ -52,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "maskface-model"
 FORMAT_VERSION = 1
+# The classify stage's file name (maskface.artifacts.CLASSIFIER_META_FILE): artifacts imports
+# pandas, which reading a model folder for `maskface embed` does not need.
+CLASSIFIER_META_FILE = "classifier.json"
 # Format versions this maskface reads; a folder written by a newer format is refused.
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_FILE = "manifest.json"
@@ -64,8 +66,6 @@ TRAINING_FILE = "training.json"
 CLASSIFIER_FILE = "classifier.npz"
 # What maskface wrote before classifier format 2: a pickle, refused rather than loaded.
 LEGACY_PICKLE_FILE = "classifier.joblib"
-# Classifiers that score from the embeddings alone, with no fitted file.
-PARAMETER_FREE_CLASSIFIERS = ("cosine",)
 # classifier.json "format" values and "pair_features" layouts this maskface scores
 # (see maskface.evaluation.classify.pair_features: [|a - b|, a * b]); absent keys mean the first ones.
 SUPPORTED_CLASSIFIER_FORMATS = (1, 2)
@@ -253,7 +253,7 @@ class ModelFolder:
             digest = hashlib.sha256()
             for relative in EMBEDDER_FILES:
                 known = (self.manifest or {}).get("files", {}).get(relative)
-                digest.update(f"{relative}\0{known or file_sha256(self.root / relative)}\n".encode())
+                digest.update(f"{relative}\0{known or _file_sha256(self.root / relative)}\n".encode())
             if self.flip:  # flip changes every embedding; folders without it keep their old fingerprint
                 digest.update(b"flip\n")
             self._fingerprint = digest.hexdigest()
@@ -273,6 +273,12 @@ class ModelFolder:
             "started_from": self.model_config.get("started_from"),
             "format_version": (self.manifest or {}).get("format_version"),
         }
+
+
+def _file_sha256(path: Path) -> str:
+    from maskface.artifacts import file_sha256
+
+    return file_sha256(path)
 
 
 def _read_json(path: Path) -> dict:
@@ -319,7 +325,7 @@ def check_manifest(root: Path) -> Optional[dict]:
             raise ModelFolderError(f"{path}: lists {relative!r}, which is outside the folder")
         if not target.is_file():
             raise ModelFolderError(f"{target}: missing; manifest.json lists it")
-        actual = file_sha256(target)
+        actual = _file_sha256(target)
         if actual != expected:
             raise ModelFolderError(
                 f"{target}: checksum mismatch (sha256 {actual[:12]}..., manifest.json says {str(expected)[:12]}...); "
@@ -329,7 +335,9 @@ def check_manifest(root: Path) -> Optional[dict]:
 
 
 def _is_parameter_free(meta: Mapping[str, Any]) -> bool:
-    return meta.get("classifier") in PARAMETER_FREE_CLASSIFIERS or meta.get("score") == "cosine"
+    # classify writes score "cosine" for every classifier the registry marks learned=False;
+    # format-1 folders predate the field and name their classifier only.
+    return meta.get("score", "cosine" if meta.get("classifier") == "cosine" else None) == "cosine"
 
 
 def _model_file(meta: Mapping[str, Any]) -> str:
@@ -350,11 +358,23 @@ def _refuse_pickled_classifier(meta: Mapping[str, Any], meta_path: Path) -> None
         )
 
 
-def read_model_folder(path: Union[str, os.PathLike]) -> ModelFolder:
+def _check_backbone(model_config: Mapping[str, Any], path: Path) -> None:
+    from maskface.models.backbones import available_backbones
+
+    if model_config["backbone"] not in available_backbones():
+        raise ModelFolderError(
+            f"{path}: backbone {model_config['backbone']!r} is unknown to maskface "
+            f"{__version__}; valid: {', '.join(available_backbones())}"
+        )
+
+
+def read_model_folder(path: Union[str, os.PathLike], check_backbone: bool = True) -> ModelFolder:
     """Check and read a model folder's metadata; loads no weights.
 
     Raises :class:`ModelFolderError` (one line naming the file) for a missing folder, a
     missing or malformed file, an incompatible format version or a checksum mismatch.
+    ``check_backbone=False`` leaves the backbone name to :func:`load_embedder`: checking it
+    needs the backbone registry, which imports torch (what a lazy load postpones).
     """
     root = Path(path)
     if not root.exists():
@@ -367,13 +387,8 @@ def read_model_folder(path: Union[str, os.PathLike]) -> ModelFolder:
     backbone_dir = root / BACKBONE_DIR
     model_config = _read_json(backbone_dir / MODEL_CONFIG_FILE)
     _require_keys(model_config, ("backbone", "embedding_size", "input_size"), backbone_dir / MODEL_CONFIG_FILE)
-    from maskface.models.backbones import available_backbones
-
-    if model_config["backbone"] not in available_backbones():
-        raise ModelFolderError(
-            f"{backbone_dir / MODEL_CONFIG_FILE}: backbone {model_config['backbone']!r} is unknown to maskface "
-            f"{__version__}; valid: {', '.join(available_backbones())}"
-        )
+    if check_backbone:
+        _check_backbone(model_config, backbone_dir / MODEL_CONFIG_FILE)
     preprocess = _read_json(backbone_dir / PREPROCESS_FILE)
     _require_keys(preprocess, ("input_size", "crop"), backbone_dir / PREPROCESS_FILE)
     if not isinstance(preprocess["crop"], dict) or "mode" not in preprocess["crop"]:
@@ -423,6 +438,7 @@ def load_embedder(folder: ModelFolder, device: Any = "cpu"):
 
     from maskface.inference.embed import load_model
 
+    _check_backbone(folder.model_config, folder.root / BACKBONE_DIR / MODEL_CONFIG_FILE)
     try:
         return load_model(folder.root / BACKBONE_DIR, device)
     except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, OSError) as error:
@@ -510,7 +526,7 @@ def build_manifest(root: Path, folder: ModelFolder) -> dict:
         "backbone": folder.backbone,
         "classifier": folder.classifier,
         "threshold": folder.threshold,
-        "files": {relative: file_sha256(root / relative) for relative in folder_files(root)},
+        "files": {relative: _file_sha256(root / relative) for relative in folder_files(root)},
     }
 
 
