@@ -507,6 +507,8 @@ def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
     maskface.data.datasets, and weights and simulate-masks come from their own modules, in all
     ~0.3 s of imports (pydantic, pandas) that every other command would pay at start-up.
     """
+    # Long on purpose: the command-line reference as one declaration per option, in the order
+    # `maskface <command> --help` prints them; each command's block stands alone.
     common = _common()
     parser = argparse.ArgumentParser(
         prog="maskface",

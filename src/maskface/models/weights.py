@@ -176,6 +176,8 @@ WEIGHTS_DIR_ENV = "MASKFACE_WEIGHTS_DIR"
 
 @functools.cache
 def _registry() -> dict[str, WeightSource]:
+    # Long on purpose: a table, one WeightSource per published file (URL, SHA-256, licence,
+    # builder), read top to bottom; splitting it would scatter the sources it lists.
     # torch and torchvision are imported here, not at module import: the CLI builds its parser
     # from this module, and torch alone would add ~1.5 s to every command, `--help` included.
     import torch
