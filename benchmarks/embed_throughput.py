@@ -28,22 +28,17 @@ import tempfile
 import time
 from pathlib import Path
 
-# The OpenMP wait policy the `maskface` command sets for itself (before torch loads), here
-# too: both sides run on the same policy, so the ratios measure the code. On cores that
-# other jobs share, spinning threads (the default) slow every side down 3-6x.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
+import pandas as pd
+import torch
+from _common import machine, real_face_paths
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from _common import machine, real_face_paths  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from maskface.models.backbones import create_model  # noqa: E402
-from maskface.config import CropConfig  # noqa: E402
-from maskface.face.crop import crop_dataset, open_crops  # noqa: E402
-from maskface.device import inference_dtype  # noqa: E402
-from maskface.inference.embed import embed_array, save_model  # noqa: E402
+from maskface.models.backbones import create_model
+from maskface.config import CropConfig
+from maskface.face.crop import crop_dataset, open_crops
+from maskface.device import inference_dtype
+from maskface.inference.embed import embed_array, save_model
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 2048, seconds: float = 3.0) -> float:
@@ -124,7 +119,10 @@ def main() -> None:
     paths = real_face_paths(args.images)
     model = create_model("facenet", weights="casia-webface", embedding_size=512).eval()
     size = 160
-    print(f"machine: {machine()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()[0]:.1f} at the start")
+    # The loop and the in-process path run on torch's defaults, as a user's script does; the
+    # command sets its own OpenMP wait policy (maskface.cli.main).
+    print(f"machine: {machine()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+          f"load average {os.getloadavg()[0]:.1f} at the start")
     print(f"images: {len(paths)} real faces (rmfrd-dev, lfw-gray-20), facenet {size} px")
     # What maskface.inference.embed.load_model hands the embed stage, the API and the CLI.
     deployed = copy.deepcopy(model).fold_batch_norm()
