@@ -3,6 +3,8 @@
 Kept free of torch and scikit-learn on purpose: ``classify`` and ``evaluate`` are the
 stages an experiment on the classifier reruns, and importing torch alone costs them
 1-2 s of start-up each (benchmarks/incremental.py, figure 3 in benchmarks/README.md).
+pandas (through :mod:`maskface.tables`) is imported by the readers and writers that need
+it, so that the file names and :func:`file_sha256` cost `maskface embed` nothing.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
-from maskface.tables import read_csv, write_csv
+if TYPE_CHECKING:
+    import pandas as pd
 
 EMBEDDINGS_FILE = "embeddings.npy"
 EMBEDDINGS_INDEX_FILE = "index.csv"
@@ -37,6 +40,8 @@ def save_embeddings(embeddings: np.ndarray, index: pd.DataFrame, out_dir: Path) 
     """``embeddings.npy`` (N, E) float32 and its row index ``index.csv``."""
     if len(embeddings) != len(index):
         raise ValueError(f"{len(embeddings)} embeddings but {len(index)} index rows for {out_dir}")
+    from maskface.tables import write_csv
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     np.save(out_dir / EMBEDDINGS_FILE, np.asarray(embeddings, dtype=np.float32))
@@ -50,6 +55,8 @@ def read_embed_settings(embeddings_dir: Path) -> dict:
 
 
 def load_embeddings(embeddings_dir: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    from maskface.tables import read_csv
+
     embeddings_dir = Path(embeddings_dir)
     embeddings = np.load(embeddings_dir / EMBEDDINGS_FILE)
     index = read_csv(embeddings_dir / EMBEDDINGS_INDEX_FILE)

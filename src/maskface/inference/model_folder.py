@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from maskface import __version__
+from maskface.artifacts import CLASSIFIER_META_FILE, file_sha256
 from maskface.errors import InputError, UserError
 from maskface.imageio import load_rgb, sniff_format, to_rgb
 from maskface.text import one_line
@@ -51,9 +52,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_NAME = "maskface-model"
 FORMAT_VERSION = 1
-# The classify stage's file name (maskface.artifacts.CLASSIFIER_META_FILE): artifacts imports
-# pandas, which reading a model folder for `maskface embed` does not need.
-CLASSIFIER_META_FILE = "classifier.json"
 # Format versions this maskface reads; a folder written by a newer format is refused.
 SUPPORTED_FORMAT_VERSIONS = (1,)
 MANIFEST_FILE = "manifest.json"
@@ -253,7 +251,7 @@ class ModelFolder:
             digest = hashlib.sha256()
             for relative in EMBEDDER_FILES:
                 known = (self.manifest or {}).get("files", {}).get(relative)
-                digest.update(f"{relative}\0{known or _file_sha256(self.root / relative)}\n".encode())
+                digest.update(f"{relative}\0{known or file_sha256(self.root / relative)}\n".encode())
             if self.flip:  # flip changes every embedding; folders without it keep their old fingerprint
                 digest.update(b"flip\n")
             self._fingerprint = digest.hexdigest()
@@ -273,12 +271,6 @@ class ModelFolder:
             "started_from": self.model_config.get("started_from"),
             "format_version": (self.manifest or {}).get("format_version"),
         }
-
-
-def _file_sha256(path: Path) -> str:
-    from maskface.artifacts import file_sha256
-
-    return file_sha256(path)
 
 
 def _read_json(path: Path) -> dict:
@@ -325,7 +317,7 @@ def check_manifest(root: Path) -> Optional[dict]:
             raise ModelFolderError(f"{path}: lists {relative!r}, which is outside the folder")
         if not target.is_file():
             raise ModelFolderError(f"{target}: missing; manifest.json lists it")
-        actual = _file_sha256(target)
+        actual = file_sha256(target)
         if actual != expected:
             raise ModelFolderError(
                 f"{target}: checksum mismatch (sha256 {actual[:12]}..., manifest.json says {str(expected)[:12]}...); "
@@ -526,7 +518,7 @@ def build_manifest(root: Path, folder: ModelFolder) -> dict:
         "backbone": folder.backbone,
         "classifier": folder.classifier,
         "threshold": folder.threshold,
-        "files": {relative: _file_sha256(root / relative) for relative in folder_files(root)},
+        "files": {relative: file_sha256(root / relative) for relative in folder_files(root)},
     }
 
 
