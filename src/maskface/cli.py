@@ -143,16 +143,10 @@ def _embedding_outputs(out: Path) -> list[Path]:
 
 
 def _write_index(sources: list[str], path: Path) -> None:
-    """The ``row,path`` index beside FILE.npy, byte for byte what :func:`maskface.tables.write_csv`
-    writes (pandas formats through this same csv writer), without importing pandas: ~0.2 s
-    of a short command's start-up (tests/test_cli.py compares the two)."""
-    import csv
+    """The ``row,path`` index beside FILE.npy (written without pandas: see :func:`maskface.tables.write_rows`)."""
+    from maskface.tables import write_rows
 
-    # maskface.tables' ENCODING and ERRORS (that module imports pandas): file names keep their bytes.
-    with open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
-        writer.writerow(("row", "path"))
-        writer.writerows(enumerate(sources))
+    write_rows(("row", "path"), enumerate(sources), path)
 
 
 def _write_embeddings(out: Path, embeddings, sources: list[str]) -> list[Path]:
