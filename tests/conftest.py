@@ -22,6 +22,24 @@ def datasets_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def decoder_spy() -> str:
+    """Python source for a probe run in a fresh interpreter: it records, in ``started``,
+    whether torch was imported when maskface.api's decoder started, then whether it runs
+    worker processes."""
+    return (
+        "import json, sys\n"
+        "import maskface.api as api\n"
+        "started = []\n"
+        "class Spy(api._Decoder):\n"
+        "    def __init__(self, *args, **kwargs):\n"
+        "        started.append('torch' in sys.modules)\n"
+        "        super().__init__(*args, **kwargs)\n"
+        "        started.append(self.processes is not None)\n"
+        "api._Decoder = Spy\n"
+    )
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
 

@@ -165,20 +165,10 @@ def test_a_decoding_process_that_dies_is_a_one_line_error_naming_its_files(built
         model.embed_many(paths)
 
 
-def test_a_lazy_model_decodes_before_torch_loads_and_embeds_alike(built):
+def test_a_lazy_model_decodes_before_torch_loads_and_embeds_alike(built, decoder_spy):
     """In a fresh interpreter: load_model(lazy=True) imports no torch; the first embedding call
     starts the decoding processes before torch loads, and gives the eager model's embeddings."""
-    probe = (
-        "import json, sys\n"
-        "import numpy as np\n"
-        "import maskface.api as api\n"
-        "started = []\n"
-        "class Spy(api._Decoder):\n"
-        "    def __init__(self, *args, **kwargs):\n"
-        "        started.append('torch' in sys.modules)\n"
-        "        super().__init__(*args, **kwargs)\n"
-        "        started.append(self.processes is not None)\n"
-        "api._Decoder = Spy\n"
+    probe = decoder_spy + (
         "model = api.load_model(sys.argv[1], device='cpu', precision='fp32', lazy=True)\n"
         "loaded = 'torch' in sys.modules\n"
         "vectors = model.embed(sys.argv[2:])\n"

@@ -590,20 +590,11 @@ def test_the_index_csv_is_what_the_table_writer_writes(tmp_path):
     assert read_csv(tmp_path / "csv.csv")["path"].tolist() == names[:-1]
 
 
-def test_embed_decodes_while_torch_loads_and_imports_no_table_or_config_library(built, tmp_path):
+def test_embed_decodes_while_torch_loads_and_imports_no_table_or_config_library(built, tmp_path, decoder_spy):
     """`maskface embed` in a fresh interpreter: the decoding processes start before torch is
     imported, and the command's own process never imports pandas, pydantic or scikit-learn
     (the workers import the crop stage's transform themselves)."""
-    probe = (
-        "import json, sys\n"
-        "import maskface.api as api\n"
-        "started = []\n"
-        "class Spy(api._Decoder):\n"
-        "    def __init__(self, *args, **kwargs):\n"
-        "        started.append('torch' in sys.modules)\n"
-        "        super().__init__(*args, **kwargs)\n"
-        "        started.append(self.processes is not None)\n"
-        "api._Decoder = Spy\n"
+    probe = decoder_spy + (
         "from maskface.cli import main\n"
         "code = main(sys.argv[1:])\n"
         "heavy = ('pandas', 'pydantic', 'yaml', 'sklearn', 'matplotlib', 'scipy', 'maskface.config', 'maskface.face.crop')\n"
