@@ -501,6 +501,26 @@ def test_console_script_end_to_end(built, tmp_path):
     assert_one_line_error(bad.stderr, "truncated.png", "truncated or corrupt")
 
 
+def test_the_program_flushes_everything_and_exits_with_main_s_status(built, tmp_path):
+    """`python -m maskface.cli` (maskface.cli.run) skips the interpreter's teardown: all that
+    main printed and wrote must be there, and its status must be the process's."""
+    out = tmp_path / "vectors.npy"
+    paths = [path_of(built, k) for k in range(3)]
+    done = subprocess.run(
+        [sys.executable, "-m", "maskface.cli", "embed", *paths, str(tmp_path / "gone.jpg"), "--model", str(built["dir"]),
+         "--out", str(out), "--json", "--precision", "fp32"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2
+    report = json.loads(done.stdout)
+    assert report["embedded"] == 3 and [Path(f["source"]).name for f in report["failed"]] == ["gone.jpg"]
+    assert_one_line_error(done.stderr, "gone.jpg", "missing")
+    np.testing.assert_allclose(np.load(out), built["embeddings"][:3], atol=1e-5)
+    assert read_csv(tmp_path / "vectors.csv")["path"].tolist() == paths
+    version = subprocess.run([sys.executable, "-m", "maskface.cli", "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("maskface ")
+
+
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_eval_crosses_from_rmfrd_dev_to_lfw(datasets_root, tmp_path, capsys):

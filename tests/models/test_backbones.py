@@ -1,4 +1,7 @@
 import copy
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -153,6 +156,43 @@ def test_folding_batch_norms_keeps_the_embeddings(name):
     left = [m for m in folded.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert left == [], f"{name}: {len(left)} batch norms not folded"
     assert folded.batch_norm_folded and not model.batch_norm_folded
+
+
+def test_facenet_builds_without_facenet_pytorch_s_init_and_the_package_stays_whole():
+    """In a fresh interpreter: building and folding FaceNet imports neither torchvision nor cv2
+    (facenet_pytorch's __init__ would, through MTCNN); importing the package afterwards gives
+    the whole of it, with the very classes the model was built from."""
+    probe = (
+        "import json, sys\n"
+        "from maskface.models.backbones import create_model\n"
+        "model = create_model('facenet', weights='none', embedding_size=16, input_size=96).eval().fold_batch_norm()\n"
+        "before = [m for m in ('torchvision', 'cv2', 'torch._dynamo') if m in sys.modules]\n"
+        "from facenet_pytorch import MTCNN, InceptionResnetV1\n"
+        "import facenet_pytorch.models.mtcnn\n"
+        "from facenet_pytorch.models.inception_resnet_v1 import BasicConv2d\n"
+        "print(json.dumps({'before': before, 'same_class': isinstance(model.trunk.net, InceptionResnetV1),\n"
+        "    'basic_conv': any(isinstance(m, BasicConv2d) for m in model.modules()),\n"
+        "    'mtcnn': facenet_pytorch.models.mtcnn.MTCNN is MTCNN, 'torchvision_now': 'torchvision' in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(done.stdout.splitlines()[-1]) == {
+        "before": [], "same_class": True, "basic_conv": True, "mtcnn": True, "torchvision_now": True,
+    }
+
+
+def test_folding_rectifies_facenet_s_conv_outputs_in_place_with_the_same_embeddings():
+    model = create_model("facenet", embedding_size=32, input_size=96)
+    _randomise_batch_norms(model, seed=5)
+    model.eval()
+    pixels = torch.randint(0, 256, (3, 3, 96, 96), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        expected = model(pixels)
+        folded = copy.deepcopy(model).fold_batch_norm()
+        got = folded(pixels)
+    in_place = [m.inplace for m in folded.modules() if isinstance(m, torch.nn.ReLU)]
+    assert sum(in_place) > 50, "the folded conv blocks' ReLUs should work in place"
+    assert not any(m.inplace for m in model.modules() if isinstance(m, torch.nn.ReLU)), "the trainable model is untouched"
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
 
 
 def test_a_folded_model_refuses_to_train_or_be_saved(tmp_path):
