@@ -74,3 +74,35 @@ def test_scale_script_runs_every_pipeline_stage_and_computes_growth(tmp_path, mo
     assert growth.loc[0, "peak_rss_ratio"] == pytest.approx(1.5)
     full = scale.extrapolate(table, growth)
     assert full.loc[0, "RMFRD (extrapolated, s)"] == pytest.approx(40.0 * (92_671 / 1000) ** (math.log(20) / math.log(10)))
+
+
+def test_recipe_variants_scores_against_brute_force(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.delitem(sys.modules, "_common", raising=False)
+    import numpy as np
+    import recipe_variants as rv
+
+    for name in ("recipe_variants", "generalization", "_common"):
+        monkeypatch.delitem(sys.modules, name)
+    rng = np.random.default_rng(0)
+    a, b, cohort = (rv.unit(rng.normal(size=(n, 8))) for n in (5, 5, 30))
+    for k in range(5):
+        raw = float(a[k] @ b[k])
+        versus_a = [float(a[k] @ c) for c in cohort]
+        versus_b = [float(b[k] @ c) for c in cohort]
+        expected = 0.5 * ((raw - np.mean(versus_a)) / np.std(versus_a) + (raw - np.mean(versus_b)) / np.std(versus_b))
+        assert rv.symmetric_norm(a, b, cohort)[k] == pytest.approx(expected)
+    direction = rng.normal(size=8)
+    projected = rv.without_direction(a, direction)
+    np.testing.assert_allclose(projected @ direction, 0, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(projected, axis=1), 1)
+
+    scores, labels = rng.normal(size=40), rng.random(40) < 0.5
+    best = max(np.mean((scores >= t) == labels) for t in scores)
+    assert np.mean((scores >= rv.best_threshold(scores, labels)) == labels) == best
+
+    images = rng.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8)
+    np.testing.assert_array_equal(rv.warp(images, 0, 0, 1.0), images)
+    shifted = rv.warp(images, 3, 0, 1.0)  # the face moves 3 px right, the left border repeats
+    np.testing.assert_array_equal(shifted[..., 3:], images[..., :-3])
+    np.testing.assert_array_equal(shifted[..., :3], np.repeat(images[..., :1], 3, axis=-1))
