@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, model in pretrained_models(candidates).items():
         spec = get_spec(name)
         for mode in args.modes:
-            crop = {"mode": mode, "align": True, "template": spec.template, "align_points": "eyes"}
+            crop = {"mode": mode, "align": True, "template": spec.template, "align_points": "eyes", "border": "grey"}
             for flip in args.flip:
                 for collection in collections:
                     images = crops_for(collection, crop, spec.input_size, args.work)

@@ -6,6 +6,8 @@ lfw-masktheface, orl-sim: same pairs, same 10 person-disjoint folds), each varia
 the default recipe (aligned, nose-greyed, flip, cosine):
 
 - ``nose_line=X``: the grey starts X eye distances below the aligned nose tip (default 0);
+- ``border=B``: the aligned frame beyond the photo filled the other way (edge or grey) than
+  the run's ``crop.border``;
 - ``tta+shift`` / ``tta+scale``: the flip embedding averaged with those of the aligned face
   shifted by 3 px in four directions / scaled by 0.93 and 1.07;
 - ``snorm``: symmetric score normalisation, each score standardised by the mean and
@@ -148,6 +150,10 @@ def measure(run: RunData, collections: list[gen.Collection], models: dict, nose_
                 for move in moves:
                     total += embed_array(model, warp(images, *move), batch_size=64, progress=False, flip=True)
                 rows.append(row(variant, name, collection, pair_scores(pairs, unit(total)), None))
+            for border in [b for b in ("edge", "grey") if b != crop.get("border", "edge")]:
+                moved = np.asarray(gen.crops_for(collection, dict(crop, border=border), size, work))
+                vectors = embed_array(model, moved, batch_size=64, progress=False, flip=True)
+                rows.append(row(f"border={border}", name, collection, pair_scores(pairs, vectors), None))
             for nose_line in nose_lines:
                 moved = np.asarray(gen.crops_for(collection, dict(crop, nose_line=nose_line), size, work))
                 vectors = embed_array(model, moved, batch_size=64, progress=False, flip=True)

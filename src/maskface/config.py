@@ -199,6 +199,7 @@ class SplitConfig(Section):
 ALIGN_POINTS = ("eyes", "all", "auto")
 TEMPLATES = ("facenet", "arcface", "auto")
 BLANKS = ("mean", "constant")
+BORDERS = ("edge", "grey")
 LANDMARK_SOURCES = ("none", "mtcnn", "ground_truth", "auto")
 
 
@@ -222,6 +223,10 @@ class CropConfig(Section):
     align_points: Literal[ALIGN_POINTS] = "eyes"  # auto: all five for unmasked, eyes for masked images
     # facenet (loose) | arcface (tight, insightface) | auto (each backbone's own)
     template: Literal[TEMPLATES] = "facenet"
+    # Aligned faces, the frame beyond the photo: edge (repeat its edge pixels) | grey (mid-grey,
+    # like the nose line). Pre-cropped photos (RMFRD) reach the frame's edge on one side of a
+    # pair and not the other; smeared edges are texture the network reads as face.
+    border: Literal[BORDERS] = "edge"
     # Eyes mode: the cut.
     eye_line: Annotated[Number, Field(ge=0.1, le=2, description="eye distances below the eyes")] = 0.4
     blank: Literal[BLANKS] = "mean"  # mask mode: fill the mask with the image mean | constant (blank_value)
@@ -248,6 +253,7 @@ class CropConfig(Section):
     min_confidence: Annotated[Number, Field(ge=0, lt=1)] = 0.9
 
     ALIGN_POINTS: ClassVar[tuple[str, ...]] = ALIGN_POINTS
+    BORDERS: ClassVar[tuple[str, ...]] = BORDERS
     TEMPLATES: ClassVar[tuple[str, ...]] = TEMPLATES
     BLANKS: ClassVar[tuple[str, ...]] = BLANKS
     LANDMARK_SOURCES: ClassVar[tuple[str, ...]] = LANDMARK_SOURCES

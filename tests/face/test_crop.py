@@ -204,3 +204,29 @@ def test_landmarks_auto_follows_the_data_source():
     assert config.for_source("synthetic").landmarks == "ground_truth"
     assert config.for_source("rmfrd").landmarks == "mtcnn"
     assert CropConfig(landmarks="mtcnn").for_source("synthetic").landmarks == "mtcnn"
+
+
+def test_grey_border_fills_only_the_frame_beyond_the_photo():
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    # The face 20 px further right than the template: aligning moves the photo 20 px left,
+    # so output columns 92-111 sample x = 112-131, beyond the photo.
+    points = _face_points(112) + np.array([20.0, 0.0])
+    settings = {"mode": "none", "align": True, "template": "arcface", "align_points": "eyes"}
+    grey = crop_details(Image.fromarray(photo), points, {**settings, "border": "grey"}, 112).image
+    edge = crop_details(Image.fromarray(photo), points, {**settings, "border": "edge"}, 112).image
+    np.testing.assert_array_equal(grey[:, :92], photo[:, 20:])
+    assert np.all(grey[:, 92:] == 128)
+    np.testing.assert_array_equal(edge[:, :92], photo[:, 20:])
+    np.testing.assert_array_equal(edge[:, 92:], np.repeat(photo[:, 111:], 20, axis=1))  # the edge column, repeated
+    # preprocess.json files written before the setting existed keep the edge.
+    np.testing.assert_array_equal(crop_details(Image.fromarray(photo), points, settings, 112).image, edge)
+
+
+def test_border_is_an_alignment_setting_and_a_bad_one_names_the_valid_ones():
+    from maskface.face.crop import crop_settings
+
+    assert crop_settings(CropConfig(mode="nose", align=True, landmarks="mtcnn", border="grey"))["border"] == "grey"
+    assert "border" not in crop_settings(CropConfig(mode="ratio"))  # unaligned: the photo is resized, never warped
+    with pytest.raises(ValueError, match="crop.border 'black' is invalid; valid: edge, grey"):
+        crop_details(_gradient(), _face_points(60), {"mode": "none", "align": True, "border": "black"}, 32)

@@ -66,9 +66,14 @@ PREPROCESS_FILE = "preprocess.json"
 SUMMARY_FILE = "summary.json"
 INDEX_COLUMNS = ["path", "identity", "masked", "split"]
 
+# Mid-grey, for what the network must not read: the face below the nose line (nose mode) and,
+# with `border: grey`, the aligned frame beyond the photo. After every backbone's
+# normalisation it is close to zero input, the least informative value a network can see.
+GREY = 128
+
 # Settings keys by what uses them; preprocess.json carries only the ones in use.
 _BASE_KEYS = ("mode", "keep_ratio")
-_ALIGN_KEYS = ("align", "align_points", "template")
+_ALIGN_KEYS = ("align", "align_points", "template", "border")
 _EYES_KEYS = ("eye_line", "template")
 _MASK_KEYS = ("blank", "blank_value", "blank_without_mask", "template")
 _NOSE_KEYS = ("nose_line", "template")
@@ -119,6 +124,7 @@ def _resolved(crop: Mapping[str, Any]) -> dict:
     if settings["template"] == "auto":
         raise ValueError("crop.template 'auto' must be resolved to the backbone's template first; valid: facenet, arcface")
     for key, valid in (
+        ("border", CropConfig.BORDERS),
         ("align_points", CropConfig.ALIGN_POINTS),
         ("template", CropConfig.TEMPLATES),
         ("blank", CropConfig.BLANKS),
@@ -235,7 +241,8 @@ def crop_details(
         elif mode == "eyes":
             kept = min(float(size), _eye_cut(frame_landmarks, float(settings["eye_line"])))
             matrix = compose(_stretch_rows(kept, size), matrix)
-        pixels = warp_affine(np.asarray(image), matrix, (size, size))
+        fill = GREY if settings["border"] == "grey" else None
+        pixels = warp_affine(np.asarray(image), matrix, (size, size), fill)
         out_landmarks = transform_points(landmarks, matrix)
     else:
         # Unaligned: keep the top `kept` rows of the photo and resize to S x S with PIL,
@@ -278,9 +285,6 @@ def crop_details(
     return FaceCrop(pixels, out_landmarks, found, aligned, region=region, mask_found=segmentation.found)
 
 
-# Mid-grey: after every backbone's normalisation it is close to zero input, the least
-# informative value a network can see.
-_NOSE_GREY = 128
 
 
 def nose_cut(landmarks: np.ndarray, nose_line: float) -> float:
@@ -300,7 +304,7 @@ def _grey_below_nose(
     cut = nose_cut(reference, float(settings["nose_line"]))
     first_row = int(np.clip(np.ceil(cut - 0.5), 0, size))
     pixels = np.array(pixels, dtype=np.uint8, copy=True)
-    pixels[first_row:] = _NOSE_GREY
+    pixels[first_row:] = GREY
     region = np.zeros((size, size), dtype=bool)
     region[first_row:] = True
     return FaceCrop(pixels, landmarks, found, aligned, region=region)

@@ -745,11 +745,12 @@ def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return (outer3 @ inner3)[:2]
 
 
-def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int], fill: int | None = None) -> np.ndarray:
     """Warp uint8 (H, W, 3) by the (2, 3) matrix (source -> output pixels) into ``size = (width, height)``.
 
-    Bilinear; pixels from outside the image repeat its edge. A reduction (scale < 0.8) is
-    first done by an area-averaging resize so that the warp does not alias.
+    Bilinear; pixels from outside the image repeat its edge, or are ``fill`` (a grey level)
+    when given. A reduction (scale < 0.8) is first done by an area-averaging resize so that
+    the warp does not alias.
     """
     import cv2
 
@@ -766,6 +767,9 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: tuple[int, int]) ->
         sx, sy = small[0] / width, small[1] / height
         inverse_resize = np.array([[1.0 / sx, 0.0, 0.5 / sx - 0.5], [0.0, 1.0 / sy, 0.5 / sy - 0.5]])
         matrix = compose(matrix, inverse_resize)
+    if fill is None:
+        return cv2.warpAffine(np.ascontiguousarray(image), matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return cv2.warpAffine(
-        np.ascontiguousarray(image), matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        np.ascontiguousarray(image), matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(fill, fill, fill),
     )
