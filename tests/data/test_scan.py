@@ -124,26 +124,46 @@ def test_synthetic_source_scans_nothing_and_an_unreadable_file_is_recorded(tmp_p
     assert row["sha256"] == "" and row["problem"].startswith("unreadable")
 
 
-def test_weights_records_say_which_file_each_backbone_starts_from(tmp_path, monkeypatch):
-    import hashlib
-    import json
-
+@pytest.fixture
+def offline_weights(tmp_path, monkeypatch):
+    """No download, an empty torch cache and no weights folder: nothing but what a test publishes."""
     from maskface.models import weights
-    from maskface.data.scan import write_weights_records
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv(weights.WEIGHTS_DIR_ENV, raising=False)
     monkeypatch.setattr(weights, "_download", lambda url, destination: (_ for _ in ()).throw(OSError("offline")))
+
+
+@pytest.fixture
+def weights_share(offline_weights, tmp_path, monkeypatch):
+    """An empty MASKFACE_WEIGHTS_DIR; ``publish(spec, content)`` puts a weights file in it that
+    the registry's SHA-256 accepts. Returns (folder, publish)."""
+    from maskface.models import weights
+
     folder = tmp_path / "share"
     folder.mkdir()
     monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
+
+    def publish(spec: str, content: bytes) -> None:
+        source = weights.get_source(spec)
+        (folder / source.filename).write_bytes(content)
+        monkeypatch.setitem(weights._registry(), spec, weights.WeightSource(**{**source.__dict__, "sha256": hashlib.sha256(content).hexdigest()}))
+
+    return folder, publish
+
+
+def test_weights_records_say_which_file_each_backbone_starts_from(tmp_path, weights_share):
+    import json
+
+    from maskface.data.scan import write_weights_records
+
+    _, publish = weights_share
     params = {"backbones": {"mobilefacenet": {"weights": "auto"}, "alexnet": {"weights": "none"}}}
     out = tmp_path / "weights"
     records = write_weights_records(params, out)
     assert records["alexnet"]["spec"] is None and records["mobilefacenet"]["spec"] is None  # auto, nothing found
     # The file appears: the record changes, so DVC reruns that backbone's fine-tuning.
-    real = weights.get_source("mobilefacenet:ms1m")
-    monkeypatch.setitem(weights._registry(), "mobilefacenet:ms1m", weights.WeightSource(**{**real.__dict__, "sha256": hashlib.sha256(b"w").hexdigest()}))
-    (folder / "mobilefacenet_ms1m.pt").write_bytes(b"w")
+    publish("mobilefacenet:ms1m", b"w")
     before = (out / "alexnet.json").stat().st_mtime_ns
     records = write_weights_records(params, out)
     saved = json.loads((out / "mobilefacenet.json").read_text())
@@ -152,35 +172,21 @@ def test_weights_records_say_which_file_each_backbone_starts_from(tmp_path, monk
     assert (out / "alexnet.json").stat().st_mtime_ns == before  # unchanged records are not rewritten
 
 
-def test_an_explicit_weights_name_that_cannot_be_found_stops_the_scan(tmp_path, monkeypatch):
+def test_an_explicit_weights_name_that_cannot_be_found_stops_the_scan(tmp_path, offline_weights):
     from maskface.models import weights
     from maskface.data.scan import write_weights_records
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv(weights.WEIGHTS_DIR_ENV, raising=False)
-    monkeypatch.setattr(weights, "_download", lambda url, destination: (_ for _ in ()).throw(OSError("offline")))
     with pytest.raises(weights.WeightsUnavailableError, match="edgeface_xs_q.pt"):
         write_weights_records({"backbones": {"edgeface": {"weights": "webface12m"}}}, tmp_path / "weights")
 
 
-def test_a_fusions_weights_record_lists_each_member_file_and_changes_with_either(tmp_path, monkeypatch):
-    import hashlib
+def test_a_fusions_weights_record_lists_each_member_file_and_changes_with_either(tmp_path, weights_share):
     import json
 
     from maskface.models import weights
     from maskface.data.scan import write_weights_records
 
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(weights, "_download", lambda url, destination: (_ for _ in ()).throw(OSError("offline")))
-    folder = tmp_path / "share"
-    folder.mkdir()
-    monkeypatch.setenv(weights.WEIGHTS_DIR_ENV, str(folder))
-
-    def publish(spec, content):
-        source = weights.get_source(spec)
-        (folder / source.filename).write_bytes(content)
-        monkeypatch.setitem(weights._registry(), spec, weights.WeightSource(**{**source.__dict__, "sha256": hashlib.sha256(content).hexdigest()}))
-
+    folder, publish = weights_share
     params = {"backbones": {"edgeface+mobilefacenet": {"weights": "auto"}}}
     out = tmp_path / "weights"
     publish("edgeface:webface12m", b"e")
