@@ -178,9 +178,19 @@ def crops_for(collection: Collection, crop: dict, size: int, work: Path) -> np.n
     return images
 
 
+def pair_scores(pairs: pd.DataFrame, embeddings: np.ndarray) -> np.ndarray:
+    """The cosine of every pair's two unit embeddings (manifest rows ``a`` and ``b``)."""
+    return np.sum(embeddings[pairs["a"].to_numpy()] * embeddings[pairs["b"].to_numpy()], axis=1)
+
+
 def evaluate(collection: Collection, embeddings: np.ndarray, threshold: float | None, bootstrap: int) -> dict:
+    return evaluate_scores(collection, pair_scores(collection.pairs, embeddings), threshold, bootstrap)
+
+
+def evaluate_scores(collection: Collection, scores: np.ndarray, threshold: float | None, bootstrap: int) -> dict:
+    """10-fold accuracy, ROC AUC (with its identity-bootstrap interval when ``bootstrap``) and,
+    given a threshold, the accuracy at it and its gap, of one score per pair of the collection."""
     pairs = collection.pairs
-    scores = np.sum(embeddings[pairs["a"].to_numpy()] * embeddings[pairs["b"].to_numpy()], axis=1)
     labels = pairs["label"].to_numpy()
     kfold = kfold_accuracy(scores, labels, pairs["fold"].to_numpy())["mean"]
     result = {"kfold_accuracy": kfold, "auc": roc_auc(scores, labels)}

@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generalization as gen  # noqa: E402
 from _common import datasets_root, machine  # noqa: E402
 
-from maskface.evaluation.metrics import kfold_accuracy, roc_auc  # noqa: E402
 from maskface.inference.embed import embed_array, load_model  # noqa: E402
 from maskface.tables import read_csv, write_csv  # noqa: E402
 
@@ -86,19 +85,8 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(max(accuracy)[1])
 
 
-def pair_scores(pairs: pd.DataFrame, embeddings: np.ndarray) -> np.ndarray:
-    return np.sum(embeddings[pairs["a"].to_numpy()] * embeddings[pairs["b"].to_numpy()], axis=1)
-
-
 def row(variant: str, model: str, collection: gen.Collection, scores: np.ndarray, threshold: float | None) -> dict:
-    labels = collection.pairs["label"].to_numpy()
-    kfold = kfold_accuracy(scores, labels, collection.pairs["fold"].to_numpy())["mean"]
-    result = {"variant": variant, "model": model, "collection": collection.name, "kfold_accuracy": kfold,
-              "auc": roc_auc(scores, labels)}
-    if threshold is not None:
-        result["own_threshold_accuracy"] = float(np.mean((scores >= threshold) == labels))
-        result["gap"] = result["own_threshold_accuracy"] - kfold
-    return result
+    return {"variant": variant, "model": model, "collection": collection.name, **gen.evaluate_scores(collection, scores, threshold, 0)}
 
 
 class RunData:
@@ -140,24 +128,24 @@ def measure(run: RunData, collections: list[gen.Collection], models: dict, nose_
             images = np.asarray(gen.crops_for(collection, crop, size, work))
             base = embed_array(model, images, batch_size=64, progress=False, flip=True)
             pairs = collection.pairs
-            rows.append(row("cosine (default)", name, collection, pair_scores(pairs, base), thresholds["cosine"]))
+            rows.append(row("cosine (default)", name, collection, gen.pair_scores(pairs, base), thresholds["cosine"]))
             a, b = base[pairs["a"].to_numpy()], base[pairs["b"].to_numpy()]
             rows.append(row("snorm", name, collection, symmetric_norm(a, b, cohort), thresholds["snorm"]))
             projected = without_direction(base, direction)
-            rows.append(row("mask-direction", name, collection, pair_scores(pairs, projected), thresholds["mask-direction"]))
+            rows.append(row("mask-direction", name, collection, gen.pair_scores(pairs, projected), thresholds["mask-direction"]))
             for variant, moves in (("tta+shift", SHIFTS), ("tta+scale", SCALES)):
                 total = base.copy()
                 for move in moves:
                     total += embed_array(model, warp(images, *move), batch_size=64, progress=False, flip=True)
-                rows.append(row(variant, name, collection, pair_scores(pairs, unit(total)), None))
+                rows.append(row(variant, name, collection, gen.pair_scores(pairs, unit(total)), None))
             for border in [b for b in ("edge", "grey") if b != crop.get("border", "edge")]:
                 moved = np.asarray(gen.crops_for(collection, dict(crop, border=border), size, work))
                 vectors = embed_array(model, moved, batch_size=64, progress=False, flip=True)
-                rows.append(row(f"border={border}", name, collection, pair_scores(pairs, vectors), None))
+                rows.append(row(f"border={border}", name, collection, gen.pair_scores(pairs, vectors), None))
             for nose_line in nose_lines:
                 moved = np.asarray(gen.crops_for(collection, dict(crop, nose_line=nose_line), size, work))
                 vectors = embed_array(model, moved, batch_size=64, progress=False, flip=True)
-                rows.append(row(f"nose_line={nose_line:+.1f}", name, collection, pair_scores(pairs, vectors), None))
+                rows.append(row(f"nose_line={nose_line:+.1f}", name, collection, gen.pair_scores(pairs, vectors), None))
             logger.info("%s on %s: done", name, collection.name)
     return rows
 

@@ -42,7 +42,7 @@ from maskface.text import printable
 logger = logging.getLogger(__name__)
 
 EXIT_OK = 0
-# Every command, in the order of `maskface --help` (build_parser checks it).
+# Every command, in the order of `maskface --help` (tests/test_cli.py checks it against the parser).
 COMMANDS = ("verify", "embed", "enroll", "identify", "eval", "export", "info", "weights", "simulate-masks")
 EVAL_HELP = "verification metrics of a model on another dataset"
 
