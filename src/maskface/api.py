@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from maskface import __version__
 from maskface.errors import InputError, UserError
+from maskface.hardware import DEVICES, PRECISIONS, usable_cpu_cores
 from maskface.inference.model_folder import (
     ImageError,
     ImageInput,
@@ -52,9 +53,6 @@ GALLERY_FORMAT = "maskface-gallery"
 GALLERY_FORMAT_VERSION = 1
 # What a folder argument expands to; named files are always tried whatever their suffix.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".pnm")
-# What FaceModel accepts before importing torch (maskface.device checks the same names).
-PRECISIONS = ("auto", "fp32", "bf16")
-DEVICES = ("auto", "cpu", "cuda")
 # Decoded pixels held ahead of the network: enough to decode a command's images while torch
 # and the model load (1,700 faces at 160 px), bounded so memory stays flat for any count.
 DECODE_AHEAD_BYTES = 128 * 2**20
@@ -189,11 +187,7 @@ def default_decode_workers() -> int:
     images while torch and the model load, and is idle once the network runs. (Threads:
     at least 2, see :class:`_Decoder`.)
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores // 2))
+    return max(1, min(4, usable_cpu_cores() // 2))
 
 
 def prepare_image(image: ImageInput, position: Optional[int], settings: Mapping[str, Any]) -> np.ndarray:

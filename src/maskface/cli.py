@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 from maskface import __version__
 from maskface.errors import EXIT_USER_ERROR, InputError, user_error_message
+from maskface.hardware import DEVICES, PRECISIONS
 from maskface.logs import logging_to_stderr
 from maskface.text import printable
 
@@ -431,10 +432,10 @@ def _common() -> argparse.ArgumentParser:
 
 def _model_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--model", type=Path, required=required, metavar="DIR", help="model folder (models/<backbone> or an exported copy)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the network runs (default: auto)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="where the network runs (default: auto)")
     parser.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="images per forward pass (default: 64, as the embed stage)")
     parser.add_argument(
-        "--precision", default="auto", choices=("auto", "fp32", "bf16"),
+        "--precision", default="auto", choices=PRECISIONS,
         help="network arithmetic; auto = as the embed stage: bf16 on GPUs and CPUs with native bf16, else fp32",
     )
 

@@ -23,14 +23,13 @@ from pydantic_core import PydanticCustomError
 # invalid_param keeps its short local name: it is raised on almost every line below.
 from maskface.errors import ConfigError
 from maskface.errors import invalid_param as _fail
+from maskface.hardware import DEVICES, PRECISIONS
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
 # How a decision threshold is chosen on validation pairs (maskface.evaluation.metrics.choose_threshold).
 THRESHOLD_RULES = ("max_accuracy", "one_se")
 CROP_MODES = ("none", "ratio", "eyes", "mask", "nose")
 SPLIT_BY = ("identity", "image")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
 # MASK_STYLES repeats maskface.data.masks's so that reading params never imports the drawing code.
 MASK_STYLES = ("surgical", "cloth", "n95")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from maskface.errors import InputError
+from maskface.hardware import DEVICES, PRECISIONS
 
 logger = logging.getLogger(__name__)
 
@@ -19,8 +20,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but no CUDA device is available; valid here: auto, cpu")
-    if name not in ("cpu", "cuda"):
-        raise InputError(f"device {name!r} is invalid; valid: auto, cpu, cuda")
+    if name not in DEVICES:
+        raise InputError(f"device {name!r} is invalid; valid: {', '.join(DEVICES)}")
     return torch.device(name)
 
 
@@ -51,7 +52,7 @@ def inference_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     if precision == "bf16":
         return torch.bfloat16
     if precision != "auto":
-        raise InputError(f"precision {precision!r} is invalid; valid: auto, fp32, bf16")
+        raise InputError(f"precision {precision!r} is invalid; valid: {', '.join(PRECISIONS)}")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_supports_bf16() else None

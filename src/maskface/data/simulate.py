@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from maskface.data.masks import MASK_STYLES, draw_mask
 from maskface.data.synthetic import LANDMARK_COLUMNS
+from maskface.hardware import DEVICES
 from maskface.tables import write_csv
 from maskface.text import one_line
 
@@ -393,7 +394,7 @@ def add_simulate_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--source", default="lfw", choices=SOURCE_KINDS, help="layout of SRC (default: lfw)")
     parser.add_argument("--styles", default=",".join(MASK_STYLES), help=f"comma-separated mask styles (default: {','.join(MASK_STYLES)})")
     parser.add_argument("--seed", type=int, default=0, help="fixes every image's mask (default: 0)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="MTCNN device (default: auto)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="MTCNN device (default: auto)")
     parser.add_argument("--pad", type=float, default=0.3, help="border added before detection, fraction of the side (default: 0.3)")
     parser.add_argument("--thresholds", default="0.2,0.3,0.3", help="MTCNN stage thresholds (default: 0.2,0.3,0.3)")
     parser.add_argument("--on-no-face", default="skip", choices=ON_NO_FACE, help="no face found: skip, or use the template landmarks")

@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from maskface.errors import InputError
+from maskface.hardware import usable_cpu_cores
 from maskface.imageio import load_rgb
 from maskface.data.synthetic import GROUND_TRUTH_CSV, LANDMARK_COLUMNS
 from maskface.tables import read_csv, write_csv_atomically
@@ -397,7 +398,7 @@ def process_count(workers: int, images: int, device: str) -> int:
     if device != "cpu":
         return 1
     if workers == 0:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = usable_cpu_cores()
     return max(1, min(workers, images // MIN_IMAGES_PER_PROCESS))
 
 
