@@ -106,3 +106,65 @@ def test_recipe_variants_scores_against_brute_force(monkeypatch):
     shifted = rv.warp(images, 3, 0, 1.0)  # the face moves 3 px right, the left border repeats
     np.testing.assert_array_equal(shifted[..., 3:], images[..., :-3])
     np.testing.assert_array_equal(shifted[..., :3], np.repeat(images[..., :1], 3, axis=-1))
+
+
+def test_rmfrd_crossval_variants_differences_and_interpolation(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.delitem(sys.modules, "_common", raising=False)
+    import numpy as np
+    import pandas as pd
+    import rmfrd_crossval as cv
+    import torch
+
+    from maskface.models.backbones import create_model
+
+    for name in ("rmfrd_crossval", "generalization", "_common"):
+        monkeypatch.delitem(sys.modules, name)
+
+    name, changes = cv.parse_variant("deeper:backbones.edgeface.train_layers=last_3,backbones.edgeface.lr=1e-4")
+    assert name == "deeper" and changes == {"backbones.edgeface.train_layers": "last_3", "backbones.edgeface.lr": 1e-4}
+    params = {"backbones": {"edgeface": {"train_layers": "last_2", "lr": 5e-5}}}
+    changed = cv.with_changes(params, changes)
+    assert changed["backbones"]["edgeface"] == {"train_layers": "last_3", "lr": 1e-4}
+    assert params["backbones"]["edgeface"]["train_layers"] == "last_2"  # the recipe itself is untouched
+    with pytest.raises(KeyError, match="epoch.*valid here: train_layers, lr"):
+        cv.with_changes(params, {"backbones.edgeface.epoch": 3})
+    with pytest.raises(Exception, match="key=value"):
+        cv.parse_variant("nothing-to-change")
+
+    # The paired difference to the untouched network, against a by-hand mean and standard error.
+    rng = np.random.default_rng(0)
+    rows = [
+        {"variant": variant, "seed": seed, "collection": collection, "kfold_accuracy": rng.random(), "auc": rng.random(),
+         "own_threshold_accuracy": rng.random(), "gap": rng.random()}
+        for variant in ("untouched", "recipe") for seed in range(4) for collection in ("a", "b")
+    ]
+    table = pd.DataFrame(rows)
+    summary = cv.summarise(table).set_index(["variant", "collection"])
+    for collection in ("a", "b"):
+        base = table[(table["variant"] == "untouched") & (table["collection"] == collection)]["auc"].to_numpy()
+        tuned = table[(table["variant"] == "recipe") & (table["collection"] == collection)]["auc"].to_numpy()
+        differences = tuned - base
+        assert summary.loc[("recipe", collection), "auc"] == pytest.approx(tuned.mean())
+        assert summary.loc[("recipe", collection), "auc_vs_untouched"] == pytest.approx(differences.mean())
+        assert summary.loc[("recipe", collection), "auc_vs_untouched_se"] == pytest.approx(
+            np.sqrt(np.sum((differences - differences.mean()) ** 2) / 3) / 2
+        )
+
+    # Interpolation: weight 1 is the fine-tuned network, 0 the untouched one, 0.5 the midpoint of every tensor.
+    torch.manual_seed(0)
+    untouched = create_model("edgeface_xxs", weights="none", embedding_size=512).eval()
+    untouched.init_head_identity()
+    trained = create_model("edgeface_xxs", weights="none", embedding_size=512).eval()
+    pixels = torch.rand(2, 3, 112, 112) * 255
+    with torch.no_grad():
+        for weight, expected in ((1.0, trained), (0.0, untouched)):
+            torch.testing.assert_close(cv.interpolated(trained, untouched, weight)(pixels), expected(pixels), atol=1e-4, rtol=1e-4)
+        midpoint = cv.interpolated(trained, untouched, 0.5)
+    assert midpoint.batch_norm_folded and not untouched.batch_norm_folded
+    state = cv.interpolated_state(trained, untouched, 0.25)
+    for key, value in trained.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(state[key], 0.25 * value + 0.75 * untouched.state_dict()[key])
+        else:
+            assert torch.equal(state[key], value)

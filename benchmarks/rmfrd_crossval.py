@@ -1,0 +1,261 @@
+"""Does the recipe's fine-tuning help on people it never saw? Averaged over identity splits.
+
+rmfrd-dev's test split holds 21 identities: one split's trained-vs-untouched difference moves
+by +-0.03 with the split alone. This script repeats the pipeline's own chain for several
+``split.seed`` values (``split_dataset`` -> ``crop_dataset`` -> ``finetune`` -> cosine
+threshold on the val identities with ``classify``'s rule) and scores, for every seed, the
+untouched network and each fine-tuning variant on
+
+- that seed's rmfrd-dev test identities (people never trained on, same collection: the
+  closest proxy for "other RMFRD identities"),
+- lfw-masktheface and orl-sim (collections never trained on; pairs as in generalization.py).
+
+It reports each row per seed and, per variant and collection, the mean over seeds and the
+mean paired difference to the untouched network with its standard error over seeds.
+
+A variant is the params' recipe with some keys replaced, for example
+``--variant epochs6:backbones.edgeface.epochs=6``, ``--variant more:backbones.edgeface.lr=1e-4,
+backbones.edgeface.train_layers=last_3``; ``recipe`` (the params as they are) always runs.
+
+Usage:
+    MASKFACE_WEIGHTS_DIR=../shared/weights python benchmarks/rmfrd_crossval.py \
+        --backbone edgeface --seeds 0 1 2 3 4 --work /tmp/maskface-crossval
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import generalization as gen  # noqa: E402
+from _common import datasets_root, machine  # noqa: E402
+
+from maskface.config import (  # noqa: E402
+    ArcFaceConfig, ClassifyConfig, CropConfig, EmbedConfig, FinetuneConfig, SplitConfig, backbone_config, load_params, section,
+)
+from maskface.data.datasets import DataConfig, build_manifest  # noqa: E402
+from maskface.data.split import split_dataset  # noqa: E402
+from maskface.evaluation.classify import threshold_pairs  # noqa: E402
+from maskface.evaluation.metrics import choose_threshold  # noqa: E402
+from maskface.face.crop import crop_dataset  # noqa: E402
+from maskface.face.geometry import FaceDetector, detect_table, read_landmark_table  # noqa: E402
+from maskface.inference.embed import embed_array, load_model  # noqa: E402
+from maskface.models.backbones import get_spec  # noqa: E402
+from maskface.tables import write_csv  # noqa: E402
+from maskface.training.train import finetune  # noqa: E402
+
+logger = logging.getLogger("rmfrd_crossval")
+
+RECIPE = "recipe"
+UNTOUCHED = "untouched"
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, object]]:
+    """``name:dotted.key=value,other.key=value`` -> (name, {dotted key: YAML value})."""
+    name, _, assignments = text.partition(":")
+    if not name or not assignments:
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: expected NAME:key=value[,key=value]")
+    changes = {}
+    for assignment in assignments.split(","):
+        key, equals, value = assignment.partition("=")
+        if not equals:
+            raise argparse.ArgumentTypeError(f"--variant {text!r}: {assignment!r} is not key=value")
+        changes[key.strip()] = _value(value)
+    return name, changes
+
+
+def _value(text: str) -> object:
+    """A YAML scalar, with ``1e-4`` a number (YAML 1.1 reads exponents without a dot as text)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def with_changes(params: dict, changes: dict[str, object]) -> dict:
+    """A copy of ``params`` with each dotted key set; a key the params do not have is an error."""
+    changed = copy.deepcopy(params)
+    for dotted, value in changes.items():
+        *parents, leaf = dotted.split(".")
+        node = changed
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"{dotted}: not a key of the params (valid here: {', '.join(map(str, node))})")
+        node[leaf] = value
+    return changed
+
+
+def own_threshold(index: pd.DataFrame, embeddings: np.ndarray, classify: ClassifyConfig) -> float:
+    """The threshold the classify stage would choose for cosine (its pairs, its rule)."""
+    pairs = threshold_pairs(index, classify)
+    row_of = {path: row for row, path in enumerate(index["path"])}
+    a = embeddings[[row_of[p] for p in pairs["path_a"]]]
+    b = embeddings[[row_of[p] for p in pairs["path_b"]]]
+    return choose_threshold(np.sum(a * b, axis=1), pairs["label"].to_numpy(), classify.threshold_rule)
+
+
+class Seed:
+    """One identity split of rmfrd-dev: its crops, its test identities as a collection."""
+
+    def __init__(self, seed: int, manifest: pd.DataFrame, landmarks: pd.DataFrame, params: dict, backbone: str, work: Path):
+        split = section(params, SplitConfig, "split")
+        crop = section(params, CropConfig, "crop")
+        self.folder = work / f"seed{seed}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.manifest, pairs = split_dataset(
+            manifest, split.ratios, seed, split.by, split.pair_types, split.max_genuine_per_identity
+        )
+        self.val_pairs = self.folder / "val.csv"
+        write_csv(pairs["val"], self.val_pairs)
+        spec = get_spec(backbone)
+        self.crops = self.folder / "crops"
+        self.index = crop_dataset(self.manifest, crop, spec.input_size, self.crops, landmarks, spec.template)
+        self.images = np.load(self.crops / "images.npy", mmap_mode="r")
+        test = self.index[self.index["split"] == "test"]
+        self.test_rows = test.index.to_numpy()
+        test = test.reset_index(drop=True).assign(derived_from="", masked=lambda t: t["masked"].astype(bool))
+        self.test = gen.Collection(f"rmfrd-test (seed {seed})", test, gen.build_pairs(test), {})
+
+    def embeddings(self, model, flip: bool) -> np.ndarray:
+        return embed_array(model, np.asarray(self.images), batch_size=64, progress=False, flip=flip)
+
+
+def score_model(name: str, seed: int, model, current: Seed, others: list[gen.Collection], params: dict, work: Path) -> list[dict]:
+    flip = section(params, EmbedConfig, "embed").flip
+    embeddings = current.embeddings(model, flip)
+    threshold = own_threshold(current.index, embeddings, section(params, ClassifyConfig, "classify"))
+    rows = [{"variant": name, "seed": seed, "collection": "rmfrd-test", **gen.evaluate(current.test, embeddings[current.test_rows], threshold, 0)}]
+    settings = json.loads((current.crops / "preprocess.json").read_text())
+    for collection in others:
+        images = gen.crops_for(collection, settings["crop"], int(settings["input_size"]), work)
+        vectors = embed_array(model, images, batch_size=64, progress=False, flip=flip)
+        rows.append({"variant": name, "seed": seed, "collection": collection.name, **gen.evaluate(collection, vectors, threshold, 0)})
+    for row in rows:
+        row["threshold"] = threshold
+        logger.info("%s seed %d %s: 10-fold %.3f, AUC %.3f, own threshold %.3f", name, seed, row["collection"],
+                    row["kfold_accuracy"], row["auc"], row["own_threshold_accuracy"])
+    return rows
+
+
+def interpolated_state(trained, untouched, weight: float) -> dict:
+    """Weight-space interpolation (WiSE-FT, Wortsman et al. 2022): ``weight`` x fine-tuned +
+    (1 - ``weight``) x untouched, tensor by tensor; both unfolded, same architecture."""
+    start = untouched.state_dict()
+    return {
+        key: weight * value + (1 - weight) * start[key] if value.is_floating_point() else value
+        for key, value in trained.state_dict().items()
+    }
+
+
+def interpolated(trained, untouched, weight: float):
+    """An inference copy of the untouched network holding :func:`interpolated_state`."""
+    mixed = copy.deepcopy(untouched)
+    mixed.load_state_dict(interpolated_state(trained, untouched, weight))
+    return mixed.eval().fold_batch_norm()
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Per variant and collection: means over seeds, and the paired difference to untouched."""
+    metrics = ["kfold_accuracy", "auc", "own_threshold_accuracy", "gap"]
+    base = table[table["variant"] == UNTOUCHED].set_index(["seed", "collection"])[metrics]
+    rows = []
+    for (variant, collection), group in table.groupby(["variant", "collection"], sort=False):
+        group = group.set_index(["seed", "collection"])
+        row = {"variant": variant, "collection": collection, "seeds": len(group)}
+        for metric in metrics:
+            row[metric] = group[metric].mean()
+        if variant != UNTOUCHED:
+            for metric in ("kfold_accuracy", "auc"):
+                difference = group[metric] - base.loc[group.index, metric]
+                row[f"{metric}_vs_untouched"] = difference.mean()
+                row[f"{metric}_vs_untouched_se"] = difference.std(ddof=1) / np.sqrt(len(difference)) if len(difference) > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", type=Path, default=Path(__file__).resolve().parents[1] / "params.yaml")
+    parser.add_argument("--datasets", type=Path, default=None, help="folder with rmfrd-dev/, lfw-masktheface/, orl/")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/maskface-crossval"))
+    parser.add_argument("--backbone", default="edgeface")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME:key=value[,key=value]")
+    parser.add_argument("--collections", nargs="*", default=["lfw-masktheface", "orl-sim"], help="other collections (generalization.py's)")
+    parser.add_argument(
+        "--interpolate", type=float, nargs="*", default=[], metavar="W",
+        help="also score each variant's weights interpolated toward the untouched network (W x trained + (1 - W) x untouched)",
+    )
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    datasets = args.datasets or datasets_root()
+    params = load_params(args.params)
+    variants = {RECIPE: params, **{name: with_changes(params, changes) for name, changes in args.variant}}
+    for variant in variants.values():  # fail on a bad value before hours of training
+        backbone_config(variant, args.backbone), section(variant, FinetuneConfig, "finetune")
+
+    manifest = build_manifest(DataConfig(source="rmfrd", root=str(datasets / "rmfrd-dev"), workers=2)).manifest
+    args.work.mkdir(parents=True, exist_ok=True)
+    landmark_path = args.work / "rmfrd-dev-landmarks.csv"
+    if not landmark_path.is_file():
+        crop = section(params, CropConfig, "crop")
+        detector = FaceDetector(device="cpu", pad=crop.detect_pad, thresholds=tuple(crop.detect_thresholds), min_face_size=crop.detect_min_face)
+        write_csv(detect_table([str(p) for p in manifest["path"]], detector, desc="rmfrd-dev: landmarks"), landmark_path)
+    landmarks = read_landmark_table(landmark_path)
+    roots = {"lfw-masktheface": datasets / "lfw-masktheface", "orl-sim": datasets / "orl"}
+    others = [gen.load_collection(name, roots[name], args.work) for name in args.collections]
+    untouched = gen.pretrained_models([args.backbone])[args.backbone]
+
+    rows = []
+    for seed in args.seeds:
+        current = Seed(seed, manifest, landmarks, params, args.backbone, args.work)
+        rows += score_model(UNTOUCHED, seed, untouched, current, others, params, args.work)
+        for name, variant in variants.items():
+            out = current.folder / name
+            finetune(
+                args.backbone, current.crops, current.val_pairs, out / "model", out / "live",
+                backbone_config(variant, args.backbone), section(variant, ArcFaceConfig, "arcface"),
+                section(variant, FinetuneConfig, "finetune"), progress=False,
+            )
+            rows += score_model(name, seed, load_model(out / "model"), current, others, variant, args.work)
+            for weight in args.interpolate:
+                model = interpolated(load_model(out / "model", fold_batch_norm=False), untouched, weight)
+                rows += score_model(f"{name} x{weight:g}", seed, model, current, others, variant, args.work)
+        table = pd.DataFrame(rows)
+        write_csv(table, args.work / "results.csv")
+
+    summary = summarise(table)
+    write_csv(summary, args.work / "summary.csv")
+    text = summary.to_markdown(index=False, floatfmt=".3f") if gen._has_tabulate() else summary.to_string(index=False)
+    footer = f"{machine()}; {len(args.seeds)} seeds; {time.perf_counter() - started:.0f} s"
+    (args.work / "summary.md").write_text(f"{text}\n\n{footer}\n")
+    print(text)
+    print(footer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
