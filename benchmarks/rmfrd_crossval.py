@@ -16,6 +16,9 @@ mean paired difference to the untouched network with its standard error over see
 A variant is the params' recipe with some keys replaced, for example
 ``--variant epochs6:backbones.edgeface.epochs=6``, ``--variant more:backbones.edgeface.lr=1e-4,
 backbones.edgeface.train_layers=last_3``; ``recipe`` (the params as they are) always runs.
+``--interpolate W`` adds each model's weights moved toward the untouched network (WiSE-FT);
+``--mask-direction`` adds each model with the training identities' mean masked-minus-unmasked
+embedding projected out of every embedding.
 
 Usage:
     MASKFACE_WEIGHTS_DIR=../shared/weights python benchmarks/rmfrd_crossval.py \
@@ -39,6 +42,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generalization as gen  # noqa: E402
+import recipe_variants as rv  # noqa: E402
 from _common import datasets_root, machine  # noqa: E402
 
 from maskface.config import (  # noqa: E402
@@ -135,15 +139,34 @@ class Seed:
         return embed_array(model, np.asarray(self.images), batch_size=64, progress=False, flip=flip)
 
 
-def score_model(name: str, seed: int, model, current: Seed, others: list[gen.Collection], params: dict, work: Path) -> list[dict]:
+def mask_direction(index: pd.DataFrame, embeddings: np.ndarray) -> np.ndarray:
+    """Mean masked minus mean unmasked embedding of the training identities."""
+    train = (index["split"] == "train").to_numpy()
+    masked = index["masked"].astype(bool).to_numpy()
+    return embeddings[train & masked].mean(0) - embeddings[train & ~masked].mean(0)
+
+
+def score_model(
+    name: str, seed: int, model, current: Seed, others: list[gen.Collection], params: dict, work: Path,
+    without_mask_direction: bool = False,
+) -> list[dict]:
+    """Rows for this seed's held-out identities and the other collections; with
+    ``without_mask_direction`` every embedding first loses its component along
+    :func:`mask_direction` (renormalised), thresholds included."""
     flip = section(params, EmbedConfig, "embed").flip
     embeddings = current.embeddings(model, flip)
+    project = (lambda vectors: vectors)
+    if without_mask_direction:
+        direction = mask_direction(current.index, embeddings)
+        project = (lambda vectors: rv.without_direction(vectors, direction))
+        name = f"{name} without mask direction"
+    embeddings = project(embeddings)
     threshold = own_threshold(current.index, embeddings, section(params, ClassifyConfig, "classify"))
     rows = [{"variant": name, "seed": seed, "collection": "rmfrd-test", **gen.evaluate(current.test, embeddings[current.test_rows], threshold, 0)}]
     settings = json.loads((current.crops / "preprocess.json").read_text())
     for collection in others:
         images = gen.crops_for(collection, settings["crop"], int(settings["input_size"]), work)
-        vectors = embed_array(model, images, batch_size=64, progress=False, flip=flip)
+        vectors = project(embed_array(model, images, batch_size=64, progress=False, flip=flip))
         rows.append({"variant": name, "seed": seed, "collection": collection.name, **gen.evaluate(collection, vectors, threshold, 0)})
     for row in rows:
         row["threshold"] = threshold
@@ -201,6 +224,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--interpolate", type=float, nargs="*", default=[], metavar="W",
         help="also score each variant's weights interpolated toward the untouched network (W x trained + (1 - W) x untouched)",
     )
+    parser.add_argument(
+        "--mask-direction", action="store_true",
+        help="also score every model with the training identities' mask direction projected out (recipe_variants.py's variant)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     return parser.parse_args(argv)
 
@@ -233,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         current = Seed(seed, manifest, landmarks, params, args.backbone, args.work)
         rows += score_model(UNTOUCHED, seed, untouched, current, others, params, args.work)
+        if args.mask_direction:
+            rows += score_model(UNTOUCHED, seed, untouched, current, others, params, args.work, without_mask_direction=True)
         for name, variant in variants.items():
             out = current.folder / name
             finetune(
@@ -241,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
                 section(variant, FinetuneConfig, "finetune"), progress=False,
             )
             rows += score_model(name, seed, load_model(out / "model"), current, others, variant, args.work)
+            if args.mask_direction:
+                rows += score_model(
+                    name, seed, load_model(out / "model"), current, others, variant, args.work, without_mask_direction=True
+                )
             for weight in args.interpolate:
                 model = interpolated(load_model(out / "model", fold_batch_norm=False), untouched, weight)
                 rows += score_model(f"{name} x{weight:g}", seed, model, current, others, variant, args.work)

@@ -118,7 +118,7 @@ def test_rmfrd_crossval_variants_differences_and_interpolation(monkeypatch):
 
     from maskface.models.backbones import create_model
 
-    for name in ("rmfrd_crossval", "generalization", "_common"):
+    for name in ("rmfrd_crossval", "recipe_variants", "generalization", "_common"):
         monkeypatch.delitem(sys.modules, name)
 
     name, changes = cv.parse_variant("deeper:backbones.edgeface.train_layers=last_3,backbones.edgeface.lr=1e-4")
@@ -150,6 +150,15 @@ def test_rmfrd_crossval_variants_differences_and_interpolation(monkeypatch):
         assert summary.loc[("recipe", collection), "auc_vs_untouched_se"] == pytest.approx(
             np.sqrt(np.sum((differences - differences.mean()) ** 2) / 3) / 2
         )
+
+    # The mask direction: the training identities' masked mean minus their unmasked mean, nothing else.
+    index = pd.DataFrame({
+        "split": ["train", "train", "train", "val", "test", "train"],
+        "masked": [True, False, True, True, False, False],
+    })
+    vectors = rng.normal(size=(6, 4))
+    expected = (vectors[0] + vectors[2]) / 2 - (vectors[1] + vectors[5]) / 2
+    np.testing.assert_allclose(cv.mask_direction(index, vectors), expected)
 
     # Interpolation: weight 1 is the fine-tuned network, 0 the untouched one, 0.5 the midpoint of every tensor.
     torch.manual_seed(0)

@@ -313,6 +313,10 @@ class BackboneConfig(Section):
     # ArcFace loss, so a few hundred faces cannot drag the embedding far from what millions
     # taught it. 0 = off; needs pretrained weights.
     anchor: Annotated[Number, Field(ge=0, description="0: no pull toward the pretrained embedding")] = 0.0
+    # After training, remove the training identities' mask direction (their mean masked minus
+    # mean unmasked embedding) from every embedding: what a mask adds to a face's embedding,
+    # as far as the training collection shows, no longer counts in a pair's score.
+    mask_direction: bool = False
 
 
 class ArcFaceConfig(Section):

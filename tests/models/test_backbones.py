@@ -271,6 +271,33 @@ def test_flip_embeds_the_image_plus_its_mirror():
         torch.testing.assert_close(model(pixels.flip(-1), flip=True), model(pixels, flip=True), atol=1e-5, rtol=0)
 
 
+def test_remove_direction_projects_every_embedding_flip_included():
+    model = create_model("mobilefacenet", embedding_size=128, input_size=112).eval()
+    _randomise_batch_norms(model)
+    with torch.no_grad():
+        model.head[2].running_mean.normal_()  # a head norm with real statistics: they must fold exactly
+        model.head[2].running_var.uniform_(0.5, 2.0)
+        model.head[2].weight.uniform_(0.5, 1.5)
+        model.head[2].bias.normal_()
+    pixels = torch.randint(0, 256, (3, 3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    direction = torch.randn(128, generator=torch.Generator().manual_seed(4)).double()
+    unit = direction / direction.norm()
+    with torch.no_grad():
+        raw = {flip: model.head(model.features(pixels)) + (model.head(model.features(pixels.flip(-1))) if flip else 0)
+               for flip in (False, True)}
+        model.remove_direction(direction)
+        for flip, before in raw.items():
+            before = before.double()
+            expected = torch.nn.functional.normalize(before - torch.outer(before @ unit, unit), dim=1).float()
+            after = model(pixels, flip=flip)
+            torch.testing.assert_close(after, expected, atol=1e-5, rtol=0)
+            assert float((after.double() @ unit).abs().max()) < 1e-5
+        model.fold_batch_norm()  # the inference path folds the (now identity) norm again: same embeddings
+        torch.testing.assert_close(model(pixels, flip=True), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="finite non-zero vector of 128"):
+        create_model("mobilefacenet", embedding_size=128).remove_direction(torch.zeros(128))
+
+
 def test_weights_auto_without_a_file_trains_from_scratch_and_says_so(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("MASKFACE_WEIGHTS_DIR", raising=False)

@@ -399,3 +399,28 @@ def test_finetune_refuses_identity_head_of_the_wrong_size(toy_crops, tmp_path, m
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="head_init 'random'"):
         _run(toy_crops, tmp_path, "bad", backbone_config=BackboneConfig(embedding_size=16, head_init="identity"))
+
+
+def test_mask_direction_is_projected_out_of_the_saved_model(toy_crops, tmp_path):
+    from maskface.inference.embed import embed_array
+
+    plain = _run(toy_crops, tmp_path, "plain")
+    removed = _run(toy_crops, tmp_path, "removed", SMALL.model_copy(update={"mask_direction": True}))
+    assert "mask_direction" not in plain and plain["best_epoch"] == removed["best_epoch"]
+    images, index = open_crops(toy_crops["crops"])
+    train = (index["split"] == "train").to_numpy()
+    masked = index["masked"].astype(bool).to_numpy()
+    assert removed["mask_direction"]["images"] == {"masked": int((train & masked).sum()), "unmasked": int((train & ~masked).sum())}
+    # Oracle: the same training without the option, its embeddings projected by hand.
+    before = embed_array(load_model(tmp_path / "plain" / "model"), images, progress=False).astype(np.float64)
+    after = embed_array(load_model(tmp_path / "removed" / "model"), images, progress=False)
+    direction = before[train & masked].mean(0) - before[train & ~masked].mean(0)
+    assert removed["mask_direction"]["length"] == pytest.approx(np.linalg.norm(direction), rel=1e-4)
+    unit = direction / np.linalg.norm(direction)
+    expected = before - np.outer(before @ unit, unit)
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(after, expected, atol=1e-4)
+    assert np.abs(after @ unit).max() < 1e-4
+    saved = json.loads((tmp_path / "removed" / "model" / "training.json").read_text())
+    assert saved["mask_direction"]["removed"] is True
+    assert json.loads((tmp_path / "removed" / "model" / "model.json").read_text())["mask_direction"] is True

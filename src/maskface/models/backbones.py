@@ -236,6 +236,31 @@ class FaceEmbedder(nn.Module):
         # Normalise in fp32: under bf16 autocast a half-precision norm loses ~3 digits.
         return F.normalize(embedding.float(), dim=1)
 
+    def remove_direction(self, direction: torch.Tensor) -> None:
+        """Make every embedding lose its component along ``direction`` (then normalised as always).
+
+        The projection ``I - d d^T`` is folded into the head: the batch norm's eval-mode affine
+        map moves into the linear layer and its bias, and the norm becomes the exact identity,
+        so the model folder keeps its format and every user of it (embed stage, API, CLI)
+        gets the projected embedding. Flip test-time augmentation sums two head outputs, each
+        projected, which is the projection of the sum. For eval-mode inference; the head can
+        still be trained afterwards, but its norm would then learn statistics again.
+        """
+        linear, norm = self.head[1], self.head[2]
+        d = direction.detach().to(linear.weight.dtype).to(linear.weight.device).flatten()
+        if d.numel() != self.embedding_size or not torch.isfinite(d).all() or float(d.norm()) == 0.0:
+            raise ValueError(f"direction must be a finite non-zero vector of {self.embedding_size} values")
+        d = d / d.norm()
+        with torch.no_grad():
+            scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+            shift = norm.bias - norm.running_mean * scale
+            projection = torch.eye(self.embedding_size, dtype=d.dtype, device=d.device) - torch.outer(d, d)
+            linear.weight.copy_(projection @ (scale[:, None] * linear.weight))
+            norm.bias.copy_(projection @ shift)
+            norm.weight.fill_(1.0)
+            norm.running_mean.zero_()
+            norm.running_var.fill_(1.0 - norm.eps)  # sqrt(var + eps) = 1 exactly
+
     def init_head_identity(self) -> None:
         """Make the head the identity map, so the embedding is the trunk's own L2-normalised feature.
 

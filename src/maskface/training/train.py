@@ -880,6 +880,26 @@ class Trainer:
             },
         }
 
+    def _remove_mask_direction(self, model: FaceEmbedder) -> dict:
+        """Project the training images' mean masked-minus-unmasked embedding out of ``model``'s head."""
+        masked = self.index["masked"].astype(bool).to_numpy()[self.train_rows]
+        counts = {"masked": int(masked.sum()), "unmasked": int((~masked).sum())}
+        if not counts["masked"] or not counts["unmasked"]:
+            logger.warning(
+                "%s: mask_direction needs masked and unmasked training images (%d masked, %d unmasked); left as it is",
+                self.backbone, counts["masked"], counts["unmasked"],
+            )
+            return {"removed": False, "images": counts}
+        model.eval()
+        embeddings = embed_array(model, self.images, self.train_rows, batch_size=self.batch_size, progress=False)
+        direction = embeddings[masked].mean(0) - embeddings[~masked].mean(0)
+        model.remove_direction(torch.from_numpy(direction))
+        logger.info(
+            "%s: removed the mask direction (length %.4f) of %d masked and %d unmasked training images",
+            self.backbone, float(np.linalg.norm(direction)), counts["masked"], counts["unmasked"],
+        )
+        return {"removed": True, "length": float(np.linalg.norm(direction)), "images": counts}
+
     def save_outputs(self, summary: dict) -> None:
         """Rank 0: the best epoch's weights as a model folder with preprocess.json and training.json;
         the checkpoint is removed (a finished run needs no resuming)."""
@@ -893,6 +913,9 @@ class Trainer:
                 "train_layers": self.backbone_config.train_layers,
                 "head_init": self.backbone_config.head_init,
             }
+            if self.backbone_config.mask_direction:
+                summary["mask_direction"] = self._remove_mask_direction(model)
+                extra["mask_direction"] = summary["mask_direction"]["removed"]
             save_model(model, out_dir, extra)
             shutil.copyfile(self.crops_dir / PREPROCESS_FILE, out_dir / PREPROCESS_FILE)
             (out_dir / TRAINING_FILE).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
