@@ -75,19 +75,9 @@ def parse_variant(text: str) -> tuple[str, dict[str, object]]:
         key, equals, value = assignment.partition("=")
         if not equals:
             raise argparse.ArgumentTypeError(f"--variant {text!r}: {assignment!r} is not key=value")
-        changes[key.strip()] = _value(value)
+        # As params.yaml would read it; the configs take `1e-4` (text to YAML 1.1) as the number.
+        changes[key.strip()] = yaml.safe_load(value)
     return name, changes
-
-
-def _value(text: str) -> object:
-    """A YAML scalar, with ``1e-4`` a number (YAML 1.1 reads exponents without a dot as text)."""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def with_changes(params: dict, changes: dict[str, object]) -> dict:
