@@ -81,17 +81,27 @@ def parse_variant(text: str) -> tuple[str, dict[str, object]]:
 
 
 def with_changes(params: dict, changes: dict[str, object]) -> dict:
-    """A copy of ``params`` with each dotted key set; a key the params do not have is an error."""
+    """A copy of ``params`` with each dotted key set (:func:`checked` then validates the result)."""
     changed = copy.deepcopy(params)
     for dotted, value in changes.items():
         *parents, leaf = dotted.split(".")
         node = changed
         for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise KeyError(f"{dotted}: {part!r} is not a section of the params (valid here: {', '.join(map(str, node))})")
             node = node[part]
-        if leaf not in node:
-            raise KeyError(f"{dotted}: not a key of the params (valid here: {', '.join(map(str, node))})")
         node[leaf] = value
     return changed
+
+
+def checked(params: dict, backbone: str) -> dict:
+    """``params`` after every section this script reads has parsed: a bad key or value fails
+    here, naming the valid ones, not after hours of training."""
+    backbone_config(params, backbone)
+    for cls, name in ((SplitConfig, "split"), (CropConfig, "crop"), (EmbedConfig, "embed"), (ClassifyConfig, "classify"),
+                      (ArcFaceConfig, "arcface"), (FinetuneConfig, "finetune")):
+        section(params, cls, name)
+    return params
 
 
 def own_threshold(index: pd.DataFrame, embeddings: np.ndarray, classify: ClassifyConfig) -> float:
@@ -230,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     datasets = args.datasets or datasets_root()
     params = load_params(args.params)
-    variants = {RECIPE: params, **{name: with_changes(params, changes) for name, changes in args.variant}}
-    for variant in variants.values():  # fail on a bad value before hours of training
-        backbone_config(variant, args.backbone), section(variant, FinetuneConfig, "finetune")
+    variants = {
+        RECIPE: checked(params, args.backbone),
+        **{name: checked(with_changes(params, changes), args.backbone) for name, changes in args.variant},
+    }
 
     manifest = build_manifest(DataConfig(source="rmfrd", root=str(datasets / "rmfrd-dev"), workers=2)).manifest
     args.work.mkdir(parents=True, exist_ok=True)

@@ -131,8 +131,17 @@ def test_rmfrd_crossval_variants_differences_and_interpolation(monkeypatch):
     parsed = section(changed, BackboneConfig, "backbones.edgeface")
     assert parsed.train_layers == "last_3" and parsed.lr == pytest.approx(1e-4)
     assert params["backbones"]["edgeface"]["train_layers"] == "last_2"  # the recipe itself is untouched
-    with pytest.raises(KeyError, match="epoch.*valid here: train_layers, lr"):
-        cv.with_changes(params, {"backbones.edgeface.epoch": 3})
+    # A key the params leave at its default can be set; a misspelt one fails in the config's own check.
+    from maskface.errors import ConfigError
+
+    full = {"backbones": {"edgeface": {"weights": "none", "embedding_size": 512}}}
+    assert cv.checked(cv.with_changes(full, {"backbones.edgeface.mask_direction": True}), "edgeface")
+    with pytest.raises(ConfigError, match="epoch"):
+        cv.checked(cv.with_changes(full, {"backbones.edgeface.epoch": 3}), "edgeface")
+    with pytest.raises(ConfigError, match="nose_lin"):
+        cv.checked(cv.with_changes({**full, "crop": {}}, {"crop.nose_lin": 0.2}), "edgeface")
+    with pytest.raises(KeyError, match="'backbone' is not a section.*valid here: backbones"):
+        cv.with_changes(full, {"backbone.edgeface.epochs": 3})
     with pytest.raises(Exception, match="key=value"):
         cv.parse_variant("nothing-to-change")
 
