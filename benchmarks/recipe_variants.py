@@ -45,6 +45,7 @@ from _common import datasets_root, machine  # noqa: E402
 
 from maskface.inference.embed import embed_array, load_model  # noqa: E402
 from maskface.tables import read_csv, write_csv  # noqa: E402
+from maskface.training.train import mask_direction  # noqa: E402
 
 logger = logging.getLogger("recipe_variants")
 
@@ -105,7 +106,7 @@ class RunData:
         vectors = embed_array(model, np.asarray(self.images), batch_size=64, progress=False, flip=True)
         train = (self.index["split"] == "train").to_numpy()
         masked = self.index["masked"].astype(bool).to_numpy()
-        direction = vectors[train & masked].mean(0) - vectors[train & ~masked].mean(0)
+        direction = mask_direction(vectors[train], masked[train])
         position = {path: k for k, path in enumerate(self.index["path"])}
         val_a = vectors[[position[p] for p in self.val["path_a"]]]
         val_b = vectors[[position[p] for p in self.val["path_b"]]]

@@ -52,12 +52,13 @@ from maskface.data.datasets import DataConfig, build_manifest  # noqa: E402
 from maskface.data.split import split_dataset  # noqa: E402
 from maskface.evaluation.classify import threshold_pairs  # noqa: E402
 from maskface.evaluation.metrics import choose_threshold  # noqa: E402
-from maskface.face.crop import crop_dataset  # noqa: E402
+from maskface.face.crop import IMAGES_FILE, crop_dataset  # noqa: E402
 from maskface.face.geometry import FaceDetector, detect_table, read_landmark_table  # noqa: E402
 from maskface.inference.embed import embed_array, load_model  # noqa: E402
 from maskface.models.backbones import get_spec  # noqa: E402
 from maskface.tables import write_csv  # noqa: E402
-from maskface.training.train import finetune  # noqa: E402
+from maskface.training.train import finetune, pair_scores  # noqa: E402
+from maskface.training.train import mask_direction as training_mask_direction  # noqa: E402
 
 logger = logging.getLogger("rmfrd_crossval")
 
@@ -108,9 +109,7 @@ def own_threshold(index: pd.DataFrame, embeddings: np.ndarray, classify: Classif
     """The threshold the classify stage would choose for cosine (its pairs, its rule)."""
     pairs = threshold_pairs(index, classify)
     row_of = {path: row for row, path in enumerate(index["path"])}
-    a = embeddings[[row_of[p] for p in pairs["path_a"]]]
-    b = embeddings[[row_of[p] for p in pairs["path_b"]]]
-    return choose_threshold(np.sum(a * b, axis=1), pairs["label"].to_numpy(), classify.threshold_rule)
+    return choose_threshold(pair_scores(embeddings, row_of, pairs), pairs["label"].to_numpy(), classify.threshold_rule)
 
 
 class Seed:
@@ -129,49 +128,53 @@ class Seed:
         spec = get_spec(backbone)
         self.crops = self.folder / "crops"
         self.index = crop_dataset(self.manifest, crop, spec.input_size, self.crops, landmarks, spec.template)
-        self.images = np.load(self.crops / "images.npy", mmap_mode="r")
+        self.images = np.load(self.crops / IMAGES_FILE, mmap_mode="r")
         test = self.index[self.index["split"] == "test"]
         self.test_rows = test.index.to_numpy()
         test = test.reset_index(drop=True).assign(derived_from="", masked=lambda t: t["masked"].astype(bool))
         self.test = gen.Collection(f"rmfrd-test (seed {seed})", test, gen.build_pairs(test), {})
 
     def embeddings(self, model, flip: bool) -> np.ndarray:
-        return embed_array(model, np.asarray(self.images), batch_size=64, progress=False, flip=flip)
+        return embed_array(model, self.images, batch_size=64, progress=False, flip=flip)
 
 
 def mask_direction(index: pd.DataFrame, embeddings: np.ndarray) -> np.ndarray:
-    """Mean masked minus mean unmasked embedding of the training identities."""
+    """Mean masked minus mean unmasked embedding of the training identities (as fine-tuning's)."""
     train = (index["split"] == "train").to_numpy()
-    masked = index["masked"].astype(bool).to_numpy()
-    return embeddings[train & masked].mean(0) - embeddings[train & ~masked].mean(0)
+    return training_mask_direction(embeddings[train], index["masked"].astype(bool).to_numpy()[train])
 
 
 def score_model(
     name: str, seed: int, model, current: Seed, others: list[gen.Collection], params: dict, work: Path,
-    without_mask_direction: bool = False,
+    with_mask_direction_removed: bool = False,
 ) -> list[dict]:
-    """Rows for this seed's held-out identities and the other collections; with
-    ``without_mask_direction`` every embedding first loses its component along
-    :func:`mask_direction` (renormalised), thresholds included."""
+    """Rows for this seed's held-out identities and the other collections. With
+    ``with_mask_direction_removed`` the same embeddings are scored a second time, each first
+    losing its component along :func:`mask_direction` (renormalised), thresholds included."""
     flip = section(params, EmbedConfig, "embed").flip
+    classify = section(params, ClassifyConfig, "classify")
     embeddings = current.embeddings(model, flip)
-    project = (lambda vectors: vectors)
-    if without_mask_direction:
-        direction = mask_direction(current.index, embeddings)
-        project = (lambda vectors: rv.without_direction(vectors, direction))
-        name = f"{name} without mask direction"
-    embeddings = project(embeddings)
-    threshold = own_threshold(current.index, embeddings, section(params, ClassifyConfig, "classify"))
-    rows = [{"variant": name, "seed": seed, "collection": "rmfrd-test", **gen.evaluate(current.test, embeddings[current.test_rows], threshold, 0)}]
     settings = json.loads((current.crops / "preprocess.json").read_text())
-    for collection in others:
-        images = gen.crops_for(collection, settings["crop"], int(settings["input_size"]), work)
-        vectors = project(embed_array(model, images, batch_size=64, progress=False, flip=flip))
-        rows.append({"variant": name, "seed": seed, "collection": collection.name, **gen.evaluate(collection, vectors, threshold, 0)})
-    for row in rows:
-        row["threshold"] = threshold
-        logger.info("%s seed %d %s: 10-fold %.3f, AUC %.3f, own threshold %.3f", name, seed, row["collection"],
-                    row["kfold_accuracy"], row["auc"], row["own_threshold_accuracy"])
+    other_embeddings = [
+        embed_array(model, gen.crops_for(collection, settings["crop"], int(settings["input_size"]), work),
+                    batch_size=64, progress=False, flip=flip)
+        for collection in others
+    ]
+    views = [(name, lambda vectors: vectors)]
+    if with_mask_direction_removed:
+        direction = mask_direction(current.index, embeddings)
+        views.append((f"{name} without mask direction", lambda vectors: rv.without_direction(vectors, direction)))
+    rows = []
+    for variant, project in views:
+        seed_embeddings = project(embeddings)
+        threshold = own_threshold(current.index, seed_embeddings, classify)
+        scored = [(current.test, seed_embeddings[current.test_rows], "rmfrd-test")]
+        scored += [(collection, project(vectors), collection.name) for collection, vectors in zip(others, other_embeddings)]
+        for collection, vectors, label in scored:
+            row = {"variant": variant, "seed": seed, "collection": label, **gen.evaluate(collection, vectors, threshold, 0), "threshold": threshold}
+            logger.info("%s seed %d %s: 10-fold %.3f, AUC %.3f, own threshold %.3f", variant, seed, label,
+                        row["kfold_accuracy"], row["auc"], row["own_threshold_accuracy"])
+            rows.append(row)
     return rows
 
 
@@ -260,9 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         current = Seed(seed, manifest, landmarks, params, args.backbone, args.work)
-        rows += score_model(UNTOUCHED, seed, untouched, current, others, params, args.work)
-        if args.mask_direction:
-            rows += score_model(UNTOUCHED, seed, untouched, current, others, params, args.work, without_mask_direction=True)
+        rows += score_model(UNTOUCHED, seed, untouched, current, others, params, args.work, args.mask_direction)
         for name, variant in variants.items():
             out = current.folder / name
             finetune(
@@ -270,11 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 backbone_config(variant, args.backbone), section(variant, ArcFaceConfig, "arcface"),
                 section(variant, FinetuneConfig, "finetune"), progress=False,
             )
-            rows += score_model(name, seed, load_model(out / "model"), current, others, variant, args.work)
-            if args.mask_direction:
-                rows += score_model(
-                    name, seed, load_model(out / "model"), current, others, variant, args.work, without_mask_direction=True
-                )
+            rows += score_model(name, seed, load_model(out / "model"), current, others, variant, args.work, args.mask_direction)
             for weight in args.interpolate:
                 model = interpolated(load_model(out / "model", fold_batch_norm=False), untouched, weight)
                 rows += score_model(f"{name} x{weight:g}", seed, model, current, others, variant, args.work)

@@ -323,6 +323,12 @@ def pair_scores(embeddings: np.ndarray, row_of: dict[str, int], pairs: pd.DataFr
     return np.einsum("ij,ij->i", a, b)
 
 
+def mask_direction(embeddings: np.ndarray, masked: np.ndarray) -> np.ndarray:
+    """Mean embedding of the masked rows minus that of the unmasked rows: what a mask adds."""
+    masked = np.asarray(masked, dtype=bool)
+    return embeddings[masked].mean(0) - embeddings[~masked].mean(0)
+
+
 def pair_metrics(model: FaceEmbedder, images: np.ndarray, index: pd.DataFrame, pairs: pd.DataFrame, batch_size: int, device) -> tuple[float, float]:
     """Val pair accuracy (threshold chosen on the same pairs: a model-selection signal) and ROC AUC."""
     needed = sorted(set(pairs["path_a"]) | set(pairs["path_b"]))
@@ -892,13 +898,14 @@ class Trainer:
             return {"removed": False, "images": counts}
         model.eval()
         embeddings = embed_array(model, self.images, self.train_rows, batch_size=self.batch_size, progress=False)
-        direction = embeddings[masked].mean(0) - embeddings[~masked].mean(0)
+        direction = mask_direction(embeddings, masked)
         model.remove_direction(torch.from_numpy(direction))
+        length = float(np.linalg.norm(direction))
         logger.info(
             "%s: removed the mask direction (length %.4f) of %d masked and %d unmasked training images",
-            self.backbone, float(np.linalg.norm(direction)), counts["masked"], counts["unmasked"],
+            self.backbone, length, counts["masked"], counts["unmasked"],
         )
-        return {"removed": True, "length": float(np.linalg.norm(direction)), "images": counts}
+        return {"removed": True, "length": length, "images": counts}
 
     def save_outputs(self, summary: dict) -> None:
         """Rank 0: the best epoch's weights as a model folder with preprocess.json and training.json;
