@@ -317,6 +317,11 @@ class BackboneConfig(Section):
     # mean unmasked embedding) from every embedding: what a mask adds to a face's embedding,
     # as far as the training collection shows, no longer counts in a pair's score.
     mask_direction: bool = False
+    # imprint: each ArcFace class centre starts as its identity's mean embedding from the
+    # starting network (weight imprinting, the closed-form linear probe of a cosine classifier),
+    # so the first steps refine the embedding instead of chasing random centres, which distorts
+    # pretrained features most (Kumar et al. 2022, LP-FT). random: N(0, 0.01^2).
+    class_centres: Literal["random", "imprint"] = "random"
 
 
 class ArcFaceConfig(Section):
@@ -344,6 +349,11 @@ class FinetuneConfig(Section):
     brightness: Unit = 0.2
     contrast: Unit = 0.2
     saturation: Unit = 0.2
+    # Share of the training images shown at a lower resolution (shrunk to a side drawn between
+    # low_resolution_min x the crop size and the crop size, then enlarged back): real masked
+    # photos are often small, distant or video stills, the unmasked ones sharp portraits.
+    low_resolution_p: Unit = 0.0
+    low_resolution_min: Annotated[Number, Field(gt=0, le=1)] = 0.25
     # The max global L2 norm of the gradients.
     grad_clip_norm: Annotated[Number, Field(ge=0, description="0: no clipping")] = 5.0
     select_by: Literal["auc", "accuracy"] = "auc"  # the validation metric that picks the best epoch

@@ -184,6 +184,29 @@ def test_min_face_share_keeps_a_tail_of_the_full_pyramid():
         assert 20 / 0.709**skipped <= max(20, share * shorter) < 20 / 0.709 ** (skipped + 1)
 
 
+def test_a_face_smaller_than_the_share_is_found_by_the_full_pyramid_retry():
+    """A rendered face at a seventh of a 640 x 480 photo's height (a person in a press photo):
+    the cut pyramid cannot see it, the retry through the full pyramid finds it where the
+    inference detector (full pyramid) does; faces that fill the frame never need the retry."""
+    face, truth = _faces(1, masked=False, seed=3, size=70)[0]
+    photo = Image.new("RGB", (640, 480), (90, 120, 90))
+    photo.paste(face, (400, 150))
+    share = FaceDetector(device="cpu", min_face_share=0.25)
+    full = FaceDetector(device="cpu", min_face_share=0.0)
+    retried, alone = share.detect_one(photo), full.detect_one(photo)
+    assert alone.detected and retried.detected
+    np.testing.assert_allclose(retried.landmarks, alone.landmarks, atol=1e-3)
+    np.testing.assert_allclose(retried.landmarks[:2], truth["landmarks"][:2] + (400, 150), atol=4.0)
+    # Without the retry (the pyramid cut alone) there is nothing: the retry is what finds it.
+    calls = []
+    original = share._detect_groups
+    share._detect_groups = lambda images, prepared, indices, results, cut: calls.append((list(indices), cut)) or original(images, prepared, indices, results, cut)
+    filling = _faces(1, masked=False, seed=4, size=120)[0][0]
+    found = share.detect([photo, filling])
+    assert calls == [([0, 1], 0.25), ([0], 0.0)] and all(d.detected for d in found)
+    assert "retry=full" in share.settings and "retry" not in full.settings
+
+
 def test_detection_batches_hold_one_size_each_and_every_image_once(tmp_path):
     sizes = [(100, 100), (120, 90), (100, 100), (120, 90), (100, 100), (64, 64), (100, 100)]
     paths = []

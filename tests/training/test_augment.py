@@ -1,4 +1,4 @@
-"""Training augmentation: landmark sources and crop geometry, simulated masks, flips, colour jitter."""
+"""Training augmentation: landmark sources and crop geometry, simulated masks, low resolution, flips, colour jitter."""
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,7 @@ from maskface.training.augment import (
     color_jitter,
     crop_landmarks,
     flip_horizontal,
+    lower_resolution,
     map_through_crop,
     simulate_masks,
     template_landmarks,
@@ -166,3 +167,36 @@ def test_augment_batch_never_masks_a_masked_image_and_is_seeded():
     again = augment_batch(images, masked, landmarks, np.random.default_rng(7), **settings)
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(augment_batch(images, masked, landmarks, np.random.default_rng(7)), images)
+
+
+def _checkerboard(size=64):
+    board = ((np.indices((size, size)).sum(axis=0) % 2) * 255).astype(np.uint8)
+    return np.repeat(board[None, None], 3, axis=1)
+
+
+def test_lower_resolution_removes_detail_finer_than_the_drawn_side():
+    board = np.concatenate([_checkerboard(), _checkerboard()])
+    out = lower_resolution(board, np.array([16, 64]))
+    # A one-pixel checkerboard has no detail a 16-pixel image can hold: antialiased, it is
+    # mid-grey; at the crop's own side nothing changes.
+    assert np.abs(out[0].astype(float) - 127.5).mean() < 8
+    np.testing.assert_array_equal(out[1], board[1])
+    flat = np.full((1, 3, 64, 64), 90, dtype=np.uint8)
+    np.testing.assert_array_equal(lower_resolution(flat, np.array([7])), flat)
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        lower_resolution(flat, np.array([0]))
+
+
+def test_augment_batch_draws_low_resolution_sides_in_range():
+    boards = np.concatenate([_checkerboard()] * 200)
+    landmarks = np.repeat(template_landmarks(64)[None], 200, axis=0)
+    masked = np.ones(200, dtype=bool)
+    out = augment_batch(boards, masked, landmarks, np.random.default_rng(1), low_resolution_p=0.5, low_resolution_min=0.5)
+    detail = np.abs(out.astype(float) - 127.5).mean(axis=(1, 2, 3))
+    untouched = np.all(out == boards, axis=(1, 2, 3))
+    # About half are shrunk (each is then visibly blurred); the rest are left exactly as they were.
+    assert 70 < (~untouched).sum() < 130
+    assert detail[~untouched].max() < 127.5
+    # min 1.0 draws the crop's own side: nothing to lower.
+    same = augment_batch(boards[:8], masked[:8], landmarks[:8], np.random.default_rng(1), low_resolution_p=1.0, low_resolution_min=1.0)
+    np.testing.assert_array_equal(same, boards[:8])

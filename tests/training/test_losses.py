@@ -236,3 +236,27 @@ def test_matches_pytorch_metric_learning():
     angles = centre_angles[labels] + offsets
     embeddings = torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
     torch.testing.assert_close(ours(embeddings, labels), theirs(embeddings, labels), rtol=1e-5, atol=1e-5)
+
+
+def test_imprint_sets_each_centre_to_its_class_mean_direction():
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(40, 6, generator=generator) * torch.rand(40, 1, generator=generator).add(0.5)
+    labels = torch.arange(40) % 4
+    loss = ArcFaceLoss(6, 4)
+    loss.imprint(embeddings, labels)
+    # Oracle in plain python: average the unit rows of each class, then scale to unit length.
+    for k in range(4):
+        rows = [[x / math.sqrt(sum(v * v for v in row)) for x in row] for row, y in zip(embeddings.tolist(), labels.tolist()) if y == k]
+        mean = [sum(column) / len(rows) for column in zip(*rows)]
+        norm = math.sqrt(sum(x * x for x in mean))
+        for got, want in zip(loss.weight[k].tolist(), mean):
+            assert got == pytest.approx(want / norm, abs=1e-6)
+    # Each class's own centre is then the nearest to its mean: the loss starts near its floor.
+    assert (loss.cosine(embeddings).argmax(dim=1) == labels).float().mean() > 0.25
+
+
+def test_imprint_refuses_a_class_without_rows():
+    with pytest.raises(ValueError, match=r"missing \[2\]"):
+        ArcFaceLoss(4, 3).imprint(torch.randn(4, 4), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(ValueError, match=r"shape \(N, 4\)"):
+        ArcFaceLoss(4, 3).imprint(torch.randn(4, 5), torch.tensor([0, 1, 2, 1]))

@@ -424,3 +424,32 @@ def test_mask_direction_is_projected_out_of_the_saved_model(toy_crops, tmp_path)
     saved = json.loads((tmp_path / "removed" / "model" / "training.json").read_text())
     assert saved["mask_direction"]["removed"] is True
     assert json.loads((tmp_path / "removed" / "model" / "model.json").read_text())["mask_direction"] is True
+
+
+def test_imprinted_class_centres_are_the_starting_networks_identity_means(toy_crops, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    imprint = SMALL.model_copy(update={"class_centres": "imprint"})
+    with seeded():
+        trainer = _trainer(toy_crops, tmp_path / "imprint", backbone_config=imprint)
+    # Oracle: the same starting network, rebuilt from its seed, embedding the training crops
+    # one forward pass at a time; each identity's unit embeddings averaged with numpy.
+    with seeded():
+        start = create_model("alexnet", weights="none", embedding_size=16, input_size=64).eval()
+    images, index = open_crops(toy_crops["crops"])
+    train_rows = np.flatnonzero((index["split"] == "train").to_numpy())
+    with torch.no_grad():
+        embeddings = start(torch.from_numpy(images[train_rows])).numpy().astype(np.float64)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    identities = index["identity"].to_numpy()[train_rows]
+    centres = trainer.loss_fn.weight.detach().numpy()
+    for k, identity in enumerate(trainer.identities):
+        mean = embeddings[identities == identity].mean(axis=0)
+        np.testing.assert_allclose(centres[k], mean / np.linalg.norm(mean), atol=1e-5)
+    # The random default draws small centres; imprinting leaves the network itself untouched.
+    with seeded():
+        plain = _trainer(toy_crops, tmp_path / "plain")
+    assert np.linalg.norm(plain.loss_fn.weight.detach().numpy(), axis=1).max() < 0.2
+    for name, tensor in plain.model.state_dict().items():
+        torch.testing.assert_close(trainer.model.state_dict()[name], tensor)
+    summary = _run(toy_crops, tmp_path, "run", backbone_config=imprint)
+    assert summary["settings"]["backbone"]["class_centres"] == "imprint"

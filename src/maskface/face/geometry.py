@@ -147,6 +147,8 @@ class FaceDetector:
             the scale pyramid ``min_face_size`` starts (see :func:`pyramid_min_face`), which
             hold most of the proposals the later stages must check, so pre-cropped faces
             that fill the image are found faster (with the same landmarks on rmfrd-dev).
+            An image where nothing is found that way is searched again with the full
+            pyramid, so a small face in a large photo is still found.
     """
 
     def __init__(
@@ -192,7 +194,7 @@ class FaceDetector:
         self.settings = (
             f"mtcnn pad={self.pad} thresholds={list(thresholds)} min_face={self.min_face_size} "
             f"max_side={self.max_side} batch={self.batch_size} device={self.device.type}"
-            + (f" min_face_share={self.min_face_share}" if self.min_face_share else "")
+            + (f" min_face_share={self.min_face_share} retry=full" if self.min_face_share else "")
         )
         self._mtcnn = MTCNN(
             keep_all=True,
@@ -226,17 +228,33 @@ class FaceDetector:
         the input size, so a shared larger canvas would change what it finds, and an image
         must get the same landmarks in a dataset batch as alone at inference.
         """
-        import torch
-
         prepared = [self._prepare(image) for image in images]
         results: list[Optional[Detection]] = [None] * len(images)
+        share = self._detect_groups(images, prepared, range(len(images)), results, self.min_face_share)
+        if share > 0:
+            # A face smaller than the share (a person in a press photo, a video still) is not
+            # searched for above: where nothing was found, the full pyramid looks again.
+            missed = [i for i, found in enumerate(results) if found.box is None]
+            if missed:
+                self._detect_groups(images, prepared, missed, results, 0.0)
+        return results  # type: ignore[return-value]
+
+    def _detect_groups(self, images, prepared, indices, results, share: float) -> float:
+        """Detect ``indices`` in same-size batches into ``results``; -> the largest pyramid cut used
+        (0 when every group kept the full pyramid)."""
+        import torch
+
         groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
-        for i, (array, _, border) in enumerate(prepared):
+        for i in indices:
+            array, _, border = prepared[i]
             groups.setdefault((array.shape, border), []).append(i)
+        cut = 0.0
         for shape, border in sorted(groups):
             members = groups[(shape, border)]
             shorter = min(shape[0], shape[1]) - 2 * border
-            self._mtcnn.min_face_size = pyramid_min_face(self.min_face_size, self.min_face_share, shorter, self._mtcnn.factor)
+            self._mtcnn.min_face_size = pyramid_min_face(self.min_face_size, share, shorter, self._mtcnn.factor)
+            if self._mtcnn.min_face_size > self.min_face_size:
+                cut = max(cut, share)
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
                 batch = np.stack([prepared[i][0] for i in chunk])
@@ -245,7 +263,7 @@ class FaceDetector:
                 for slot, i in enumerate(chunk):
                     _, scale, border = prepared[i]
                     results[i] = self._pick(boxes[slot], probs[slot], points[slot], images[i].size, scale, border)
-        return results  # type: ignore[return-value]
+        return cut
 
     def detect_one(self, image: Image.Image) -> Detection:
         return self.detect([image])[0]

@@ -1,4 +1,4 @@
-"""Training-time augmentation of uint8 crop batches: simulated masks, flips, colour jitter.
+"""Training-time augmentation of uint8 crop batches: simulated masks, low resolution, flips, colour jitter.
 
 Everything works on the crop stage's layout, uint8 (N, 3, S, S), and returns the same
 layout, so augmented batches feed :class:`maskface.models.backbones.FaceEmbedder` unchanged.
@@ -200,6 +200,25 @@ def adjust_colors(
     return np.rint(x).astype(np.uint8)
 
 
+def lower_resolution(images: np.ndarray, sides: np.ndarray) -> np.ndarray:
+    """uint8 (N, 3, S, S), each image shrunk to ``sides[i]`` pixels square and enlarged back to S.
+
+    PIL's antialiased bilinear filter both ways, as a small or distant face photographed at a
+    low resolution and then upscaled looks; a side of S or more leaves the image as it is.
+    """
+    out = np.array(images, copy=True)
+    size = images.shape[-1]
+    for k, side in enumerate(np.asarray(sides, dtype=int)):
+        if side >= size:
+            continue
+        if side < 1:
+            raise ValueError(f"lower_resolution side {side} is invalid; valid: at least 1 pixel")
+        face = Image.fromarray(np.ascontiguousarray(images[k].transpose(1, 2, 0)))
+        small = face.resize((side, side), Image.BILINEAR, reducing_gap=None)
+        out[k] = np.asarray(small.resize((size, size), Image.BILINEAR)).transpose(2, 0, 1)
+    return out
+
+
 def color_jitter(
     images: np.ndarray,
     rng: np.random.Generator,
@@ -234,10 +253,15 @@ def augment_batch(
     brightness: float = 0.0,
     contrast: float = 0.0,
     saturation: float = 0.0,
+    low_resolution_p: float = 0.0,
+    low_resolution_min: float = 0.25,
 ) -> np.ndarray:
-    """One training batch: masks on unmasked rows (probability ``mask_p``), then flips, then jitter.
+    """One training batch: masks on unmasked rows (probability ``mask_p``), then a lower
+    resolution (probability ``low_resolution_p``, a side drawn uniformly between
+    ``low_resolution_min`` x S and S), then flips, then jitter.
 
-    Masks come first because the landmarks describe the unflipped crop.
+    Masks come first because the landmarks describe the unflipped crop, and a mask drawn on
+    the photo loses its detail with the rest of the face.
 
     Args:
         images: uint8 (N, 3, S, S).
@@ -250,6 +274,11 @@ def augment_batch(
     count = len(images)
     add_mask = (~np.asarray(masked, dtype=bool)) & (rng.random(count) < mask_p)
     out = simulate_masks(images, landmarks, add_mask, rng, mask_styles) if add_mask.any() else np.array(images, copy=True)
+    if low_resolution_p > 0:
+        size = images.shape[-1]
+        shrink = rng.random(count) < low_resolution_p
+        sides = np.where(shrink, np.rint(rng.uniform(low_resolution_min, 1.0, size=count) * size), size)
+        out = lower_resolution(out, sides.astype(int))
     flip = rng.random(count) < flip_p
     if flip.any():
         out = flip_horizontal(out, flip)

@@ -132,6 +132,27 @@ class ArcFaceLoss(nn.Module):
         """Mean cross entropy of the ArcFace logits; a scalar in float32 (float64 for float64 input)."""
         return F.cross_entropy(self.logits(embeddings, labels), labels.long())
 
+    @torch.no_grad()
+    def imprint(self, embeddings: Tensor, labels: Tensor) -> None:
+        """Set each class centre to the direction of its class's mean unit embedding.
+
+        ``embeddings`` (N, E) any norm, ``labels`` (N,) in [0, num_classes); every class needs
+        at least one row.
+        """
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.embedding_size:
+            raise ValueError(f"embeddings must have shape (N, {self.embedding_size}), got {tuple(embeddings.shape)}")
+        labels = labels.long().to(embeddings.device)
+        counts = torch.bincount(labels, minlength=self.num_classes)
+        if len(counts) > self.num_classes or bool((counts == 0).any()):
+            missing = torch.nonzero(counts[: self.num_classes] == 0).flatten().tolist()
+            raise ValueError(
+                f"imprinting needs every class in 0..{self.num_classes - 1} once at least; "
+                f"missing {missing}, largest label {int(labels.max())}"
+            )
+        sums = torch.zeros(self.num_classes, self.embedding_size, dtype=torch.float64, device=embeddings.device)
+        sums.index_add_(0, labels, F.normalize(embeddings.double(), dim=1))
+        self.weight.copy_(F.normalize(sums, dim=1).to(self.weight))
+
     def extra_repr(self) -> str:
         return (
             f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, "

@@ -250,6 +250,8 @@ class BatchSource(Dataset):
             "brightness": config.brightness,
             "contrast": config.contrast,
             "saturation": config.saturation,
+            "low_resolution_p": config.low_resolution_p,
+            "low_resolution_min": config.low_resolution_min,
         }
         self.seed = config.seed
         self.rank = rank
@@ -544,7 +546,7 @@ class Trainer:
         if len(self.identities) < 2:
             raise InputError(f"ArcFace needs at least 2 training identities; found {len(self.identities)}")
         label_of = {identity: k for k, identity in enumerate(self.identities)}
-        train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
+        self.train_labels = train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
         self.val_pairs = read_csv(self.val_pairs_path)
         self.cross_val_pairs = None
         if self.cross_val_pairs_path is not None:
@@ -589,6 +591,10 @@ class Trainer:
         )
         model.to(device)
         loss_fn.to(device)
+        if backbone_config.class_centres == "imprint":
+            # Before wrapping: distributed wrapping broadcasts rank 0's centres to every rank.
+            embeddings = embed_array(model, self.images, self.train_rows, batch_size=self.batch_size, progress=False)
+            loss_fn.imprint(torch.from_numpy(embeddings).to(device), torch.tensor(self.train_labels, device=device))
         if device.type == "cuda":
             model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(parameter_groups(model, loss_fn, backbone_config), backbone_config)
