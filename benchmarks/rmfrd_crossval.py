@@ -53,7 +53,7 @@ from maskface.data.split import split_dataset  # noqa: E402
 from maskface.evaluation.classify import threshold_pairs  # noqa: E402
 from maskface.evaluation.metrics import choose_threshold  # noqa: E402
 from maskface.face.crop import IMAGES_FILE, crop_dataset  # noqa: E402
-from maskface.face.geometry import FaceDetector, detect_table, read_landmark_table  # noqa: E402
+from maskface.face.geometry import landmark_table  # noqa: E402
 from maskface.inference.embed import embed_array, load_model  # noqa: E402
 from maskface.models.backbones import get_spec  # noqa: E402
 from maskface.tables import write_csv  # noqa: E402
@@ -250,12 +250,8 @@ def main(argv: list[str] | None = None) -> int:
 
     manifest = build_manifest(DataConfig(source="rmfrd", root=str(datasets / "rmfrd-dev"), workers=2)).manifest
     args.work.mkdir(parents=True, exist_ok=True)
-    landmark_path = args.work / "rmfrd-dev-landmarks.csv"
-    if not landmark_path.is_file():
-        crop = section(params, CropConfig, "crop")
-        detector = FaceDetector(device="cpu", pad=crop.detect_pad, thresholds=tuple(crop.detect_thresholds), min_face_size=crop.detect_min_face)
-        write_csv(detect_table([str(p) for p in manifest["path"]], detector, desc="rmfrd-dev: landmarks"), landmark_path)
-    landmarks = read_landmark_table(landmark_path)
+    # The split stage's own detection and cache: each photo is detected once across runs.
+    landmarks = landmark_table(manifest["path"], section(params, CropConfig, "crop"), cache_path=args.work / "landmark-cache.csv")
     roots = {"lfw-masktheface": datasets / "lfw-masktheface", "orl-sim": datasets / "orl"}
     others = [gen.load_collection(name, roots[name], args.work) for name in args.collections]
     untouched = gen.pretrained_models([args.backbone])[args.backbone]

@@ -230,8 +230,7 @@ class FaceDetector:
         """
         prepared = [self._prepare(image) for image in images]
         results: list[Optional[Detection]] = [None] * len(images)
-        share = self._detect_groups(images, prepared, range(len(images)), results, self.min_face_share)
-        if share > 0:
+        if self._detect_groups(images, prepared, range(len(images)), results, self.min_face_share):
             # A face smaller than the share (a person in a press photo, a video still) is not
             # searched for above: where nothing was found, the full pyramid looks again.
             missed = [i for i, found in enumerate(results) if found.box is None]
@@ -239,22 +238,21 @@ class FaceDetector:
                 self._detect_groups(images, prepared, missed, results, 0.0)
         return results  # type: ignore[return-value]
 
-    def _detect_groups(self, images, prepared, indices, results, share: float) -> float:
-        """Detect ``indices`` in same-size batches into ``results``; -> the largest pyramid cut used
-        (0 when every group kept the full pyramid)."""
+    def _detect_groups(self, images, prepared, indices, results, share: float) -> bool:
+        """Detect ``indices`` in same-size batches into ``results``; -> whether any batch searched
+        a pyramid cut by ``share`` (False when every one kept the full pyramid)."""
         import torch
 
         groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
         for i in indices:
             array, _, border = prepared[i]
             groups.setdefault((array.shape, border), []).append(i)
-        cut = 0.0
+        cut = False
         for shape, border in sorted(groups):
             members = groups[(shape, border)]
             shorter = min(shape[0], shape[1]) - 2 * border
             self._mtcnn.min_face_size = pyramid_min_face(self.min_face_size, share, shorter, self._mtcnn.factor)
-            if self._mtcnn.min_face_size > self.min_face_size:
-                cut = max(cut, share)
+            cut = cut or self._mtcnn.min_face_size > self.min_face_size
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
                 batch = np.stack([prepared[i][0] for i in chunk])

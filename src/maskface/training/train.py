@@ -593,7 +593,7 @@ class Trainer:
         loss_fn.to(device)
         if backbone_config.class_centres == "imprint":
             # Before wrapping: distributed wrapping broadcasts rank 0's centres to every rank.
-            embeddings = embed_array(model, self.images, self.train_rows, batch_size=self.batch_size, progress=False)
+            embeddings = self._training_embeddings(model)
             loss_fn.imprint(torch.from_numpy(embeddings).to(device), torch.tensor(self.train_labels, device=device))
         if device.type == "cuda":
             model.to(memory_format=torch.channels_last)
@@ -892,6 +892,10 @@ class Trainer:
             },
         }
 
+    def _training_embeddings(self, model: FaceEmbedder) -> np.ndarray:
+        """``model``'s embeddings of the training images as they are (no augmentation), in row order."""
+        return embed_array(model, self.images, self.train_rows, batch_size=self.batch_size, progress=False)
+
     def _remove_mask_direction(self, model: FaceEmbedder) -> dict:
         """Project the training images' mean masked-minus-unmasked embedding out of ``model``'s head."""
         masked = self.index["masked"].astype(bool).to_numpy()[self.train_rows]
@@ -903,8 +907,7 @@ class Trainer:
             )
             return {"removed": False, "images": counts}
         model.eval()
-        embeddings = embed_array(model, self.images, self.train_rows, batch_size=self.batch_size, progress=False)
-        direction = mask_direction(embeddings, masked)
+        direction = mask_direction(self._training_embeddings(model), masked)
         model.remove_direction(torch.from_numpy(direction))
         length = float(np.linalg.norm(direction))
         logger.info(
