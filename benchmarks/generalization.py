@@ -271,12 +271,14 @@ def main(argv: list[str] | None = None) -> int:
             embed_settings = classifier.get("embedding", {})
             model = load_model(folder / "backbone")
             flip = bool(embed_settings.get("flip", False))
+            shift = float(embed_settings.get("shift", 0.0) or 0.0)
             for collection in collections:
                 images = crops_for(collection, preprocess["crop"], int(preprocess["input_size"]), args.work)
-                embeddings = embed_array(model, images, batch_size=64, progress=False, flip=flip)
+                embeddings = embed_array(model, images, batch_size=64, progress=False, flip=flip, shift=shift)
                 trained[folder.name, collection.name] = embeddings
                 threshold = classifier.get("threshold") if classifier.get("classifier") == "cosine" else None
-                row = {"model": f"{folder.name} (trained)", "mode": preprocess["crop"]["mode"], "flip": flip, "collection": collection.name}
+                row = {"model": f"{folder.name} (trained)", "mode": preprocess["crop"]["mode"], "flip": flip, "shift": shift,
+                       "collection": collection.name}
                 row.update(evaluate(collection, embeddings, threshold, args.bootstrap))
                 rows.append(row)
                 logger.info("%s", row)

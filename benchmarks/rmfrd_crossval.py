@@ -134,8 +134,8 @@ class Seed:
         test = test.reset_index(drop=True).assign(derived_from="", masked=lambda t: t["masked"].astype(bool))
         self.test = gen.Collection(f"rmfrd-test (seed {seed})", test, gen.build_pairs(test), {})
 
-    def embeddings(self, model, flip: bool) -> np.ndarray:
-        return embed_array(model, self.images, batch_size=64, progress=False, flip=flip)
+    def embeddings(self, model, embed: EmbedConfig) -> np.ndarray:
+        return embed_array(model, self.images, batch_size=64, progress=False, flip=embed.flip, shift=embed.shift)
 
 
 def mask_direction(index: pd.DataFrame, embeddings: np.ndarray) -> np.ndarray:
@@ -151,13 +151,13 @@ def score_model(
     """Rows for this seed's held-out identities and the other collections. With
     ``with_mask_direction_removed`` the same embeddings are scored a second time, each first
     losing its component along :func:`mask_direction` (renormalised), thresholds included."""
-    flip = section(params, EmbedConfig, "embed").flip
+    embed = section(params, EmbedConfig, "embed")
     classify = section(params, ClassifyConfig, "classify")
-    embeddings = current.embeddings(model, flip)
+    embeddings = current.embeddings(model, embed)
     settings = json.loads((current.crops / "preprocess.json").read_text())
     other_embeddings = [
         embed_array(model, gen.crops_for(collection, settings["crop"], int(settings["input_size"]), work),
-                    batch_size=64, progress=False, flip=flip)
+                    batch_size=64, progress=False, flip=embed.flip, shift=embed.shift)
         for collection in others
     ]
     views = [(name, lambda vectors: vectors)]

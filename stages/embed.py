@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     config = section(load_params(args.params), EmbedConfig, "embed")
-    embed_crops(args.crops, args.model, args.out, config.batch_size, config.device, config.precision, config.channels_last, config.flip)
+    embed_crops(args.crops, args.model, args.out, config.batch_size, config.device, config.precision, config.channels_last,
+                config.flip, config.shift)
 
 
 if __name__ == "__main__":

@@ -361,6 +361,42 @@ def test_flip_recorded_by_the_pipeline_is_applied_by_the_api(build_toy_model_fol
     np.testing.assert_allclose(expected[:4], torch.nn.functional.normalize(raw, dim=1).numpy(), atol=1e-5)
 
 
+def test_shift_recorded_by_the_pipeline_is_applied_by_the_api(build_toy_model_folder, tmp_path):
+    """A folder whose embeddings were shift-augmented embeds new photos the same way, and its
+    fingerprint differs from the flip-only folder's (a gallery must not mix the two)."""
+    import json
+
+    import torch
+
+    from maskface.inference.embed import embed_crops, load_model as load_backbone
+    from maskface.models.backbones import shifted
+
+    built = build_toy_model_folder(tmp_path)
+    embed_crops(built["crops"], built["dir"] / "backbone", tmp_path / "shifted", batch_size=32, device="cpu", precision="fp32",
+                flip=True, shift=0.05)
+    settings = json.loads((tmp_path / "shifted" / "embed.json").read_text())
+    assert settings["flip"] is True and settings["shift"] == 0.05
+    meta_path = built["dir"] / "classifier" / "classifier.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "embedding": {**settings, "shift": 0.0}}))
+    flip_only = load_model(built["dir"], device="cpu")
+    meta_path.write_text(json.dumps({**meta, "embedding": settings}))
+    moved = load_model(built["dir"], device="cpu", batch_size=32, precision="fp32")
+    assert moved.folder.shift == 0.05 and moved.summary()["shift"] == 0.05
+    assert moved.folder.fingerprint() != flip_only.folder.fingerprint()
+    images, index = open_crops(built["crops"])
+    expected = np.load(tmp_path / "shifted" / "embeddings.npy")
+    np.testing.assert_allclose(moved.embed(index["path"].tolist()), expected, atol=1e-5)
+    # Oracle by hand: the head outputs of the crop and its four moved copies, each plus its mirror.
+    network = load_backbone(built["dir"] / "backbone", fold_batch_norm=False)
+    pixels = torch.from_numpy(np.asarray(images[:4]))
+    step = round(0.05 * pixels.shape[-1])
+    views = [pixels] + [shifted(pixels, right * step, down * step) for right, down in [(1, 0), (-1, 0), (0, 1), (0, -1)]]
+    with torch.no_grad():
+        raw = sum(network.head(network.features(view)) + network.head(network.features(view.flip(-1))) for view in views)
+    np.testing.assert_allclose(expected[:4], torch.nn.functional.normalize(raw, dim=1).numpy(), atol=1e-5)
+
+
 def test_a_fusion_model_folder_round_trips_through_load_and_embed(toy_dataset, tmp_path, monkeypatch):
     """edgeface+mobilefacenet trained by the pipeline's own finetune (one epoch, both members'
     last groups), embedded by the embed stage, loaded through the API: same embeddings, and

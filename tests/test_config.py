@@ -189,6 +189,8 @@ def test_values_keep_the_types_the_pipeline_hashes():
          "params: finetune.patience = 0 is invalid; valid: null or an integer >= 1 (epochs)"),
         (MlpConfig, "mlp", {"hidden_layer_sizes": []},
          "params: mlp.hidden_layer_sizes = [] is invalid; valid: a non-empty list, each an integer >= 1"),
+        (EmbedConfig, "embed", {"shift": 0.5},
+         "params: embed.shift = 0.5 is invalid; valid: a number in [0, 0.5)"),
         (EvaluateConfig, "evaluate", {"fars": [0.01, 1]},
          "params: evaluate.fars[1] = 1 is invalid; valid: a number in (0, 1)"),
         (DataConfig, "data", {"synthetic": {"identities": 1}},

@@ -532,7 +532,7 @@ class FaceModel:
                         embed_array(
                             embedder, np.stack(pixels), batch_size=len(pixels), device=self.device,
                             progress=False, precision=self.precision, channels_last=self.channels_last,
-                            flip=self.folder.flip,
+                            flip=self.folder.flip, shift=self.folder.shift,
                         )
                     )
                     pixels.clear()

@@ -23,7 +23,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 EMBEDDINGS_INDEX_FILE = "index.csv"
 CLASSIFIER_META_FILE = "classifier.json"
 IDENTIFICATION_FILE = "identification.csv"
-# Beside the embeddings: how they were made ({"flip": bool, "started_from": ...}).
+# Beside the embeddings: how they were made ({"flip": bool, "shift": float, "started_from": ...}).
 EMBED_SETTINGS_FILE = "embed.json"
 
 

@@ -3,10 +3,11 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
-from maskface.models.backbones import available_backbones, create_model, get_spec
+from maskface.models.backbones import available_backbones, create_model, get_spec, shifted
 from maskface.inference.embed import load_model, save_model
 
 # Small inputs keep the registry-wide tests fast on CPU; every trunk pools adaptively.
@@ -269,6 +270,41 @@ def test_flip_embeds_the_image_plus_its_mirror():
         torch.testing.assert_close(model(pixels, flip=True), torch.nn.functional.normalize(raw, dim=1))
         # The mirror image has the same flip-augmented embedding.
         torch.testing.assert_close(model(pixels.flip(-1), flip=True), model(pixels, flip=True), atol=1e-5, rtol=0)
+
+
+def test_shifted_moves_pixels_and_repeats_the_edge_like_numpy_pad():
+    pixels = torch.randint(0, 256, (2, 3, 7, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    array = pixels.numpy()
+    for right, down in [(2, 0), (-3, 0), (0, 1), (0, -2), (1, -1)]:
+        # Oracle: numpy's edge padding by the move's size, then the window the move leaves.
+        padded = np.pad(array, [(0, 0), (0, 0), (abs(down),) * 2, (abs(right),) * 2], mode="edge")
+        top, left = abs(down) - down, abs(right) - right
+        expected = padded[..., top : top + 7, left : left + 9]
+        np.testing.assert_array_equal(shifted(pixels, right, down).numpy(), expected)
+
+
+def test_shift_embeds_the_image_plus_four_moved_copies_each_with_its_mirror():
+    model = create_model("mobilefacenet", embedding_size=128, input_size=112).eval()
+    # A trunk that sees where every pixel is: a real network, untrained, is nearly blind to a
+    # 3 px move, and then summing moved copies could not be told from ignoring them.
+    model.trunk = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 112 * 112, get_spec("mobilefacenet").feature_dim))
+    pixels = torch.randint(0, 256, (3, 3, 112, 112), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        def raw(view, flip):
+            return model.head(model.features(view)) + (model.head(model.features(view.flip(-1))) if flip else 0)
+
+        for flip in (False, True):
+            # 0.025 of 112 px is 2.8: rounded to 3 px.
+            views = [pixels] + [shifted(pixels, right, down) for right, down in [(3, 0), (-3, 0), (0, 3), (0, -3)]]
+            expected = torch.nn.functional.normalize(sum(raw(view, flip) for view in views), dim=1)
+            torch.testing.assert_close(model(pixels, flip=flip, shift=0.025), expected, atol=1e-5, rtol=0)
+        # The moves are their own mirror image: with flip, the mirror image still embeds the same.
+        torch.testing.assert_close(model(pixels.flip(-1), flip=True, shift=0.025), model(pixels, flip=True, shift=0.025), atol=1e-5, rtol=0)
+        # A share below half a pixel still moves by one.
+        views = [pixels] + [shifted(pixels, right, down) for right, down in [(1, 0), (-1, 0), (0, 1), (0, -1)]]
+        expected = torch.nn.functional.normalize(sum(raw(view, False) for view in views), dim=1)
+        torch.testing.assert_close(model(pixels, shift=0.001), expected, atol=1e-5, rtol=0)
+        assert float((model(pixels, shift=0.025) - model(pixels)).abs().max()) > 0.01
 
 
 def test_remove_direction_projects_every_embedding_flip_included():

@@ -76,6 +76,8 @@ def test_full_run_writes_metrics_and_plots(project: Path):
     # The default cosine classifier is a threshold in classifier.json; learned ones add classifier.npz.
     meta = json.loads((project / "models" / "facenet" / "classifier" / "classifier.json").read_text())
     assert meta["classifier"] == "cosine" and meta["embedding"]["flip"] is True
+    # The test-time augmentations the embed stage used travel with the folder, for the API.
+    assert meta["embedding"]["shift"] == yaml.safe_load((project / "params.yaml").read_text())["embed"]["shift"] > 0
     data = json.loads((project / "metrics" / "data.json").read_text())
     assert data["split"]["train"]["identities"] == 6
 

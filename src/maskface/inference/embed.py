@@ -35,12 +35,15 @@ def embed_array(
     precision: str = "fp32",
     channels_last: bool = False,
     flip: bool = False,
+    shift: float = 0.0,
 ) -> np.ndarray:
     """Embed uint8 images (N, 3, S, S) (a memory map is fine) -> float32 (N, E), unit rows.
 
     ``precision``: fp32, bf16 or auto (see :func:`maskface.device.inference_dtype`);
     ``channels_last`` lays activations out NHWC, which oneDNN and cuDNN convolve faster;
-    ``flip``: each embedding is that of the image plus its mirror image (twice the compute).
+    ``flip``: each embedding is that of the image plus its mirror image (twice the compute);
+    ``shift`` > 0: plus four copies moved by that share of the side (five times the compute,
+    see :meth:`FaceEmbedder.forward`).
     """
     device = device or next(model.parameters()).device
     dtype = inference_dtype(device, precision)
@@ -57,7 +60,7 @@ def embed_array(
         if channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         with autocast(device, dtype):
-            out[start : start + len(batch_rows)] = model(pixels, flip=flip).float().cpu().numpy()
+            out[start : start + len(batch_rows)] = model(pixels, flip=flip, shift=shift).float().cpu().numpy()
     model.train(was_training)
     return out
 
@@ -112,9 +115,10 @@ def embed_crops(
     precision: str = "auto",
     channels_last: bool = True,
     flip: bool = False,
+    shift: float = 0.0,
 ) -> pd.DataFrame:
     """Embed every cropped image; writes ``embeddings.npy`` (N, E) float32, ``index.csv`` and
-    ``embed.json`` (``{"flip": bool}``: inference must embed the same way)."""
+    ``embed.json`` (``{"flip": bool, "shift": float}``: inference must embed the same way)."""
     # Here rather than at the top: the API and the CLI load models through this module and
     # need neither pandas nor the crop stage's tables in their process.
     from maskface.artifacts import EMBED_SETTINGS_FILE, save_embeddings
@@ -129,12 +133,12 @@ def embed_crops(
         )
     embeddings = embed_array(
         model, images, batch_size=batch_size, device=torch_device, precision=precision, channels_last=channels_last,
-        flip=flip,
+        flip=flip, shift=shift,
     )
     logger.info("embedding precision %s (%s requested)", inference_dtype(torch_device, precision) or torch.float32, precision)
     save_embeddings(embeddings, index, out_dir)
     model_config = json.loads((Path(model_dir) / MODEL_CONFIG_FILE).read_text())
-    settings = {"flip": bool(flip), "started_from": model_config.get("started_from")}
+    settings = {"flip": bool(flip), "shift": float(shift), "started_from": model_config.get("started_from")}
     (Path(out_dir) / EMBED_SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
     logger.info("embedded %d images -> %s", len(index), out_dir)
     return index

@@ -238,6 +238,12 @@ class ModelFolder:
         made the ones the threshold was chosen on; folders from before the option: False."""
         return bool(self.classifier_meta.get("embedding", {}).get("flip", False))
 
+    @property
+    def shift(self) -> float:
+        """Shift test-time augmentation's step (share of the side; 0 = off), as the embed stage
+        made the embeddings the threshold was chosen on; folders from before the option: 0."""
+        return float(self.classifier_meta.get("embedding", {}).get("shift", 0.0) or 0.0)
+
     def path(self, relative: str) -> Path:
         return self.root / relative
 
@@ -254,6 +260,8 @@ class ModelFolder:
                 digest.update(f"{relative}\0{known or file_sha256(self.root / relative)}\n".encode())
             if self.flip:  # flip changes every embedding; folders without it keep their old fingerprint
                 digest.update(b"flip\n")
+            if self.shift:
+                digest.update(f"shift {self.shift!r}\n".encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -268,6 +276,7 @@ class ModelFolder:
             "classifier": self.classifier,
             "threshold": self.threshold,
             "flip": self.flip,
+            "shift": self.shift,
             "started_from": self.model_config.get("started_from"),
             "format_version": (self.manifest or {}).get("format_version"),
         }

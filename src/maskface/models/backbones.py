@@ -198,6 +198,20 @@ class PixelNormalize(nn.Module):
         return pixels.to(dtype) * self.multiplier.to(dtype) + self.offset.to(dtype)
 
 
+# Shift test-time augmentation's moves, (columns right, rows down) in steps: a set that is its
+# own mirror image, so that with flip an image and its mirror still embed identically.
+SHIFT_MOVES = ((1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def shifted(pixels: torch.Tensor, right: int, down: int) -> torch.Tensor:
+    """``pixels`` (..., H, W) moved ``right`` columns and ``down`` rows (negative: left, up),
+    the edge row or column repeated into the gap, any dtype (uint8 crops included)."""
+    height, width = pixels.shape[-2:]
+    columns = (torch.arange(width, device=pixels.device) - right).clamp(0, width - 1)
+    rows = (torch.arange(height, device=pixels.device) - down).clamp(0, height - 1)
+    return pixels.index_select(-1, columns).index_select(-2, rows)
+
+
 class FaceEmbedder(nn.Module):
     """Trunk + embedding head (linear, batch norm) + L2 normalisation.
 
@@ -227,12 +241,21 @@ class FaceEmbedder(nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.trunk(self.normalize(pixels))
 
-    def forward(self, pixels: torch.Tensor, flip: bool = False) -> torch.Tensor:
-        embedding = self.head(self.features(pixels))
-        if flip:
-            # Flip test-time augmentation: the image's embedding plus its mirror image's,
-            # before normalisation (insightface's verification does the same).
-            embedding = embedding + self.head(self.features(pixels.flip(-1)))
+    def forward(self, pixels: torch.Tensor, flip: bool = False, shift: float = 0.0) -> torch.Tensor:
+        """``flip``: add the mirror image's embedding; ``shift`` > 0: add those of four copies
+        moved by ``shift`` x the side (at least 1 px) left, right, up and down (each with its
+        mirror when ``flip``). Test-time augmentations, summed before normalisation as
+        insightface's verification sums the flip."""
+        views = [pixels]
+        if shift > 0:
+            step = max(1, round(shift * pixels.shape[-1]))
+            views += [shifted(pixels, dx * step, dy * step) for dx, dy in SHIFT_MOVES]
+        embedding = None
+        for view in views:
+            raw = self.head(self.features(view))
+            if flip:
+                raw = raw + self.head(self.features(view.flip(-1)))
+            embedding = raw if embedding is None else embedding + raw
         # Normalise in fp32: under bf16 autocast a half-precision norm loses ~3 digits.
         return F.normalize(embedding.float(), dim=1)
 
