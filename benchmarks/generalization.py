@@ -32,6 +32,8 @@ Usage:
     # 1. train on rmfrd-dev's training identities (README's real-data recipe) in a scratch copy
     # 2. compare:
     python benchmarks/generalization.py --work /tmp/maskface-generalization --models /tmp/run/models
+    # the pretrained networks also with the pipeline's shift test-time augmentation:
+    python benchmarks/generalization.py --models /tmp/run/models --modes nose --flip 1 --shift 0 0.04
     # a fusion next to its members, and the average of the members trained alone:
     python benchmarks/generalization.py --models /tmp/run/models --modes nose --flip 1 \
         --backbones edgeface mobilefacenet edgeface+mobilefacenet --average edgeface+mobilefacenet
@@ -40,6 +42,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import re
@@ -227,6 +230,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--backbones", nargs="*", default=None, help="pretrained networks (default: those with real weights)")
     parser.add_argument("--modes", nargs="*", default=["none", "nose"], help="crop modes for the pretrained networks")
     parser.add_argument("--flip", nargs="*", type=int, default=[0, 1], help="flip TTA off (0) and/or on (1)")
+    parser.add_argument(
+        "--shift", nargs="*", type=float, default=[0.0],
+        help="shift TTA steps for the pretrained networks (0 = off; trained model folders use the one they recorded)",
+    )
     parser.add_argument("--collections", nargs="*", default=["rmfrd-test", "lfw-masktheface", "orl-sim"])
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--tight-crops", action="store_true", help="also use lfw-masktheface's 128 px crop_* copies")
@@ -254,11 +261,11 @@ def main(argv: list[str] | None = None) -> int:
         spec = get_spec(name)
         for mode in args.modes:
             crop = {"mode": mode, "align": True, "template": spec.template, "align_points": "eyes", "border": "grey"}
-            for flip in args.flip:
+            for flip, shift in itertools.product(args.flip, args.shift):
                 for collection in collections:
                     images = crops_for(collection, crop, spec.input_size, args.work)
-                    embeddings = embed_array(model, images, batch_size=64, progress=False, flip=bool(flip))
-                    row = {"model": f"{name} (pretrained)", "mode": mode, "flip": bool(flip), "collection": collection.name}
+                    embeddings = embed_array(model, images, batch_size=64, progress=False, flip=bool(flip), shift=shift)
+                    row = {"model": f"{name} (pretrained)", "mode": mode, "flip": bool(flip), "shift": shift, "collection": collection.name}
                     row.update(evaluate(collection, embeddings, None, args.bootstrap))
                     rows.append(row)
                     logger.info("%s", row)
@@ -291,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         for collection in collections:
             # Unit embeddings side by side, scaled by 1/sqrt(n): their dot product is the mean cosine.
             side_by_side = np.concatenate([trained[m, collection.name] for m in members], axis=1) / np.sqrt(len(members))
-            row = {"model": f"{' + '.join(members)} (each trained, cosines averaged)", "mode": "", "flip": None, "collection": collection.name}
+            row = {"model": f"{' + '.join(members)} (each trained, cosines averaged)", "mode": "", "flip": None, "shift": None,
+                   "collection": collection.name}
             row.update(evaluate(collection, side_by_side, None, args.bootstrap))
             rows.append(row)
             logger.info("%s", row)
