@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import re
 import sys
@@ -62,6 +61,7 @@ from maskface.models.backbones import available_backbones, create_model, get_spe
 from maskface.face.crop import crop_details  # noqa: E402
 from maskface.data.datasets import DataConfig, build_manifest  # noqa: E402
 from maskface.inference.embed import embed_array, load_model  # noqa: E402
+from maskface.inference.model_folder import read_model_folder  # noqa: E402
 from maskface.face.geometry import FaceDetector, detect_table, read_landmark_table, table_landmarks  # noqa: E402
 from maskface.imageio import load_rgb  # noqa: E402
 from maskface.evaluation.metrics import AucStatistic, bootstrap_interval, kfold_accuracy, roc_auc  # noqa: E402
@@ -273,19 +273,16 @@ def main(argv: list[str] | None = None) -> int:
     trained: dict[tuple[str, str], np.ndarray] = {}
     if args.models is not None:
         for folder in sorted(p for p in args.models.iterdir() if (p / "backbone" / "model.json").is_file()):
-            preprocess = json.loads((folder / "backbone" / "preprocess.json").read_text())
-            classifier = json.loads((folder / "classifier" / "classifier.json").read_text())
-            embed_settings = classifier.get("embedding", {})
+            # The folder's own reader: the embedding settings as the API applies them.
+            info = read_model_folder(folder)
             model = load_model(folder / "backbone")
-            flip = bool(embed_settings.get("flip", False))
-            shift = float(embed_settings.get("shift", 0.0) or 0.0)
             for collection in collections:
-                images = crops_for(collection, preprocess["crop"], int(preprocess["input_size"]), args.work)
-                embeddings = embed_array(model, images, batch_size=64, progress=False, flip=flip, shift=shift)
+                images = crops_for(collection, info.preprocess["crop"], info.input_size, args.work)
+                embeddings = embed_array(model, images, batch_size=64, progress=False, flip=info.flip, shift=info.shift)
                 trained[folder.name, collection.name] = embeddings
-                threshold = classifier.get("threshold") if classifier.get("classifier") == "cosine" else None
-                row = {"model": f"{folder.name} (trained)", "mode": preprocess["crop"]["mode"], "flip": flip, "shift": shift,
-                       "collection": collection.name}
+                threshold = info.threshold if info.classifier == "cosine" else None
+                row = {"model": f"{folder.name} (trained)", "mode": info.preprocess["crop"]["mode"], "flip": info.flip,
+                       "shift": info.shift, "collection": collection.name}
                 row.update(evaluate(collection, embeddings, threshold, args.bootstrap))
                 rows.append(row)
                 logger.info("%s", row)

@@ -230,29 +230,30 @@ class FaceDetector:
         """
         prepared = [self._prepare(image) for image in images]
         results: list[Optional[Detection]] = [None] * len(images)
-        if self._detect_groups(images, prepared, range(len(images)), results, self.min_face_share):
-            # A face smaller than the share (a person in a press photo, a video still) is not
-            # searched for above: where nothing was found, the full pyramid looks again.
-            missed = [i for i, found in enumerate(results) if found.box is None]
-            if missed:
-                self._detect_groups(images, prepared, missed, results, 0.0)
+        cut = self._detect_groups(images, prepared, range(len(images)), results, self.min_face_share)
+        # A face smaller than the share (a person in a press photo, a video still) is not
+        # searched for above: where a cut pyramid found nothing, the full pyramid looks again.
+        missed = [i for i in cut if results[i].box is None]
+        if missed:
+            self._detect_groups(images, prepared, missed, results, 0.0)
         return results  # type: ignore[return-value]
 
-    def _detect_groups(self, images, prepared, indices, results, share: float) -> bool:
-        """Detect ``indices`` in same-size batches into ``results``; -> whether any batch searched
-        a pyramid cut by ``share`` (False when every one kept the full pyramid)."""
+    def _detect_groups(self, images, prepared, indices, results, share: float) -> list[int]:
+        """Detect ``indices`` in same-size batches into ``results``; -> the indices whose batch
+        searched a pyramid cut by ``share`` (the others already had the full pyramid)."""
         import torch
 
         groups: dict[tuple[tuple[int, ...], int], list[int]] = {}
         for i in indices:
             array, _, border = prepared[i]
             groups.setdefault((array.shape, border), []).append(i)
-        cut = False
+        cut: list[int] = []
         for shape, border in sorted(groups):
             members = groups[(shape, border)]
             shorter = min(shape[0], shape[1]) - 2 * border
             self._mtcnn.min_face_size = pyramid_min_face(self.min_face_size, share, shorter, self._mtcnn.factor)
-            cut = cut or self._mtcnn.min_face_size > self.min_face_size
+            if self._mtcnn.min_face_size > self.min_face_size:
+                cut += members
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
                 batch = np.stack([prepared[i][0] for i in chunk])
