@@ -295,6 +295,9 @@ class BackboneConfig(Section):
     embedding_size: Annotated[int, Field(ge=2)] = 128
     epochs: Annotated[int, Field(ge=0, description="0: no fine-tuning")] = 3
     lr: Annotated[Number, Field(gt=0)] = 1e-3
+    # Layer-wise learning-rate decay: the last trained layer group of the trunk learns at lr,
+    # each earlier one at layer_decay times the next. 1 = one rate for the whole trunk.
+    layer_decay: Annotated[Number, Field(gt=0, le=1)] = 1.0
     head_lr: Optional[Annotated[Number, Field(gt=0)]] = None  # None: same as lr
     weight_decay: Annotated[Number, Field(ge=0)] = 5e-4
     batch_size: Annotated[int, Field(ge=2)] = 32
@@ -354,6 +357,10 @@ class FinetuneConfig(Section):
     # photos are often small, distant or video stills, the unmasked ones sharp portraits.
     low_resolution_p: Unit = 0.0
     low_resolution_min: Annotated[Number, Field(gt=0, le=1)] = 0.25
+    # Share of the training images moved by up to shift_max x the crop size each way (edge
+    # repeated into the gap), as the embed stage's shift views move the test images.
+    shift_p: Unit = 0.0
+    shift_max: Annotated[Number, Field(gt=0, le=0.25)] = 0.04
     # The max global L2 norm of the gradients.
     grad_clip_norm: Annotated[Number, Field(ge=0, description="0: no clipping")] = 5.0
     select_by: Literal["auc", "accuracy"] = "auc"  # the validation metric that picks the best epoch

@@ -1,4 +1,4 @@
-"""Training augmentation: landmark sources and crop geometry, simulated masks, low resolution, flips, colour jitter."""
+"""Training augmentation: landmark sources and crop geometry, simulated masks, low resolution, moves, flips, colour jitter."""
 
 import numpy as np
 import pandas as pd
@@ -16,10 +16,12 @@ from maskface.training.augment import (
     flip_horizontal,
     lower_resolution,
     map_through_crop,
+    shift_images,
     simulate_masks,
     template_landmarks,
 )
 from maskface.face.crop import crop_details
+from maskface.models.backbones import shifted
 from maskface.data.synthetic import GROUND_TRUTH_CSV, LANDMARK_COLUMNS
 
 
@@ -200,3 +202,38 @@ def test_augment_batch_draws_low_resolution_sides_in_range():
     # min 1.0 draws the crop's own side: nothing to lower.
     same = augment_batch(boards[:8], masked[:8], landmarks[:8], np.random.default_rng(1), low_resolution_p=1.0, low_resolution_min=1.0)
     np.testing.assert_array_equal(same, boards[:8])
+
+
+def _moved_by_padding(image, right, down):
+    """Oracle: pad by the move with edge values (numpy), then cut the original frame back out."""
+    reach = max(abs(right), abs(down))
+    padded = np.pad(image, ((0, 0), (reach, reach), (reach, reach)), mode="edge")
+    size_y, size_x = image.shape[-2:]
+    return padded[:, reach - down : reach - down + size_y, reach - right : reach - right + size_x]
+
+
+def test_shift_images_matches_edge_padding_and_the_embed_stage_views():
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 12, 12), dtype=np.uint8)
+    moves = np.array([[3, 0], [0, -2], [-1, 4], [0, 0]])
+    out = shift_images(images, moves)
+    for image, (right, down), moved in zip(images, moves, out):
+        np.testing.assert_array_equal(moved, _moved_by_padding(image, right, down))
+        np.testing.assert_array_equal(moved, shifted(torch.from_numpy(image), int(right), int(down)).numpy())
+
+
+def test_augment_batch_moves_about_shift_p_of_the_images_within_shift_max():
+    images = np.random.default_rng(1).integers(0, 256, (300, 3, 50, 50), dtype=np.uint8)
+    landmarks = np.repeat(template_landmarks(50)[None], 300, axis=0)
+    masked = np.ones(300, dtype=bool)
+    out = augment_batch(images, masked, landmarks, np.random.default_rng(2), shift_p=0.5, shift_max=0.04)
+    reach = 2  # 0.04 x 50 px
+    found = []
+    for image, moved in zip(images, out):
+        matches = [(r, d) for r in range(-reach, reach + 1) for d in range(-reach, reach + 1)
+                   if np.array_equal(moved, _moved_by_padding(image, r, d))]
+        assert matches, "every image is itself moved by at most shift_max x its side"
+        found.append(matches[0])
+    moved_count = sum(move != (0, 0) for move in found)
+    # Half drawn, and a drawn move is (0, 0) with probability 1/25.
+    assert 115 < moved_count < 175
+    assert {r for r, _ in found} == set(range(-reach, reach + 1))

@@ -90,6 +90,30 @@ def test_parameter_groups_split_lrs_and_exempt_1d_tensors_from_decay():
     assert set(same.values()) == {3e-4}
 
 
+def test_layer_decay_gives_each_earlier_layer_group_a_smaller_rate():
+    model = create_model("alexnet", embedding_size=16, input_size=64)
+    model.configure_training("last_3", freeze_bn_stats=False)
+    loss = ArcFaceLoss(16, 5)
+    groups = parameter_groups(model, loss, BackboneConfig(lr=1e-3, head_lr=1e-2, layer_decay=0.5))
+    rates = {g["name"]: g["lr"] for g in groups}
+    assert rates == {
+        "trunk.conv5": 1e-3, "trunk.conv5_no_decay": 1e-3,
+        "trunk.conv4": 5e-4, "trunk.conv4_no_decay": 5e-4,
+        "trunk.conv3": 2.5e-4, "trunk.conv3_no_decay": 2.5e-4,
+        "head": 1e-2, "head_no_decay": 1e-2,
+    }
+    # Every trainable parameter in exactly one group, each group holding its own layer's.
+    grouped = [id(p) for g in groups for p in g["params"]]
+    trainable = [p for p in list(model.parameters()) + list(loss.parameters()) if p.requires_grad]
+    assert sorted(grouped) == sorted(id(p) for p in trainable)
+    for name in ("conv3", "conv4", "conv5"):
+        layer = {id(p) for p in getattr(model.trunk, name).parameters()}
+        assert {id(p) for g in groups if g["name"].startswith(f"trunk.{name}") for p in g["params"]} == layer
+    # layer_decay 1 keeps one trunk group.
+    plain = {g["name"] for g in parameter_groups(model, loss, BackboneConfig(lr=1e-3))}
+    assert plain == {"trunk", "trunk_no_decay", "head", "head_no_decay"}
+
+
 def test_build_optimizer_adamw_and_nesterov_sgd():
     model = create_model("alexnet", embedding_size=16, input_size=64)
     groups = parameter_groups(model, ArcFaceLoss(16, 3), BackboneConfig())

@@ -219,6 +219,19 @@ def lower_resolution(images: np.ndarray, sides: np.ndarray) -> np.ndarray:
     return out
 
 
+def shift_images(images: np.ndarray, moves: np.ndarray) -> np.ndarray:
+    """uint8 (N, 3, S, S), image k moved ``moves[k] = (right, down)`` pixels (negative: left,
+    up), the edge row or column repeated into the gap, as the embed stage's shift views are."""
+    size = images.shape[-1]
+    out = np.empty_like(images)
+    positions = np.arange(size)
+    for k, (right, down) in enumerate(np.asarray(moves, dtype=int)):
+        columns = np.clip(positions - right, 0, size - 1)
+        rows = np.clip(positions - down, 0, images.shape[-2] - 1)
+        out[k] = images[k][:, rows][:, :, columns]
+    return out
+
+
 def color_jitter(
     images: np.ndarray,
     rng: np.random.Generator,
@@ -255,10 +268,13 @@ def augment_batch(
     saturation: float = 0.0,
     low_resolution_p: float = 0.0,
     low_resolution_min: float = 0.25,
+    shift_p: float = 0.0,
+    shift_max: float = 0.04,
 ) -> np.ndarray:
     """One training batch: masks on unmasked rows (probability ``mask_p``), then a lower
     resolution (probability ``low_resolution_p``, a side drawn uniformly between
-    ``low_resolution_min`` x S and S), then flips, then jitter.
+    ``low_resolution_min`` x S and S), then a move (probability ``shift_p``, up to
+    ``shift_max`` x S pixels each way, drawn uniformly), then flips, then jitter.
 
     Masks come first because the landmarks describe the unflipped crop, and a mask drawn on
     the photo loses its detail with the rest of the face.
@@ -279,6 +295,10 @@ def augment_batch(
         shrink = rng.random(count) < low_resolution_p
         sides = np.where(shrink, np.rint(rng.uniform(low_resolution_min, 1.0, size=count) * size), size)
         out = lower_resolution(out, sides.astype(int))
+    if shift_p > 0:
+        reach = max(1, round(shift_max * images.shape[-1]))
+        moves = rng.integers(-reach, reach + 1, size=(count, 2)) * (rng.random(count) < shift_p)[:, None]
+        out = shift_images(out, moves)
     flip = rng.random(count) < flip_p
     if flip.any():
         out = flip_horizontal(out, flip)

@@ -169,17 +169,41 @@ def cosine_schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def trunk_parts(model: FaceEmbedder, config: BackboneConfig) -> list[tuple[str, list[nn.Parameter], float]]:
+    """(name, trainable parameters, learning rate) for the trunk: one part at ``lr``, or with
+    ``layer_decay`` < 1 one per layer group, the last at ``lr`` and each earlier one at
+    ``layer_decay`` times the next (layer-wise learning-rate decay: the early layers hold the
+    most general features, so they move least)."""
+    trainable = model.trunk_parameters()
+    if config.layer_decay == 1:
+        return [("trunk", trainable, config.lr)]
+    wanted = {id(p) for p in trainable}
+    parts, seen = [], set()
+    for depth, group in enumerate(reversed(list(model.trunk.layer_groups))):
+        chosen = [p for p in model.trunk.get_submodule(group).parameters() if id(p) in wanted and id(p) not in seen]
+        seen.update(id(p) for p in chosen)
+        if chosen:
+            parts.append((f"trunk.{group}", chosen, config.lr * config.layer_decay**depth))
+    rest = [p for p in trainable if id(p) not in seen]
+    if rest:
+        # Outside every layer group (none of the registered trunks has such parameters):
+        # treated as the earliest layer.
+        parts.append(("trunk.other", rest, config.lr * config.layer_decay ** len(model.trunk.layer_groups)))
+    return parts
+
+
 def parameter_groups(model: FaceEmbedder, loss_fn: nn.Module, config: BackboneConfig) -> list[dict]:
-    """Optimiser groups: trunk at ``lr``, head and class centres at ``head_lr`` (``lr`` if null).
+    """Optimiser groups: trunk at ``lr`` (per layer group with ``layer_decay``, see
+    :func:`trunk_parts`), head and class centres at ``head_lr`` (``lr`` if null).
 
     Weight decay applies to weight matrices and kernels only; biases and batch-norm
     scales (1-d tensors) are exempt, as decaying them only fights the normalisation.
     """
     head_lr = config.head_lr if config.head_lr is not None else config.lr
-    parts = (
-        ("trunk", model.trunk_parameters(), config.lr),
+    parts = [
+        *trunk_parts(model, config),
         ("head", model.head_parameters() + [p for p in loss_fn.parameters() if p.requires_grad], head_lr),
-    )
+    ]
     groups = []
     for name, params, lr in parts:
         for decay in (True, False):
@@ -252,6 +276,8 @@ class BatchSource(Dataset):
             "saturation": config.saturation,
             "low_resolution_p": config.low_resolution_p,
             "low_resolution_min": config.low_resolution_min,
+            "shift_p": config.shift_p,
+            "shift_max": config.shift_max,
         }
         self.seed = config.seed
         self.rank = rank
