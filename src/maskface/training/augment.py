@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from maskface.data.masks import MASK_STYLES, draw_mask
 from maskface.data.synthetic import GROUND_TRUTH_CSV, LANDMARK_COLUMNS
+from maskface.models.backbones import shifted
 from maskface.tables import read_csv
 
 logger = logging.getLogger(__name__)
@@ -222,13 +224,9 @@ def lower_resolution(images: np.ndarray, sides: np.ndarray) -> np.ndarray:
 def shift_images(images: np.ndarray, moves: np.ndarray) -> np.ndarray:
     """uint8 (N, 3, S, S), image k moved ``moves[k] = (right, down)`` pixels (negative: left,
     up), the edge row or column repeated into the gap, as the embed stage's shift views are."""
-    size = images.shape[-1]
     out = np.empty_like(images)
-    positions = np.arange(size)
     for k, (right, down) in enumerate(np.asarray(moves, dtype=int)):
-        columns = np.clip(positions - right, 0, size - 1)
-        rows = np.clip(positions - down, 0, images.shape[-2] - 1)
-        out[k] = images[k][:, rows][:, :, columns]
+        out[k] = shifted(torch.from_numpy(np.ascontiguousarray(images[k])), int(right), int(down)).numpy()
     return out
 
 
