@@ -18,7 +18,9 @@ A variant is the params' recipe with some keys replaced, for example
 backbones.edgeface.train_layers=last_3``; ``recipe`` (the params as they are) always runs.
 ``--interpolate W`` adds each model's weights moved toward the untouched network (WiSE-FT);
 ``--mask-direction`` adds each model with the training identities' mean masked-minus-unmasked
-embedding projected out of every embedding.
+embedding projected out of every embedding. ``--soup`` adds, per seed, the uniform average of
+every fine-tuned model's weights (a model soup, Wortsman et al. 2022): give variants that
+differ only in ``finetune.seed`` for the classic soup of one recipe.
 
 Usage:
     MASKFACE_WEIGHTS_DIR=../shared/weights python benchmarks/rmfrd_crossval.py \
@@ -64,6 +66,7 @@ logger = logging.getLogger("rmfrd_crossval")
 
 RECIPE = "recipe"
 UNTOUCHED = "untouched"
+SOUP = "soup"
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, object]]:
@@ -188,6 +191,18 @@ def interpolated_state(trained, untouched, weight: float) -> dict:
     }
 
 
+def souped(models: list):
+    """A uniform model soup: the mean of ``models``' weights, tensor by tensor (all unfolded,
+    same architecture, fine-tuned from the same start), folded for inference."""
+    states = [model.state_dict() for model in models]
+    mixed = copy.deepcopy(models[0])
+    mixed.load_state_dict({
+        key: torch.stack([state[key] for state in states]).mean(0) if value.is_floating_point() else value
+        for key, value in states[0].items()
+    })
+    return mixed.eval().fold_batch_norm()
+
+
 def interpolated(trained, untouched, weight: float):
     """An inference copy of the untouched network holding :func:`interpolated_state`."""
     mixed = copy.deepcopy(untouched)
@@ -231,6 +246,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--mask-direction", action="store_true",
         help="also score every model with the training identities' mask direction projected out (recipe_variants.py's variant)",
     )
+    parser.add_argument(
+        "--soup", action="store_true",
+        help="also score, per seed, the uniform average of the recipe's and every variant's fine-tuned weights (a model soup)",
+    )
     parser.add_argument("--threads", type=int, default=None)
     return parser.parse_args(argv)
 
@@ -271,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             for weight in args.interpolate:
                 model = interpolated(load_model(out / "model", fold_batch_norm=False), untouched, weight)
                 rows += score_model(f"{name} x{weight:g}", seed, model, current, others, variant, args.work)
+        if args.soup:
+            ingredients = [load_model(current.folder / name / "model", fold_batch_norm=False) for name in variants]
+            rows += score_model(SOUP, seed, souped(ingredients), current, others, variants[RECIPE], args.work)
         table = pd.DataFrame(rows)
         write_csv(table, args.work / "results.csv")
 

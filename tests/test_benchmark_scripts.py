@@ -190,3 +190,11 @@ def test_rmfrd_crossval_variants_differences_and_interpolation(monkeypatch):
             torch.testing.assert_close(state[key], 0.25 * value + 0.75 * untouched.state_dict()[key])
         else:
             assert torch.equal(state[key], value)
+
+    # A soup of one network is that network; a soup of two is the interpolation halfway between them.
+    with torch.no_grad():
+        torch.testing.assert_close(cv.souped([trained])(pixels), trained(pixels), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            cv.souped([trained, untouched])(pixels), cv.interpolated(trained, untouched, 0.5)(pixels), atol=1e-5, rtol=1e-5
+        )
+    assert not trained.batch_norm_folded  # the ingredients stay as they were

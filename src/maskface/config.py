@@ -325,6 +325,11 @@ class BackboneConfig(Section):
     # so the first steps refine the embedding instead of chasing random centres, which distorts
     # pretrained features most (Kumar et al. 2022, LP-FT). random: N(0, 0.01^2).
     class_centres: Literal["random", "imprint"] = "random"
+    # A uniform model soup (Wortsman et al. 2022): fine-tune this many times, with finetune.seed,
+    # seed + 1, ..., each run keeping its best epoch, and save the mean of their weights. Runs
+    # from the same start differ mostly in what their data order taught them; the mean keeps
+    # what they share. 1 = one run.
+    soup: Annotated[int, Field(ge=1, le=16, description="fine-tuning runs averaged; 1: one run")] = 1
 
 
 class ArcFaceConfig(Section):

@@ -477,3 +477,108 @@ def test_imprinted_class_centres_are_the_starting_networks_identity_means(toy_cr
         torch.testing.assert_close(trainer.model.state_dict()[name], tensor)
     summary = _run(toy_crops, tmp_path, "run", backbone_config=imprint)
     assert summary["settings"]["backbone"]["class_centres"] == "imprint"
+
+
+# --------------------------------------------------------------------------- model soups
+
+def _saved_state(folder):
+    return torch.load(folder / "model" / "model.pt", weights_only=True)
+
+
+@pytest.fixture
+def shared_start(monkeypatch):
+    """A soup needs a shared pretrained start: the toy alexnet (weights: none) is marked as
+    one, every run starting from the same seed-0 weights."""
+    create = train.create_model
+
+    def pretrained_model(*args, **kwargs):
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = create(*args, **kwargs)
+        model.pretrained = {"spec": "test:shared-start"}
+        return model
+
+    monkeypatch.setattr(train, "create_model", pretrained_model)
+
+
+def _scripted_aucs(monkeypatch, aucs):
+    scripted = iter(aucs)
+    monkeypatch.setattr(train, "pair_metrics", lambda *args, **kwargs: (0.5, next(scripted)))
+
+
+def test_soup_saves_the_mean_of_its_runs_kept_weights(toy_crops, tmp_path, monkeypatch, shared_start):
+    monkeypatch.chdir(tmp_path)
+    # Oracle: the same two runs one by one (seeds 0 and 1), each keeping its last epoch.
+    singles = []
+    for seed in (0, 1):
+        _scripted_aucs(monkeypatch, [0.5, 0.6, 0.7])
+        config = DETERMINISTIC.model_copy(update={"seed": seed})
+        _run(toy_crops, tmp_path, f"seed{seed}", config=config)
+        singles.append(_saved_state(tmp_path / f"seed{seed}"))
+    _scripted_aucs(monkeypatch, [0.5, 0.6, 0.7, 0.5, 0.6, 0.7, 0.65])  # the soup (last) beats epoch 0
+    checkpoints = tmp_path / "ck"
+    summary = _run(toy_crops, tmp_path, "soup", backbone_config=SMALL.model_copy(update={"soup": 2}), checkpoint_dir=checkpoints)
+    soup = _saved_state(tmp_path / "soup")
+    assert any(not torch.equal(singles[0][k], singles[1][k]) for k in soup if soup[k].is_floating_point())
+    for key, value in soup.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (singles[0][key] + singles[1][key]) / 2, rtol=0, atol=1e-6)
+    assert summary["soup"]["kept"] == "soup" and summary["best_epoch"] is None and summary["best_val_auc"] == 0.65
+    assert [run["seed"] for run in summary["soup"]["runs"]] == [0, 1]
+    assert [run["best_epoch"] for run in summary["soup"]["runs"]] == [2, 2]
+    assert summary["settings"]["finetune"]["seed"] == 0
+    saved = json.loads((tmp_path / "soup" / "model" / "training.json").read_text())
+    assert saved["soup"]["val"]["val_auc"] == 0.65 and saved["soup"]["ingredients"] == 2
+    # Every run's checkpoint folder is gone once the soup is saved; the first run's curves stay.
+    assert not checkpoints.exists()
+    auc = pd.read_csv(tmp_path / "soup" / "live" / "plots" / "metrics" / "val" / "auc.tsv", sep="\t")
+    assert auc["auc"].tolist() == [0.5, 0.6, 0.7]
+
+
+def test_soup_worse_than_the_start_keeps_the_best_run(toy_crops, tmp_path, monkeypatch, shared_start):
+    monkeypatch.chdir(tmp_path)
+    _scripted_aucs(monkeypatch, [0.5, 0.8, 0.6])
+    _run(toy_crops, tmp_path, "seed1", config=DETERMINISTIC.model_copy(update={"seed": 1}))
+    # Run 0 keeps epoch 2 (0.7), run 1 epoch 1 (0.8); the soup scores below epoch 0.
+    _scripted_aucs(monkeypatch, [0.5, 0.6, 0.7, 0.5, 0.8, 0.6, 0.4])
+    summary = _run(toy_crops, tmp_path, "soup", backbone_config=SMALL.model_copy(update={"soup": 2}))
+    assert summary["soup"]["kept"] == "run 1" and summary["best_epoch"] == 1 and summary["best_val_auc"] == 0.8
+    expected, got = _saved_state(tmp_path / "seed1"), _saved_state(tmp_path / "soup")
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_killed_soup_resumes_to_the_same_weights(toy_crops, tmp_path, monkeypatch, shared_start):
+    monkeypatch.chdir(tmp_path)
+    souped = SMALL.model_copy(update={"soup": 2})
+    _run(toy_crops, tmp_path, "full", backbone_config=souped)
+    epochs_seen = []
+
+    def kill_in_second_run(result: EpochResult) -> None:
+        epochs_seen.append(result.epoch)
+        if len(epochs_seen) == 3:  # run 0's epochs 1 and 2, then run 1's epoch 1
+            raise StopTraining("simulated kill")
+
+    checkpoints = tmp_path / "ck"
+    with pytest.raises(StopTraining):
+        _run(toy_crops, tmp_path, "resumed", backbone_config=souped, checkpoint_dir=checkpoints, on_epoch_end=kill_in_second_run)
+    assert not (checkpoints / "ingredient0").exists() and (checkpoints / "ingredient1" / train.CHECKPOINT_FILE).is_file()
+    resumed = _run(toy_crops, tmp_path, "resumed", backbone_config=souped, checkpoint_dir=checkpoints)
+    assert resumed["soup"]["runs"][1]["epochs"] == json.loads(
+        (tmp_path / "full" / "model" / "training.json").read_text())["soup"]["runs"][1]["epochs"]
+    expected, got = _saved_state(tmp_path / "full"), _saved_state(tmp_path / "resumed")
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+    assert not checkpoints.exists()
+
+
+def test_soup_without_a_pretrained_start_trains_once(toy_crops, tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    single = _run(toy_crops, tmp_path, "single")
+    with caplog.at_level("WARNING", logger=train.__name__):
+        souped = _run(toy_crops, tmp_path, "soup", backbone_config=SMALL.model_copy(update={"soup": 3}))
+    assert "needs pretrained weights" in caplog.text and "training once" in caplog.text
+    assert "soup" not in souped and souped["best_epoch"] == single["best_epoch"]
+    expected, got = _saved_state(tmp_path / "single"), _saved_state(tmp_path / "soup")
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key

@@ -464,20 +464,117 @@ def finetune(
             when it holds both classes, the kept epoch is the best on the mean of the two
             sets' metric, epoch 0 (the untouched network) included.
 
+    With ``backbone_config.soup`` = n > 1 the run is repeated with seeds ``config.seed`` ..
+    ``config.seed + n - 1`` (see :func:`fit_soup`); the first run's curves go to ``live_dir``.
+
     Under ``torchrun`` every process calls this; see :mod:`maskface.training.distributed`.
     Returns the training summary (also written as training.json).
     """
     previous = seed_everything(config.seed, config.deterministic)
     try:
         with distributed_session(config.device) as (context, device):
-            trainer = Trainer(
-                backbone, crops_dir, val_pairs_path, out_dir, live_dir, backbone_config, arcface, config,
-                context=context, device=device, checkpoint_dir=checkpoint_dir, on_epoch_end=on_epoch_end,
-                progress=progress, cross_val_pairs_path=cross_val_pairs_path,
-            )
-            return trainer.fit()
+            def trainer(run_config: FinetuneConfig, ingredient: int) -> Trainer:
+                if ingredient:
+                    seed_everything(run_config.seed, run_config.deterministic)
+                return Trainer(
+                    backbone, crops_dir, val_pairs_path, out_dir, live_dir if ingredient == 0 else None,
+                    backbone_config, arcface, run_config, context=context, device=device,
+                    checkpoint_dir=_ingredient_folder(checkpoint_dir, ingredient, backbone_config.soup),
+                    on_epoch_end=on_epoch_end, progress=progress, cross_val_pairs_path=cross_val_pairs_path,
+                )
+
+            if backbone_config.soup == 1:
+                return trainer(config, 0).fit()
+            return fit_soup(trainer, config, backbone_config.soup)
     finally:
         restore_determinism(previous)
+
+
+def _ingredient_folder(checkpoint_dir: Path | None, ingredient: int, ingredients: int) -> Path | None:
+    """Each run of a soup resumes from its own checkpoint; one run keeps the folder as it is."""
+    if checkpoint_dir is None or ingredients == 1:
+        return checkpoint_dir
+    return Path(checkpoint_dir) / f"ingredient{ingredient}"
+
+
+def soup_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The uniform mean of same-shaped state dicts, tensor by tensor; integer buffers (batch
+    norm's step counters) are the first state's."""
+    return {
+        key: torch.stack([state[key] for state in states]).mean(0) if value.is_floating_point() else value
+        for key, value in states[0].items()
+    }
+
+
+def fit_soup(make_trainer: Callable[[FinetuneConfig, int], Trainer], config: FinetuneConfig, ingredients: int) -> dict:
+    """A uniform model soup of ``ingredients`` fine-tuning runs (Wortsman et al. 2022).
+
+    Run k trains with seed ``config.seed + k`` and keeps its best epoch, as one run does. The
+    mean of the kept weights is scored on the same validation pairs and saved when it is at
+    least as good as the untouched network (epoch 0); otherwise the best single run is saved,
+    so a soup, like a run, never returns a network worse on validation than its start. Each
+    run's epochs go to training.json under ``soup``; the first run's curves to DVCLive.
+    """
+    kept_states: list[dict[str, torch.Tensor]] = []
+    runs: list[dict] = []
+    summaries: list[dict] = []
+    for ingredient in range(ingredients):
+        run_config = config.model_copy(update={"seed": config.seed + ingredient})
+        run = make_trainer(run_config, ingredient)
+        if ingredient == 0 and (run.model.pretrained is None or run.backbone_config.epochs == 0):
+            # Runs from different random starts land in different basins, whose mean is no
+            # network at all (Neyshabur et al. 2020); runs without epochs are all the start.
+            logger.warning(
+                "%s: soup: %d needs pretrained weights and epochs > 0 (pretrained: %s, epochs: %d); training once",
+                run.backbone, ingredients, run.model.pretrained is not None, run.backbone_config.epochs,
+            )
+            return run.fit()
+        summaries.append(run.fit(save=False))
+        # Only the kept weights (on the CPU, rank 0) outlive a run; the last run saves the soup.
+        kept_states.append(run.best_state)
+        runs.append({"seed": run_config.seed, "best_epoch": run.best_epoch, "best_score": run.best_score,
+                     "epochs": summaries[-1]["epochs"]})
+        if ingredient < ingredients - 1:
+            run.remove_checkpoint()
+            del run
+        elif run.context.is_main:
+            logger.info(
+                "%s: soup of %d runs kept epochs %s (val %s %s)", run.backbone, ingredients,
+                [r["best_epoch"] for r in runs], config.select_by, ", ".join(f"{r['best_score']:.4f}" for r in runs),
+            )
+    final = run
+    if final.context.is_main:
+        final.model.load_state_dict(soup_state(kept_states))
+    scores = final.validate()
+    soup = EpochResult(final.epoch, float("nan"), 0.0, scores.accuracy, scores.auc, 0.0, scores.xval_accuracy, scores.xval_auc)
+    start_score, soup_score = final.metric_of(final.initial), final.metric_of(soup)
+    best_run = max(range(ingredients), key=lambda k: runs[k]["best_score"])
+    kept = "soup" if soup_score >= start_score else f"run {best_run}"
+    if kept == "soup":
+        final.best_state, final.best_score = (_cpu_state(final.model) if final.context.is_main else {}), soup_score
+    else:
+        final.best_state, final.best_score = kept_states[best_run], runs[best_run]["best_score"]
+    summary = summaries[0] | {
+        "best_epoch": None if kept == "soup" else runs[best_run]["best_epoch"],
+        "best_val_" + config.select_by: final.best_score,
+        "stopped_early": any(s["stopped_early"] for s in summaries),
+        "soup": {
+            "ingredients": ingredients,
+            "kept": kept,
+            "val": _without_wall_time(soup) | {"epoch": None},
+            "runs": [
+                {"seed": r["seed"], "best_epoch": r["best_epoch"], "best_val_" + config.select_by: r["best_score"], "epochs": r["epochs"]}
+                for r in runs
+            ],
+        },
+    }
+    if final.context.is_main:
+        logger.info(
+            "%s: the soup scores val %s %.4f (untouched %.4f, best run %.4f); keeping the %s",
+            final.backbone, config.select_by, soup_score, start_score, runs[best_run]["best_score"], kept,
+        )
+    final.save_outputs(summary)
+    return summary
 
 
 class Validation(NamedTuple):
@@ -529,7 +626,8 @@ class Trainer:
         self.backbone = backbone
         self.crops_dir, self.val_pairs_path = Path(crops_dir), Path(val_pairs_path)
         self.cross_val_pairs_path = None if cross_val_pairs_path is None else Path(cross_val_pairs_path)
-        self.out_dir, self.live_dir = Path(out_dir), Path(live_dir)
+        self.out_dir = Path(out_dir)
+        self.live_dir = None if live_dir is None else Path(live_dir)
         self.backbone_config, self.arcface, self.config = backbone_config, arcface, config
         self.context = context if context is not None else DistributedContext()
         self.device = torch.device(device)
@@ -657,11 +755,12 @@ class Trainer:
 
     # ----------------------------------------------------------------------- the run
 
-    def fit(self) -> dict:
+    def fit(self, save: bool = True) -> dict:
         """Resume, or score the untouched network (epoch 0); train epoch by epoch with a checkpoint
-        after each until the last epoch or early stopping; save the best epoch. -> the summary."""
+        after each until the last epoch or early stopping; save the best epoch (``save``; a soup
+        saves once, after its last run). -> the summary."""
         resumed = self.resume()
-        if self.context.is_main:
+        if self.context.is_main and self.live_dir is not None:
             from dvclive import Live
 
             self.live_dir.mkdir(parents=True, exist_ok=True)
@@ -680,7 +779,8 @@ class Trainer:
             if self.live is not None:
                 self.live.end()
         summary = self.summary()
-        self.save_outputs(summary)
+        if save:
+            self.save_outputs(summary)
         return summary
 
     def validate_untouched(self) -> EpochResult:
@@ -942,6 +1042,15 @@ class Trainer:
         )
         return {"removed": True, "length": length, "images": counts}
 
+    def remove_checkpoint(self) -> None:
+        """A finished run needs no resuming, and a stale file would only be refused by the next run."""
+        if self.context.is_main and self.checkpoint_path is not None:
+            self.checkpoint_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # only removed when empty
+                self.checkpoint_path.parent.rmdir()
+                if self.checkpoint_path.parent.name.startswith("ingredient"):
+                    self.checkpoint_path.parent.parent.rmdir()
+
     def save_outputs(self, summary: dict) -> None:
         """Rank 0: the best epoch's weights as a model folder with preprocess.json and training.json;
         the checkpoint is removed (a finished run needs no resuming)."""
@@ -961,14 +1070,11 @@ class Trainer:
             save_model(model, out_dir, extra)
             shutil.copyfile(self.crops_dir / PREPROCESS_FILE, out_dir / PREPROCESS_FILE)
             (out_dir / TRAINING_FILE).write_text(json.dumps(_json_safe(summary), indent=2) + "\n")
-            if self.checkpoint_path is not None:
-                # A stale file would only be refused by the next run.
-                self.checkpoint_path.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):  # only removed when empty
-                    self.checkpoint_path.parent.rmdir()
+            self.remove_checkpoint()
             logger.info(
-                "%s: kept epoch %d (val %s %.4f) -> %s",
-                self.backbone, self.best_epoch, self.config.select_by, self.best_score, out_dir,
+                "%s: kept %s (val %s %.4f) -> %s", self.backbone,
+                "the soup" if summary["best_epoch"] is None else f"epoch {summary['best_epoch']}",
+                self.config.select_by, self.best_score, out_dir,
             )
         barrier(self.context)
 
