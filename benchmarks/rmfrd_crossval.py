@@ -59,7 +59,7 @@ from maskface.face.geometry import landmark_table  # noqa: E402
 from maskface.inference.embed import embed_array, load_model  # noqa: E402
 from maskface.models.backbones import get_spec  # noqa: E402
 from maskface.tables import write_csv  # noqa: E402
-from maskface.training.train import finetune, pair_scores  # noqa: E402
+from maskface.training.train import finetune, pair_scores, soup_state  # noqa: E402
 from maskface.training.train import mask_direction as training_mask_direction  # noqa: E402
 
 logger = logging.getLogger("rmfrd_crossval")
@@ -194,12 +194,8 @@ def interpolated_state(trained, untouched, weight: float) -> dict:
 def souped(models: list):
     """A uniform model soup: the mean of ``models``' weights, tensor by tensor (all unfolded,
     same architecture, fine-tuned from the same start), folded for inference."""
-    states = [model.state_dict() for model in models]
     mixed = copy.deepcopy(models[0])
-    mixed.load_state_dict({
-        key: torch.stack([state[key] for state in states]).mean(0) if value.is_floating_point() else value
-        for key, value in states[0].items()
-    })
+    mixed.load_state_dict(soup_state([model.state_dict() for model in models]))
     return mixed.eval().fold_batch_norm()
 
 

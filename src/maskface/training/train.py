@@ -490,11 +490,14 @@ def finetune(
         restore_determinism(previous)
 
 
+INGREDIENT_FOLDER = "ingredient"
+
+
 def _ingredient_folder(checkpoint_dir: Path | None, ingredient: int, ingredients: int) -> Path | None:
     """Each run of a soup resumes from its own checkpoint; one run keeps the folder as it is."""
     if checkpoint_dir is None or ingredients == 1:
         return checkpoint_dir
-    return Path(checkpoint_dir) / f"ingredient{ingredient}"
+    return Path(checkpoint_dir) / f"{INGREDIENT_FOLDER}{ingredient}"
 
 
 def soup_state(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -515,6 +518,7 @@ def fit_soup(make_trainer: Callable[[FinetuneConfig, int], Trainer], config: Fin
     so a soup, like a run, never returns a network worse on validation than its start. Each
     run's epochs go to training.json under ``soup``; the first run's curves to DVCLive.
     """
+    score_key = "best_val_" + config.select_by
     kept_states: list[dict[str, torch.Tensor]] = []
     runs: list[dict] = []
     summaries: list[dict] = []
@@ -532,7 +536,7 @@ def fit_soup(make_trainer: Callable[[FinetuneConfig, int], Trainer], config: Fin
         summaries.append(run.fit(save=False))
         # Only the kept weights (on the CPU, rank 0) outlive a run; the last run saves the soup.
         kept_states.append(run.best_state)
-        runs.append({"seed": run_config.seed, "best_epoch": run.best_epoch, "best_score": run.best_score,
+        runs.append({"seed": run_config.seed, "best_epoch": run.best_epoch, score_key: run.best_score,
                      "epochs": summaries[-1]["epochs"]})
         if ingredient < ingredients - 1:
             run.remove_checkpoint()
@@ -540,38 +544,34 @@ def fit_soup(make_trainer: Callable[[FinetuneConfig, int], Trainer], config: Fin
         elif run.context.is_main:
             logger.info(
                 "%s: soup of %d runs kept epochs %s (val %s %s)", run.backbone, ingredients,
-                [r["best_epoch"] for r in runs], config.select_by, ", ".join(f"{r['best_score']:.4f}" for r in runs),
+                [r["best_epoch"] for r in runs], config.select_by, ", ".join(f"{r[score_key]:.4f}" for r in runs),
             )
     final = run
     if final.context.is_main:
         final.model.load_state_dict(soup_state(kept_states))
-    scores = final.validate()
-    soup = EpochResult(final.epoch, float("nan"), 0.0, scores.accuracy, scores.auc, 0.0, scores.xval_accuracy, scores.xval_auc)
+    soup = final.score_as_is(final.epoch)
     start_score, soup_score = final.metric_of(final.initial), final.metric_of(soup)
-    best_run = max(range(ingredients), key=lambda k: runs[k]["best_score"])
+    best_run = max(range(ingredients), key=lambda k: runs[k][score_key])
     kept = "soup" if soup_score >= start_score else f"run {best_run}"
     if kept == "soup":
         final.best_state, final.best_score = (_cpu_state(final.model) if final.context.is_main else {}), soup_score
     else:
-        final.best_state, final.best_score = kept_states[best_run], runs[best_run]["best_score"]
+        final.best_state, final.best_score = kept_states[best_run], runs[best_run][score_key]
     summary = summaries[0] | {
         "best_epoch": None if kept == "soup" else runs[best_run]["best_epoch"],
-        "best_val_" + config.select_by: final.best_score,
+        score_key: final.best_score,
         "stopped_early": any(s["stopped_early"] for s in summaries),
         "soup": {
             "ingredients": ingredients,
             "kept": kept,
             "val": _without_wall_time(soup) | {"epoch": None},
-            "runs": [
-                {"seed": r["seed"], "best_epoch": r["best_epoch"], "best_val_" + config.select_by: r["best_score"], "epochs": r["epochs"]}
-                for r in runs
-            ],
+            "runs": runs,
         },
     }
     if final.context.is_main:
         logger.info(
             "%s: the soup scores val %s %.4f (untouched %.4f, best run %.4f); keeping the %s",
-            final.backbone, config.select_by, soup_score, start_score, runs[best_run]["best_score"], kept,
+            final.backbone, config.select_by, soup_score, start_score, runs[best_run][score_key], kept,
         )
     final.save_outputs(summary)
     return summary
@@ -783,14 +783,18 @@ class Trainer:
             self.save_outputs(summary)
         return summary
 
-    def validate_untouched(self) -> EpochResult:
-        """Epoch 0: the network before any training step, the first candidate for the kept epoch."""
+    def score_as_is(self, epoch: int) -> EpochResult:
+        """The model as it is now, scored without a training step (no loss, multiplier 0)."""
         started = time.perf_counter()
         scores = self.validate()
-        result = EpochResult(
-            0, float("nan"), 0.0, scores.accuracy, scores.auc, time.perf_counter() - started,
+        return EpochResult(
+            epoch, float("nan"), 0.0, scores.accuracy, scores.auc, time.perf_counter() - started,
             scores.xval_accuracy, scores.xval_auc,
         )
+
+    def validate_untouched(self) -> EpochResult:
+        """Epoch 0: the network before any training step, the first candidate for the kept epoch."""
+        result = self.score_as_is(0)
         self.record(result)
         self._log(result)
         return result
@@ -1048,7 +1052,7 @@ class Trainer:
             self.checkpoint_path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # only removed when empty
                 self.checkpoint_path.parent.rmdir()
-                if self.checkpoint_path.parent.name.startswith("ingredient"):
+                if self.checkpoint_path.parent.name.startswith(INGREDIENT_FOLDER):
                     self.checkpoint_path.parent.parent.rmdir()
 
     def save_outputs(self, summary: dict) -> None:
