@@ -20,7 +20,10 @@ backbones.edgeface.train_layers=last_3``; ``recipe`` (the params as they are) al
 ``--mask-direction`` adds each model with the training identities' mean masked-minus-unmasked
 embedding projected out of every embedding. ``--soup`` adds, per seed, the uniform average of
 every fine-tuned model's weights (a model soup, Wortsman et al. 2022): give variants that
-differ only in ``finetune.seed`` for the classic soup of one recipe.
+differ only in ``finetune.seed`` for the classic soup of one recipe. A variant that sets
+``data.extra_sources`` trains with those collections' people as well (training split only, as
+the split stage puts them; anyone who is also in a tested collection is left out), for
+example ``--variant lfw:'data.extra_sources=["lfw:../shared/datasets/lfw-gray-20"]'``.
 
 Usage:
     MASKFACE_WEIGHTS_DIR=../shared/weights python benchmarks/rmfrd_crossval.py \
@@ -60,7 +63,7 @@ from maskface.inference.embed import embed_array, load_model  # noqa: E402
 from maskface.models.backbones import get_spec  # noqa: E402
 from maskface.tables import write_csv  # noqa: E402
 from maskface.training.train import finetune, pair_scores, soup_state  # noqa: E402
-from maskface.training.train import mask_direction as training_mask_direction  # noqa: E402
+from maskface.training.train import mask_direction as training_mask_direction, with_both_sides  # noqa: E402
 
 logger = logging.getLogger("rmfrd_crossval")
 
@@ -116,20 +119,31 @@ def own_threshold(index: pd.DataFrame, embeddings: np.ndarray, classify: Classif
 
 
 class Seed:
-    """One identity split of rmfrd-dev: its crops, its test identities as a collection."""
+    """One identity split of rmfrd-dev: its crops, its test identities as a collection.
 
-    def __init__(self, seed: int, manifest: pd.DataFrame, landmarks: pd.DataFrame, params: dict, backbone: str, work: Path):
+    With ``extra`` (the manifest of a variant's ``data.extra_sources``), those images join the
+    training split only, as the split stage puts them, in crops of their own (``name``); the
+    rmfrd-dev identities are split exactly as without them."""
+
+    def __init__(
+        self, seed: int, manifest: pd.DataFrame, landmarks: pd.DataFrame, params: dict, backbone: str, work: Path,
+        extra: pd.DataFrame | None = None, name: str = "crops",
+    ):
         split = section(params, SplitConfig, "split")
         crop = section(params, CropConfig, "crop")
         self.folder = work / f"seed{seed}"
         self.folder.mkdir(parents=True, exist_ok=True)
+        train_only = None
+        if extra is not None:
+            manifest = pd.concat([manifest, extra], ignore_index=True)
+            train_only = pd.Series([False] * (len(manifest) - len(extra)) + [True] * len(extra), index=manifest.index)
         self.manifest, pairs = split_dataset(
-            manifest, split.ratios, seed, split.by, split.pair_types, split.max_genuine_per_identity
+            manifest, split.ratios, seed, split.by, split.pair_types, split.max_genuine_per_identity, train_only
         )
         self.val_pairs = self.folder / "val.csv"
         write_csv(pairs["val"], self.val_pairs)
         spec = get_spec(backbone)
-        self.crops = self.folder / "crops"
+        self.crops = self.folder / name
         self.index = crop_dataset(self.manifest, crop, spec.input_size, self.crops, landmarks, spec.template)
         self.images = np.load(self.crops / IMAGES_FILE, mmap_mode="r")
         test = self.index[self.index["split"] == "test"]
@@ -143,8 +157,32 @@ class Seed:
 
 def mask_direction(index: pd.DataFrame, embeddings: np.ndarray) -> np.ndarray:
     """Mean masked minus mean unmasked embedding of the training identities (as fine-tuning's)."""
-    train = (index["split"] == "train").to_numpy()
-    return training_mask_direction(embeddings[train], index["masked"].astype(bool).to_numpy()[train])
+    masked = index["masked"].astype(bool).to_numpy()
+    train = (index["split"] == "train").to_numpy() & with_both_sides(index["identity"].to_numpy(), masked)
+    return training_mask_direction(embeddings[train], masked[train])
+
+
+def extra_sources(params: dict) -> tuple[str, ...]:
+    return tuple((params.get("data") or {}).get("extra_sources") or ())
+
+
+def extra_training_images(
+    sources: tuple[str, ...], rmfrd_root: Path, others: list[gen.Collection], params: dict, work: Path,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The images of ``data.extra_sources`` as the split stage reads them, less every person
+    who is also in a collection this script tests on (five of lfw-gray-20's people are in
+    lfw-masktheface): trained on, they would be no test of people never seen. Returns the
+    images and their landmarks (detected once, cached in ``work``)."""
+    combined = build_manifest(DataConfig(source="rmfrd", root=str(rmfrd_root), extra_sources=sources, workers=2)).manifest
+    extra = combined[combined["source"] != "rmfrd"]
+    tested = {str(identity).split("/", 1)[-1] for collection in others for identity in collection.manifest["identity"]}
+    seen = extra["identity"].map(lambda identity: str(identity).split("/", 1)[-1] in tested)
+    logger.info("extra sources %s: %d images of %d people; left out, also tested on: %s", ", ".join(sources),
+                int((~seen).sum()), extra.loc[~seen, "identity"].nunique(),
+                ", ".join(sorted(extra.loc[seen, "identity"].unique())) or "nobody")
+    extra = extra[~seen].reset_index(drop=True)
+    landmarks = landmark_table(extra["path"], section(params, CropConfig, "crop"), cache_path=work / "landmark-cache.csv")
+    return extra, landmarks
 
 
 def score_model(
@@ -271,14 +309,28 @@ def main(argv: list[str] | None = None) -> int:
     others = [gen.load_collection(name, roots[name], args.work) for name in args.collections]
     untouched = gen.pretrained_models([args.backbone])[args.backbone]
 
+    extras = {
+        sources: extra_training_images(sources, datasets / "rmfrd-dev", others, variant, args.work)
+        for variant in variants.values() if (sources := extra_sources(variant))
+    }
+
     rows = []
     for seed in args.seeds:
         current = Seed(seed, manifest, landmarks, params, args.backbone, args.work)
         rows += score_model(UNTOUCHED, seed, untouched, current, others, params, args.work, args.mask_direction)
         for name, variant in variants.items():
             out = current.folder / name
+            trained_on = current
+            if extra_sources(variant):
+                # Trained with more people; scored, and its threshold chosen, as every other row.
+                images, marks = extras[extra_sources(variant)]
+                trained_on = Seed(seed, manifest, pd.concat([landmarks, marks], ignore_index=True), params, args.backbone,
+                                  args.work, extra=images, name=f"crops-{name}")
+                held_out = [table.loc[table["split"] != "train", "path"].tolist() for table in (current.manifest, trained_on.manifest)]
+                if held_out[0] != held_out[1]:
+                    raise RuntimeError(f"{name}: data.extra_sources moved rmfrd-dev's val or test identities")
             finetune(
-                args.backbone, current.crops, current.val_pairs, out / "model", out / "live",
+                args.backbone, trained_on.crops, trained_on.val_pairs, out / "model", out / "live",
                 backbone_config(variant, args.backbone), section(variant, ArcFaceConfig, "arcface"),
                 section(variant, FinetuneConfig, "finetune"), progress=False,
             )

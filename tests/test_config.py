@@ -51,6 +51,18 @@ def test_the_commented_fusion_entry_of_params_is_valid_once_uncommented(repo_roo
     assert fusion.weights == "auto" and fusion.train_layers == "last_5"
 
 
+def test_the_commented_data_examples_of_params_are_valid_once_uncommented(repo_root: Path):
+    params = load_params(repo_root / "params.yaml")
+    text = (repo_root / "params.yaml").read_text()
+    examples = {}
+    for key in ("extra_sources", "validation_sources"):
+        line = next(line for line in text.splitlines() if line.startswith(f"  # {key}: "))
+        examples.update(yaml.safe_load(line.replace("  # ", "", 1)))
+    data = DataConfig.model_validate({**params["data"], "source": "rmfrd", "root": "../shared/datasets/rmfrd-dev", **examples})
+    assert data.extra_sources == ("lfw:../shared/datasets/lfw-gray-20",)
+    assert data.validation_sources == ("rmfrd:../shared/datasets/lfw-masktheface",)
+
+
 def test_unknown_key_names_the_key_and_the_valid_keys():
     with pytest.raises(ConfigError) as error:
         parse_section(CropConfig, {"mode": "none", "keep_ratoi": 0.5}, "crop")

@@ -63,3 +63,20 @@ def test_filtered_images_are_rejected_and_in_no_pair(prepared):
     filtered = result.report["faces"]["filter"]
     assert filtered["enabled"] and sum(filtered["dropped"].values()) == len(dropped)
     assert filtered["images_kept"] == 18 - int(dropped["path"].str.contains("/main/").sum())
+
+
+def test_extra_sources_only_train(tmp_path):
+    _folder(tmp_path / "main", people=3, per_side=3, seed=3)
+    _folder(tmp_path / "more", people=2, per_side=2, seed=4)
+    data = DataConfig(source="folder", root=str(tmp_path / "main"), extra_sources=(f"folder:{tmp_path / 'more'}",), workers=1)
+    split = SplitConfig(by="image", ratios=(0.6, 0.2, 0.2))
+    crop = CropConfig(mode="none", align=False, landmarks="none")
+    result = prepare_data(data, split, crop, tmp_path / "synthetic")
+    extra = result.manifest["source"] == "folder-2"
+    assert extra.sum() == 2 * 4 and (result.manifest.loc[extra, "split"] == "train").all()
+    # Oracle: the main collection alone is split and paired exactly the same way.
+    alone = prepare_data(data.model_copy(update={"extra_sources": ()}), split, crop, tmp_path / "synthetic")
+    assert result.manifest.loc[~extra, ["path", "split"]].reset_index(drop=True).equals(alone.manifest[["path", "split"]])
+    for name in ("val", "test"):
+        assert result.pairs[name].equals(alone.pairs[name]) and len(result.pairs[name])
+    assert result.report["split"]["train"]["identities"] == alone.report["split"]["train"]["identities"] + 2

@@ -29,6 +29,22 @@ def test_identity_split_is_seeded():
     assert not assign_splits(manifest, (0.7, 0.1, 0.2), 1).equals(assign_splits(manifest, (0.7, 0.1, 0.2), 2))
 
 
+@pytest.mark.parametrize("by", ["identity", "image"])
+def test_train_only_rows_train_and_leave_the_rest_split_as_without_them(by):
+    main = _manifest(identities=20)
+    extra = _manifest(identities=8).assign(identity=lambda t: "lfw/" + t["identity"], path=lambda t: "lfw/" + t["path"])
+    combined = pd.concat([main, extra], ignore_index=True)
+    train_only = pd.Series([False] * len(main) + [True] * len(extra))
+    split = assign_splits(combined, (0.7, 0.1, 0.2), 5, by, train_only)
+    assert (split[train_only] == "train").all()
+    # Oracle: the main rows alone, split with the same seed.
+    assert split[~train_only].tolist() == assign_splits(main, (0.7, 0.1, 0.2), 5, by).tolist()
+    table, pairs = split_dataset(combined, (0.7, 0.1, 0.2), 5, by, ["masked-unmasked"], 20, train_only)
+    assert table["split"].tolist() == split.tolist()
+    for frame in pairs.values():
+        assert not frame["identity_a"].str.startswith("lfw/").any() and not frame["identity_b"].str.startswith("lfw/").any()
+
+
 def test_image_split_keeps_every_identity_in_train_and_stratifies_masks():
     manifest = _manifest(identities=5, per_identity=20)
     split = assign_splits(manifest, (0.7, 0.1, 0.2), seed=0, by="image")

@@ -6,6 +6,7 @@ import logging
 import math
 import pickle
 import random
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -17,8 +18,9 @@ from torch.utils.data import DataLoader
 import maskface.training.train as train
 from maskface.models.backbones import create_model
 from maskface.config import ArcFaceConfig, BackboneConfig, CropConfig, FinetuneConfig
-from maskface.face.crop import IMAGES_FILE, crop_dataset, open_crops
+from maskface.face.crop import IMAGES_FILE, INDEX_FILE, crop_dataset, open_crops
 from maskface.inference.embed import load_model
+from maskface.tables import read_csv, write_csv
 from maskface.training.losses import ArcFaceLoss
 from maskface.training.train import (
     BatchSource,
@@ -428,12 +430,22 @@ def test_finetune_refuses_identity_head_of_the_wrong_size(toy_crops, tmp_path, m
 def test_mask_direction_is_projected_out_of_the_saved_model(toy_crops, tmp_path):
     from maskface.inference.embed import embed_array
 
+    # One training person photographed without a mask only, as an extra collection's people
+    # are: the direction must come from the people with both sides alone.
+    crops = tmp_path / "crops"
+    shutil.copytree(toy_crops["crops"], crops)
+    index = read_csv(crops / INDEX_FILE)
+    unmasked_only = sorted(index.loc[index["split"] == "train", "identity"].unique())[0]
+    index.loc[index["identity"] == unmasked_only, "masked"] = False
+    write_csv(index, crops / INDEX_FILE)
+    toy_crops = {**toy_crops, "crops": crops}
+
     plain = _run(toy_crops, tmp_path, "plain")
     removed = _run(toy_crops, tmp_path, "removed", SMALL.model_copy(update={"mask_direction": True}))
     assert "mask_direction" not in plain and plain["best_epoch"] == removed["best_epoch"]
-    images, index = open_crops(toy_crops["crops"])
-    train = (index["split"] == "train").to_numpy()
+    images, index = open_crops(crops)
     masked = index["masked"].astype(bool).to_numpy()
+    train = (index["split"] == "train").to_numpy() & (index["identity"] != unmasked_only).to_numpy()
     assert removed["mask_direction"]["images"] == {"masked": int((train & masked).sum()), "unmasked": int((train & ~masked).sum())}
     # Oracle: the same training without the option, its embeddings projected by hand.
     before = embed_array(load_model(tmp_path / "plain" / "model"), images, progress=False).astype(np.float64)
@@ -562,8 +574,15 @@ def test_killed_soup_resumes_to_the_same_weights(toy_crops, tmp_path, monkeypatc
     checkpoints = tmp_path / "ck"
     with pytest.raises(StopTraining):
         _run(toy_crops, tmp_path, "resumed", backbone_config=souped, checkpoint_dir=checkpoints, on_epoch_end=kill_in_second_run)
-    assert not (checkpoints / "ingredient0").exists() and (checkpoints / "ingredient1" / train.CHECKPOINT_FILE).is_file()
-    resumed = _run(toy_crops, tmp_path, "resumed", backbone_config=souped, checkpoint_dir=checkpoints)
+    # The finished run's checkpoint stays until the soup is saved, so it is not trained again.
+    assert (checkpoints / "ingredient0" / train.CHECKPOINT_FILE).is_file()
+    assert (checkpoints / "ingredient1" / train.CHECKPOINT_FILE).is_file()
+    trained_after_resuming = []
+    resumed = _run(toy_crops, tmp_path, "resumed", backbone_config=souped, checkpoint_dir=checkpoints,
+                   on_epoch_end=lambda result: trained_after_resuming.append(result.epoch))
+    assert trained_after_resuming == [2]  # run 1's last epoch; run 0 resumed finished
+    assert resumed["soup"]["runs"][0]["epochs"] == json.loads(
+        (tmp_path / "full" / "model" / "training.json").read_text())["soup"]["runs"][0]["epochs"]
     assert resumed["soup"]["runs"][1]["epochs"] == json.loads(
         (tmp_path / "full" / "model" / "training.json").read_text())["soup"]["runs"][1]["epochs"]
     expected, got = _saved_state(tmp_path / "full"), _saved_state(tmp_path / "resumed")

@@ -14,7 +14,7 @@ from typing import Optional
 import pandas as pd
 
 from maskface.config import CropConfig, SplitConfig
-from maskface.data.datasets import DataConfig, ManifestResult, build_manifest, build_validation_manifest
+from maskface.data.datasets import DataConfig, ManifestResult, build_manifest, build_validation_manifest, source_specs
 from maskface.face.geometry import FILTER_REASONS, detection_rates, face_filter, landmark_table
 from maskface.data.split import make_pairs, split_dataset
 
@@ -59,7 +59,12 @@ def prepare_data(
         [digest for table in found for digest in table["sha256"].tolist()],
     )
     dropped, kept, note = _occlusion_filter(result.manifest, landmarks, crop)
-    manifest, pairs = split_dataset(kept, split.ratios, split.seed, split.by, split.pair_types, split.max_genuine_per_identity)
+    # data.extra_sources are more people to train on: in val or test they would move the
+    # threshold and the metrics away from the collection the user named in data.root.
+    extra = kept["source"] != source_specs(data)[0].label
+    manifest, pairs = split_dataset(
+        kept, split.ratios, split.seed, split.by, split.pair_types, split.max_genuine_per_identity, train_only=extra
+    )
     # Cross-collection validation pairs (finetune reads them; nothing trains or tests on them).
     # The table always exists, empty without data.validation_sources, so the stages' deps are fixed.
     pairs["xval"] = pairs["val"].iloc[0:0]

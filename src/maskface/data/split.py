@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -41,13 +42,24 @@ def _allocate(count: int, ratios: Sequence[float]) -> list[int]:
     return sizes.tolist()
 
 
-def assign_splits(manifest: pd.DataFrame, ratios: Sequence[float], seed: int, by: str = "identity") -> pd.Series:
+def assign_splits(
+    manifest: pd.DataFrame, ratios: Sequence[float], seed: int, by: str = "identity", train_only: Optional[pd.Series] = None,
+) -> pd.Series:
     """Return a ``split`` label (train/val/test) for every manifest row.
 
     ``by="identity"``: open-set, identities disjoint across splits, shuffled with ``seed``.
     ``by="image"``: closed-set, each identity's images divided at ``ratios``, stratified by
     the masked flag.
+    ``train_only`` (a boolean per row, e.g. the rows of ``data.extra_sources``): those rows
+    are training data only, and the others are split exactly as they would be without them.
     """
+    if train_only is not None and train_only.any():
+        train_only = train_only.astype(bool)
+        rest = manifest[~train_only]
+        split = pd.Series("train", index=manifest.index, name="split")
+        if len(rest):
+            split.loc[rest.index] = assign_splits(rest, ratios, seed, by)
+        return split
     rng = np.random.default_rng(seed)
     if by == "identity":
         identities = np.array(sorted(manifest["identity"].unique()))
@@ -241,14 +253,18 @@ def make_pairs(
     return pairs.reset_index(drop=True)
 
 
-def split_dataset(manifest: pd.DataFrame, ratios: Sequence[float], seed: int, by: str, pair_types: Sequence[str], max_genuine_per_identity: int) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+def split_dataset(
+    manifest: pd.DataFrame, ratios: Sequence[float], seed: int, by: str, pair_types: Sequence[str], max_genuine_per_identity: int,
+    train_only: Optional[pd.Series] = None,
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Add a ``split`` column to ``manifest`` and build the val and test pairs.
 
     Images flagged as label noise (the same picture under two identities) stay in the
-    manifest for training but never enter a verification pair.
+    manifest for training but never enter a verification pair. ``train_only``: see
+    :func:`assign_splits`.
     """
     manifest = manifest.copy()
-    manifest["split"] = assign_splits(manifest, ratios, seed, by)
+    manifest["split"] = assign_splits(manifest, ratios, seed, by, train_only)
     if "label_noise" in manifest:
         pairable = manifest[~manifest["label_noise"].astype(bool)]
     else:

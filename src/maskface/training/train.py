@@ -357,6 +357,17 @@ def mask_direction(embeddings: np.ndarray, masked: np.ndarray) -> np.ndarray:
     return embeddings[masked].mean(0) - embeddings[~masked].mean(0)
 
 
+def with_both_sides(identities: np.ndarray, masked: np.ndarray) -> np.ndarray:
+    """Rows of the identities that have masked and unmasked photos. The mask direction is
+    measured on them alone: people photographed without masks only (an extra collection such
+    as LFW) would add their collection's mean face to the unmasked side, and removing that
+    difference would remove what tells the collections' faces apart, not the mask."""
+    table = pd.DataFrame({"identity": np.asarray(identities), "masked": np.asarray(masked, dtype=bool)})
+    sides = table.groupby("identity")["masked"].agg(["any", "all"])
+    both = set(sides.index[sides["any"] & ~sides["all"]])
+    return table["identity"].isin(both).to_numpy()
+
+
 def pair_metrics(model: FaceEmbedder, images: np.ndarray, index: pd.DataFrame, pairs: pd.DataFrame, batch_size: int, device) -> tuple[float, float]:
     """Val pair accuracy (threshold chosen on the same pairs: a model-selection signal) and ROC AUC."""
     needed = sorted(set(pairs["path_a"]) | set(pairs["path_b"]))
@@ -413,6 +424,15 @@ def save_checkpoint(path: Path, state: dict) -> None:
     partial = path.with_name(path.name + ".partial")
     torch.save(state, partial)
     os.replace(partial, path)
+
+
+def remove_checkpoint_file(path: Path) -> None:
+    """``path``, then its folder and a soup's checkpoint folder above it when they are empty."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # only removed when empty
+        path.parent.rmdir()
+        if path.parent.name.startswith(INGREDIENT_FOLDER):
+            path.parent.parent.rmdir()
 
 
 def load_checkpoint(path: Path, fingerprint: str) -> dict | None:
@@ -517,11 +537,14 @@ def fit_soup(make_trainer: Callable[[FinetuneConfig, int], Trainer], config: Fin
     least as good as the untouched network (epoch 0); otherwise the best single run is saved,
     so a soup, like a run, never returns a network worse on validation than its start. Each
     run's epochs go to training.json under ``soup``; the first run's curves to DVCLive.
+    A finished run's last checkpoint (which holds its kept weights) stays until the soup is
+    saved: a killed soup resumes where it stopped instead of training its finished runs again.
     """
     score_key = "best_val_" + config.select_by
     kept_states: list[dict[str, torch.Tensor]] = []
     runs: list[dict] = []
     summaries: list[dict] = []
+    finished_checkpoints: list[Path] = []
     for ingredient in range(ingredients):
         run_config = config.model_copy(update={"seed": config.seed + ingredient})
         run = make_trainer(run_config, ingredient)
@@ -539,7 +562,8 @@ def fit_soup(make_trainer: Callable[[FinetuneConfig, int], Trainer], config: Fin
         runs.append({"seed": run_config.seed, "best_epoch": run.best_epoch, score_key: run.best_score,
                      "epochs": summaries[-1]["epochs"]})
         if ingredient < ingredients - 1:
-            run.remove_checkpoint()
+            if run.context.is_main and run.checkpoint_path is not None:
+                finished_checkpoints.append(run.checkpoint_path)
             del run
         elif run.context.is_main:
             logger.info(
@@ -574,6 +598,8 @@ def fit_soup(make_trainer: Callable[[FinetuneConfig, int], Trainer], config: Fin
             final.backbone, config.select_by, soup_score, start_score, runs[best_run][score_key], kept,
         )
     final.save_outputs(summary)
+    for path in finished_checkpoints:
+        remove_checkpoint_file(path)
     return summary
 
 
@@ -1022,22 +1048,25 @@ class Trainer:
             },
         }
 
-    def _training_embeddings(self, model: FaceEmbedder) -> np.ndarray:
-        """``model``'s embeddings of the training images as they are (no augmentation), in row order."""
-        return embed_array(model, self.images, self.train_rows, batch_size=self.batch_size, progress=False)
+    def _training_embeddings(self, model: FaceEmbedder, rows: np.ndarray | None = None) -> np.ndarray:
+        """``model``'s embeddings of the training images (or of ``rows`` of them) as they are
+        (no augmentation), in row order."""
+        rows = self.train_rows if rows is None else rows
+        return embed_array(model, self.images, rows, batch_size=self.batch_size, progress=False)
 
     def _remove_mask_direction(self, model: FaceEmbedder) -> dict:
         """Project the training images' mean masked-minus-unmasked embedding out of ``model``'s head."""
         masked = self.index["masked"].astype(bool).to_numpy()[self.train_rows]
-        counts = {"masked": int(masked.sum()), "unmasked": int((~masked).sum())}
+        used = with_both_sides(self.index["identity"].to_numpy()[self.train_rows], masked)
+        counts = {"masked": int(masked[used].sum()), "unmasked": int((~masked[used]).sum())}
         if not counts["masked"] or not counts["unmasked"]:
             logger.warning(
-                "%s: mask_direction needs masked and unmasked training images (%d masked, %d unmasked); left as it is",
-                self.backbone, counts["masked"], counts["unmasked"],
+                "%s: mask_direction needs training identities with masked and unmasked images (%d masked, %d unmasked); "
+                "left as it is", self.backbone, counts["masked"], counts["unmasked"],
             )
             return {"removed": False, "images": counts}
         model.eval()
-        direction = mask_direction(self._training_embeddings(model), masked)
+        direction = mask_direction(self._training_embeddings(model, self.train_rows[used]), masked[used])
         model.remove_direction(torch.from_numpy(direction))
         length = float(np.linalg.norm(direction))
         logger.info(
@@ -1049,11 +1078,7 @@ class Trainer:
     def remove_checkpoint(self) -> None:
         """A finished run needs no resuming, and a stale file would only be refused by the next run."""
         if self.context.is_main and self.checkpoint_path is not None:
-            self.checkpoint_path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # only removed when empty
-                self.checkpoint_path.parent.rmdir()
-                if self.checkpoint_path.parent.name.startswith(INGREDIENT_FOLDER):
-                    self.checkpoint_path.parent.parent.rmdir()
+            remove_checkpoint_file(self.checkpoint_path)
 
     def save_outputs(self, summary: dict) -> None:
         """Rank 0: the best epoch's weights as a model folder with preprocess.json and training.json;
