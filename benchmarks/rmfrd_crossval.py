@@ -133,10 +133,10 @@ class Seed:
         crop = section(params, CropConfig, "crop")
         self.folder = work / f"seed{seed}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        train_only = None
         if extra is not None:
             manifest = pd.concat([manifest, extra], ignore_index=True)
-            train_only = pd.Series([False] * (len(manifest) - len(extra)) + [True] * len(extra), index=manifest.index)
+        # The split stage's rule: every source but the main one trains only.
+        train_only = manifest["source"] != "rmfrd"
         self.manifest, pairs = split_dataset(
             manifest, split.ratios, seed, split.by, split.pair_types, split.max_genuine_per_identity, train_only
         )
@@ -321,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, variant in variants.items():
             out = current.folder / name
             trained_on = current
-            if extra_sources(variant):
+            if sources := extra_sources(variant):
                 # Trained with more people; scored, and its threshold chosen, as every other row.
-                images, marks = extras[extra_sources(variant)]
+                images, marks = extras[sources]
                 trained_on = Seed(seed, manifest, pd.concat([landmarks, marks], ignore_index=True), params, args.backbone,
                                   args.work, extra=images, name=f"crops-{name}")
                 held_out = [table.loc[table["split"] != "train", "path"].tolist() for table in (current.manifest, trained_on.manifest)]
