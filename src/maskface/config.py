@@ -316,6 +316,12 @@ class BackboneConfig(Section):
     # ArcFace loss, so a few hundred faces cannot drag the embedding far from what millions
     # taught it. 0 = off; needs pretrained weights.
     anchor: Annotated[Number, Field(ge=0, description="0: no pull toward the pretrained embedding")] = 0.0
+    # What the anchor pulls a photo of a masked face toward. own: the untouched network's
+    # embedding of that photo (the masked embedding it had; the same as for unmasked photos).
+    # template: the untouched network's mean embedding of the identity's unmasked training
+    # photos (template-level distillation from the unmasked face, Huber et al. 2021), for
+    # identities with unmasked photos, its own otherwise. none: no pull on masked photos.
+    anchor_masked: Literal["own", "template", "none"] = "own"
     # After training, remove the training identities' mask direction (their mean masked minus
     # mean unmasked embedding) from every embedding: what a mask adds to a face's embedding,
     # as far as the training collection shows, no longer counts in a pair's score.

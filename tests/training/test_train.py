@@ -176,12 +176,15 @@ def test_batch_source_is_the_same_in_worker_processes(toy_crops):
         FinetuneConfig(mask_augment_p=0.5), rank=0,
     )
     source.set_epoch(2, [np.array([0, 3, 5]), np.array([1, 2, 4])])
-    here = [(p.clone(), y.clone()) for p, y in DataLoader(source, batch_size=None, num_workers=0)]
+    here = [(p.clone(), y.clone(), m.clone()) for p, y, m in DataLoader(source, batch_size=None, num_workers=0)]
     there = list(DataLoader(source, batch_size=None, num_workers=1))
     assert len(here) == 2 and here[0][0].dtype == torch.uint8 and here[0][0].shape == (3, 3, 64, 64)
-    for (a, la), (b, lb) in zip(here, there):
-        assert torch.equal(a, b) and torch.equal(la, lb)
+    for (a, la, ma), (b, lb, mb) in zip(here, there):
+        assert torch.equal(a, b) and torch.equal(la, lb) and torch.equal(ma, mb)
     assert torch.equal(here[1][1], torch.tensor([1, 2, 0]))
+    # The real-mask flags of the batch's rows, as the index has them (the anchor's masked photos).
+    flags = index["masked"].astype(bool).to_numpy()[rows]
+    assert torch.equal(here[0][2], torch.from_numpy(flags[[0, 3, 5]]))
     assert pickle.loads(pickle.dumps(source))._images is None
 
 

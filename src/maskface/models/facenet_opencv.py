@@ -28,6 +28,7 @@ is where it equals facenet-pytorch's adaptive pooling; the proof therefore uses 
 from __future__ import annotations
 
 import importlib.util
+import io
 import logging
 import os
 import tempfile
@@ -487,6 +488,11 @@ def opencv_embeddings(images: np.ndarray, path: str | Path | None = None) -> np.
     import cv2
 
     blobs = _standardise(_check_images(images))
+    if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+        raise FacenetOpenCVError(
+            f"OpenCV {cv2.__version__} has no TensorFlow graph importer (removed in 5.1), which checks the "
+            "converted weights against the graph; install one that has it: pip install 'opencv-python-headless>=4.9,<5.1'"
+        )
     net = cv2.dnn.readNetFromTensorflow(str(graph_path() if path is None else path))
     out = np.empty((len(blobs), EMBEDDING_DIM), dtype=np.float32)
     # One image per forward: OpenCV 5's importer keeps the graph's batch-1 Reshape before the
@@ -568,10 +574,16 @@ def build_casia_webface_state_dict(destination: Path) -> Path:
         )
     logger.info("verified conversion against OpenCV: min cosine %.7f on %d images", cosines.min(), len(cosines))
     destination.parent.mkdir(parents=True, exist_ok=True)
+    # torch.save names the zip's top folder after the file it writes to: saved straight to the
+    # random temporary name, every build had other bytes and another SHA-256, which model.json
+    # and metrics/evaluate.json record. Into a buffer the folder is "archive", so the same graph
+    # gives the same file wherever and under whatever name it is built.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     fd, tmp = tempfile.mkstemp(prefix=destination.name, suffix=".tmp", dir=destination.parent)
-    os.close(fd)
     try:
-        torch.save(state, tmp)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
         os.replace(tmp, destination)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

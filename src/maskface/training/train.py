@@ -298,8 +298,8 @@ class BatchSource(Dataset):
         state["_images"] = None
         return state
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (uint8 (B, 3, S, S), int64 (B,) class labels)."""
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (uint8 (B, 3, S, S), int64 (B,) class labels, bool (B,) the photo shows a real mask)."""
         if self._images is None:
             self._images = np.load(self.images_path, mmap_mode="r")
         chosen = self.batches[k]
@@ -311,7 +311,11 @@ class BatchSource(Dataset):
             rng,
             **self.augment,
         )
-        return torch.from_numpy(pixels), torch.from_numpy(self.labels[chosen].astype(np.int64))
+        return (
+            torch.from_numpy(pixels),
+            torch.from_numpy(self.labels[chosen].astype(np.int64)),
+            torch.from_numpy(self.masked[chosen].astype(bool)),
+        )
 
 
 class ArcFaceTrainer(nn.Module):
@@ -321,24 +325,72 @@ class ArcFaceTrainer(nn.Module):
     ``anchor_weight * mean(1 - cos(embedding, anchor embedding))`` over the batch: a pull
     toward what the network knew before, which keeps a small fine-tuning set from making it
     forget faces from other collections (feature distillation, as in LwF).
+
+    ``anchor_masked`` says what a photo that shows a real mask (``masked`` in :meth:`forward`)
+    is pulled toward: ``own``, the anchor's embedding of that photo, as any other; ``template``,
+    row ``label`` of ``templates`` (the anchor's mean embedding of the identity's unmasked
+    photos) where ``has_template[label]``, else its own; ``none``, nothing (its term is 0).
     """
 
-    def __init__(self, model: FaceEmbedder, loss_fn: ArcFaceLoss, anchor: FaceEmbedder | None = None, anchor_weight: float = 0.0):
+    def __init__(
+        self,
+        model: FaceEmbedder,
+        loss_fn: ArcFaceLoss,
+        anchor: FaceEmbedder | None = None,
+        anchor_weight: float = 0.0,
+        anchor_masked: str = "own",
+        templates: torch.Tensor | None = None,
+        has_template: torch.Tensor | None = None,
+    ):
         super().__init__()
+        if anchor_masked not in ANCHOR_MASKED:
+            raise ValueError(f"anchor_masked {anchor_masked!r}; valid: {', '.join(ANCHOR_MASKED)}")
+        # Without an anchor (weights from scratch: nothing to keep) the setting has nothing to act on.
+        pulls = anchor is not None and anchor_weight > 0
+        if pulls and anchor_masked == "template" and (templates is None or has_template is None):
+            raise ValueError("anchor_masked 'template' needs templates and has_template")
         self.model = model
         self.loss_fn = loss_fn
         self.anchor_weight = float(anchor_weight)
-        # A plain attribute, not a submodule: never trained, saved, or synchronised by DDP.
+        self.anchor_masked = anchor_masked
+        # Plain attributes, not submodules or buffers: never trained, saved, or synchronised by DDP.
         self.__dict__["anchor"] = anchor
+        self.__dict__["templates"] = templates
+        self.__dict__["has_template"] = has_template
 
-    def forward(self, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
         embeddings = self.model(pixels)
         loss = self.loss_fn(embeddings, labels)
         if self.anchor is not None and self.anchor_weight > 0:
             with torch.no_grad():
                 target = self.anchor(pixels)
-            loss = loss + self.anchor_weight * (1.0 - (embeddings * target).sum(dim=1)).mean()
+            weight = torch.ones(len(labels), dtype=embeddings.dtype, device=embeddings.device)
+            if masked is not None and self.anchor_masked != "own":
+                masked = masked.to(embeddings.device, torch.bool)
+                if self.anchor_masked == "none":
+                    weight = weight * (~masked).to(weight.dtype)
+                else:
+                    use = masked & self.has_template.to(masked.device)[labels]
+                    target = torch.where(use[:, None], self.templates.to(target)[labels], target)
+            distance = 1.0 - (embeddings * target).sum(dim=1)
+            loss = loss + self.anchor_weight * (weight * distance).mean()
         return loss
+
+
+ANCHOR_MASKED = ("own", "template", "none")
+
+
+def unmasked_templates(embeddings: np.ndarray, labels: np.ndarray, masked: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's mean unmasked embedding, L2-normalised -> (templates (C, D), has_template (C,)).
+
+    A class without unmasked photos gets a zero row and ``has_template`` False.
+    """
+    unmasked = ~np.asarray(masked, bool)
+    sums = np.zeros((n_classes, embeddings.shape[1]), np.float64)
+    np.add.at(sums, labels[unmasked], embeddings[unmasked])
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    has_template = norms[:, 0] > 0
+    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32), has_template
 
 
 # --------------------------------------------------------------------------- validation
@@ -750,11 +802,22 @@ class Trainer:
         self.optimizer = build_optimizer(parameter_groups(model, loss_fn, backbone_config), backbone_config)
         self.dtype, use_scaler = training_precision(device, self.config.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        anchor = None
+        anchor, templates, has_template = None, None, None
         if backbone_config.anchor > 0 and pretrained:
             anchor = copy.deepcopy(model).eval().requires_grad_(False)
+            if backbone_config.anchor_masked == "template":
+                masked = self.index["masked"].astype(bool).to_numpy()[self.train_rows]
+                found, has = unmasked_templates(self._training_embeddings(model), self.train_labels, masked, len(self.identities))
+                templates, has_template = torch.from_numpy(found).to(device), torch.from_numpy(has).to(device)
+                logger.info(
+                    "%s: masked photos pulled toward their identity's unmasked template (%d of %d identities have one)",
+                    self.backbone, int(has.sum()), len(has),
+                )
         self.model, self.loss_fn = model, loss_fn
-        self.network = wrap_model(ArcFaceTrainer(model, loss_fn, anchor, backbone_config.anchor), self.context, device)
+        trainer = ArcFaceTrainer(
+            model, loss_fn, anchor, backbone_config.anchor, backbone_config.anchor_masked, templates, has_template
+        )
+        self.network = wrap_model(trainer, self.context, device)
         self.n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def _log_plan(self) -> None:
@@ -859,8 +922,8 @@ class Trainer:
             loader, desc=f"{self.backbone} epoch {epoch}", unit="step", leave=False,
             disable=not (self.progress and self.context.is_main),
         )
-        for batch, (pixels, labels) in enumerate(bar):
-            loss, multiplier = self.train_step(pixels, labels)
+        for batch, (pixels, labels, masked) in enumerate(bar):
+            loss, multiplier = self.train_step(pixels, labels, masked)
             running += loss.detach()
             if batch % 10 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -872,18 +935,23 @@ class Trainer:
             )
         return mean_loss, multiplier
 
-    def train_step(self, pixels: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """One optimiser step on one batch at the schedule's learning rate -> (loss, LR multiplier)."""
+    def train_step(
+        self, pixels: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, float]:
+        """One optimiser step on one batch at the schedule's learning rate -> (loss, LR multiplier).
+        ``masked``: which photos show a real mask (for ``anchor_masked``)."""
         device = self.device
         pixels = pixels.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        if masked is not None:
+            masked = masked.to(device, non_blocking=True)
         if device.type == "cuda":
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         multiplier = cosine_schedule(self.step, self.total_steps, self.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base_lr"] * multiplier
         with autocast(device, self.dtype):
-            loss = self.network(pixels, labels)
+            loss = self.network(pixels, labels, masked)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.config.grad_clip_norm > 0:
