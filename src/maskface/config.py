@@ -283,6 +283,9 @@ class CropConfig(Section):
         return self
 
 
+# What the anchor pulls a photo of a masked face toward (BackboneConfig.anchor_masked).
+AnchorMasked = Literal["own", "template", "none"]
+
 # What fine-tuning updates: all, the embedding head only, or the head and the last n layer groups.
 TrainLayers = Annotated[str, Field(pattern=r"^(all|head|last_0*[1-9][0-9]*)$"), Valid("all, head, last_<n>")]
 
@@ -321,7 +324,7 @@ class BackboneConfig(Section):
     # template: the untouched network's mean embedding of the identity's unmasked training
     # photos (template-level distillation from the unmasked face, Huber et al. 2021), for
     # identities with unmasked photos, its own otherwise. none: no pull on masked photos.
-    anchor_masked: Literal["own", "template", "none"] = "own"
+    anchor_masked: AnchorMasked = "own"
     # After training, remove the training identities' mask direction (their mean masked minus
     # mean unmasked embedding) from every embedding: what a mask adds to a face's embedding,
     # as far as the training collection shows, no longer counts in a pair's score.

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, get_args
 
 import numpy as np
 import pandas as pd
@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from maskface.artifacts import file_sha256
 from maskface.training.augment import augment_batch, crop_landmarks
 from maskface.models.backbones import FaceEmbedder, create_model
-from maskface.config import ArcFaceConfig, BackboneConfig, FinetuneConfig
+from maskface.config import AnchorMasked, ArcFaceConfig, BackboneConfig, FinetuneConfig
 from maskface.face.crop import IMAGES_FILE, PREPROCESS_FILE, open_crops
 from maskface.device import amp_dtype, autocast
 from maskface.training.distributed import (
@@ -377,7 +377,7 @@ class ArcFaceTrainer(nn.Module):
         return loss
 
 
-ANCHOR_MASKED = ("own", "template", "none")
+ANCHOR_MASKED = get_args(AnchorMasked)
 
 
 def unmasked_templates(embeddings: np.ndarray, labels: np.ndarray, masked: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -749,6 +749,8 @@ class Trainer:
             raise InputError(f"ArcFace needs at least 2 training identities; found {len(self.identities)}")
         label_of = {identity: k for k, identity in enumerate(self.identities)}
         self.train_labels = train_labels = index.loc[train_rows, "identity"].map(label_of).to_numpy()
+        # Real masks on the training photos: the augmentation, the anchor's templates and the mask direction read it.
+        self.train_masked = index["masked"].astype(bool).to_numpy()[train_rows]
         self.val_pairs = read_csv(self.val_pairs_path)
         self.cross_val_pairs = None
         if self.cross_val_pairs_path is not None:
@@ -768,7 +770,7 @@ class Trainer:
         )
         self.landmark_sources = {str(name): int(count) for name, count in zip(*np.unique(sources, return_counts=True))}
         self.source = BatchSource(
-            self.crops_dir / IMAGES_FILE, train_rows, train_labels, index["masked"].to_numpy()[train_rows], landmarks,
+            self.crops_dir / IMAGES_FILE, train_rows, train_labels, self.train_masked, landmarks,
             self.config, self.context.rank,
         )
 
@@ -806,8 +808,9 @@ class Trainer:
         if backbone_config.anchor > 0 and pretrained:
             anchor = copy.deepcopy(model).eval().requires_grad_(False)
             if backbone_config.anchor_masked == "template":
-                masked = self.index["masked"].astype(bool).to_numpy()[self.train_rows]
-                found, has = unmasked_templates(self._training_embeddings(model), self.train_labels, masked, len(self.identities))
+                found, has = unmasked_templates(
+                    self._training_embeddings(model), self.train_labels, self.train_masked, len(self.identities)
+                )
                 templates, has_template = torch.from_numpy(found).to(device), torch.from_numpy(has).to(device)
                 logger.info(
                     "%s: masked photos pulled toward their identity's unmasked template (%d of %d identities have one)",
@@ -1124,7 +1127,7 @@ class Trainer:
 
     def _remove_mask_direction(self, model: FaceEmbedder) -> dict:
         """Project the training images' mean masked-minus-unmasked embedding out of ``model``'s head."""
-        masked = self.index["masked"].astype(bool).to_numpy()[self.train_rows]
+        masked = self.train_masked
         used = with_both_sides(self.index["identity"].to_numpy()[self.train_rows], masked)
         counts = {"masked": int(masked[used].sum()), "unmasked": int((~masked[used]).sum())}
         if not counts["masked"] or not counts["unmasked"]:
