@@ -153,6 +153,34 @@ def test_models_that_detect_faces_decode_in_threads(tmp_path):
         assert decoder.processes is None  # too few files to pay for worker processes
 
 
+def test_the_face_detector_is_built_before_the_decoding_threads_start(monkeypatch):
+    # Threads that import torchvision (MTCNN) while the caller imports it (loading the model)
+    # can meet it half-initialised: the detector must exist before any decoding thread runs.
+    import functools
+    import threading
+
+    from maskface.face import crop
+
+    built_in = []
+
+    class NoFace:
+        def detect_one(self, image):
+            return type("Detection", (), {"landmarks": None})()
+
+    @functools.lru_cache(maxsize=4)
+    def recording_detector(*key):
+        built_in.append(threading.current_thread())
+        return NoFace()
+
+    monkeypatch.setattr(crop, "_cached_detector", recording_detector)
+    settings = {"input_size": 64, "crop": {"mode": "nose", "align": True, "landmarks": "mtcnn", "detect_device": "cpu"}}
+    photos = [np.full((80, 80, 3), 100 + k, dtype=np.uint8) for k in range(6)]
+    with api._Decoder(photos, settings, 3, window=6) as decoder:
+        failures = [error for _, error in decoder.results()]
+    assert built_in == [threading.current_thread()]
+    assert [error.reason for error in failures] == ["no face found (alignment needs the face's landmarks)"] * 6
+
+
 def _die(chunk):
     os._exit(3)
 

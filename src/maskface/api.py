@@ -246,7 +246,8 @@ class _Decoder:
     so they start in milliseconds and import only PIL and the crop stage's transform);
     PIL images and arrays, short lists, and models that detect the face first (alignment)
     are prepared in threads of this process: MTCNN runs in torch, which releases the GIL
-    and which a worker process would import again (seconds of CPU on each).
+    and which a worker process would import again (seconds of CPU on each). Their detector
+    is built in the creating thread, before the decoding threads start.
     Creating the decoder starts the work: a caller that creates it before importing torch
     and loading the model has images decoded by the time the network is ready.
 
@@ -266,6 +267,13 @@ class _Decoder:
         self.consumed = 0
         self.processes = None
         self.threads = ThreadPoolExecutor(max_workers=workers or max(2, default_decode_workers()))
+        if needs_face(settings):
+            # The detector (facenet_pytorch, torchvision) is built here, before any decoding
+            # thread: a thread importing torchvision while this one imports it to load the
+            # model can find its modules half-initialised (an ImportError, now and then).
+            from maskface.face.crop import detector_for_settings
+
+            detector_for_settings(settings["crop"])
         files = sum(1 for item in items if _is_file_input(item))
         try:
             # fork: a worker inherits the imports made so far instead of redoing them; spawn would

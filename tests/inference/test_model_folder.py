@@ -246,7 +246,13 @@ def test_a_photo_without_a_face_is_refused_where_alignment_is_on(toy_dataset):
     assert caught.value.source == path
 
 
-def test_aligned_preprocessing_matches_the_crop_stage(tmp_path):
+@pytest.mark.parametrize(
+    "crop",
+    [ALIGNED, {"mode": "nose", "align": False, "landmarks": "mtcnn", "detect_device": "cpu"}],
+    ids=["aligned", "nose-unaligned"],
+)
+def test_preprocessing_that_finds_the_face_matches_the_crop_stage(tmp_path, crop):
+    # Unaligned nose mode greys from the detected nose: inference must detect as training did.
     import pandas as pd
 
     from maskface.config import SyntheticConfig
@@ -255,9 +261,9 @@ def test_aligned_preprocessing_matches_the_crop_stage(tmp_path):
     generate_dataset(tmp_path / "faces", SyntheticConfig(identities=2, images_per_identity=4, min_size=112, max_size=128))
     paths = sorted(str(p) for p in (tmp_path / "faces").rglob("*.png"))[:3]
     manifest = pd.DataFrame({"path": paths, "identity": "a", "masked": False, "split": "test"})
-    crop_dataset(manifest, CropConfig(**ALIGNED), 64, tmp_path / "crops")
+    crop_dataset(manifest, CropConfig(**crop), 64, tmp_path / "crops")
     images, index = open_crops(tmp_path / "crops")
-    assert index["aligned"].all()
+    assert (index["landmark_source"] == "mtcnn").all() and (index["aligned"] == crop["align"]).all()
     settings = json.loads((tmp_path / "crops" / "preprocess.json").read_text())
     for row, path in enumerate(paths):
         np.testing.assert_array_equal(preprocess_image(path, settings), images[row])

@@ -42,6 +42,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from maskface.config import CROP_MODES, CropConfig
+from maskface.face import LANDMARK_MODES
 from maskface.errors import InputError
 from maskface.imageio import load_rgb
 from maskface.data.synthetic import LANDMARK_COLUMNS
@@ -137,14 +139,32 @@ def _resolved(crop: Mapping[str, Any]) -> dict:
 
 
 def _uses_landmarks(settings: Mapping[str, Any]) -> bool:
-    return bool(settings["align"]) or settings["mode"] in ("eyes", "mask", "nose")
+    return bool(settings["align"]) or settings["mode"] in LANDMARK_MODES
+
+
+# Decoding threads ask for the detector at once: without the lock each would build its own
+# MTCNN, importing facenet_pytorch and torchvision side by side, and two threads importing
+# torchvision together can meet its modules half-initialised (ImportError).
+_detector_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=4)
-def _detector(device: str, pad: float, thresholds: tuple[float, ...], min_face: int):
+def _cached_detector(device: str, pad: float, thresholds: tuple[float, ...], min_face: int):
     from maskface.face.geometry import FaceDetector
 
     return FaceDetector(device=device, pad=pad, thresholds=thresholds, min_face_size=min_face)
+
+
+def detector_for_settings(crop: Mapping[str, Any]):
+    """The settings' MTCNN detector, built once per setting and shared between threads."""
+    settings = _resolved(crop)
+    with _detector_lock:
+        return _cached_detector(
+            str(settings["detect_device"]),
+            float(settings["detect_pad"]),
+            tuple(float(t) for t in settings["detect_thresholds"]),
+            int(settings["detect_min_face"]),
+        )
 
 
 def detect_for_settings(image: Image.Image, crop: Mapping[str, Any]) -> Optional[np.ndarray]:
@@ -153,14 +173,7 @@ def detect_for_settings(image: Image.Image, crop: Mapping[str, Any]) -> Optional
     Inference on a new photo always detects with MTCNN (``landmarks: ground_truth`` exists
     only for the synthetic training data).
     """
-    settings = _resolved(crop)
-    detector = _detector(
-        str(settings["detect_device"]),
-        float(settings["detect_pad"]),
-        tuple(float(t) for t in settings["detect_thresholds"]),
-        int(settings["detect_min_face"]),
-    )
-    landmarks = detector.detect_one(image).landmarks
+    landmarks = detector_for_settings(crop).detect_one(image).landmarks
     # Rounded as the landmark table stores them, so a photo seen in training is warped alike.
     return None if landmarks is None else np.round(landmarks, 2)
 
@@ -321,7 +334,7 @@ def preprocess_face(
     Args:
         image: PIL RGB image (any size).
         landmarks: (5, 2) pixels of ``image`` (MTCNN order), or None: then, when the
-            settings use landmarks (``align``, modes ``eyes`` / ``mask``), they are
+            settings use landmarks (``align``, modes ``eyes`` / ``mask`` / ``nose``), they are
             detected here with the settings' detector; a face still not found falls back
             to the unaligned image.
         settings: preprocess.json, ``{"input_size": S, "crop": {...}}`` (missing crop keys

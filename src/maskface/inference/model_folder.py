@@ -45,6 +45,7 @@ from PIL import Image, UnidentifiedImageError
 from maskface import __version__
 from maskface.artifacts import CLASSIFIER_META_FILE, file_sha256
 from maskface.errors import InputError, UserError
+from maskface.face import LANDMARK_MODES
 from maskface.imageio import load_rgb, sniff_format, to_rgb
 from maskface.text import one_line
 
@@ -169,10 +170,11 @@ def as_rgb(image: ImageInput, position: Optional[int] = None) -> Image.Image:
 
 
 def needs_face(settings: Mapping[str, Any]) -> bool:
-    """Whether preprocessing finds the face first: alignment or the ``eyes`` / ``mask`` modes,
-    unless the model was trained without landmarks (``landmarks: none``)."""
+    """Whether preprocessing finds the face first: alignment or a mode placed from the
+    landmarks (``eyes``, ``mask``, ``nose``), unless the model was trained without landmarks
+    (``landmarks: none``)."""
     crop = settings["crop"]
-    uses_landmarks = bool(crop.get("align", False)) or crop.get("mode") in ("eyes", "mask")
+    uses_landmarks = bool(crop.get("align", False)) or crop.get("mode") in LANDMARK_MODES
     return uses_landmarks and crop.get("landmarks", "mtcnn") != "none"
 
 
