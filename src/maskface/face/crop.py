@@ -54,7 +54,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from maskface.config import CROP_MODES, CropConfig
-from maskface.face import LANDMARK_MODES
+from maskface.face import uses_landmarks
 from maskface.errors import InputError
 from maskface.imageio import load_rgb
 from maskface.data.synthetic import LANDMARK_COLUMNS
@@ -96,7 +96,7 @@ def crop_settings(config: CropConfig | Mapping[str, Any]) -> dict:
         keys += _MASK_KEYS
     if mode == "nose":
         keys += _NOSE_KEYS
-    if align or mode in ("eyes", "mask", "nose"):
+    if uses_landmarks(values):
         keys += _DETECT_KEYS
     settings = {key: values[key] for key in dict.fromkeys(keys)}
     if "detect_thresholds" in settings:
@@ -136,10 +136,6 @@ def _resolved(crop: Mapping[str, Any]) -> dict:
     if not 0.0 < float(settings["keep_ratio"]) <= 1.0:
         raise ValueError(f"crop.keep_ratio {settings['keep_ratio']!r} is invalid; valid: a number in (0, 1]")
     return settings
-
-
-def _uses_landmarks(settings: Mapping[str, Any]) -> bool:
-    return bool(settings["align"]) or settings["mode"] in LANDMARK_MODES
 
 
 # Decoding threads ask for the detector at once: without the lock each would build its own
@@ -344,7 +340,7 @@ def preprocess_face(
     """
     crop = settings.get("crop", {})
     resolved = _resolved(crop)
-    if landmarks is None and _uses_landmarks(resolved):
+    if landmarks is None and uses_landmarks(resolved):
         landmarks = detect_for_settings(image, resolved)
     return crop_details(image, landmarks, resolved, int(settings["input_size"]), masked).image
 

@@ -45,7 +45,7 @@ from PIL import Image, UnidentifiedImageError
 from maskface import __version__
 from maskface.artifacts import CLASSIFIER_META_FILE, file_sha256
 from maskface.errors import InputError, UserError
-from maskface.face import LANDMARK_MODES
+from maskface.face import uses_landmarks
 from maskface.imageio import load_rgb, sniff_format, to_rgb
 from maskface.text import one_line
 
@@ -174,8 +174,7 @@ def needs_face(settings: Mapping[str, Any]) -> bool:
     landmarks (``eyes``, ``mask``, ``nose``), unless the model was trained without landmarks
     (``landmarks: none``)."""
     crop = settings["crop"]
-    uses_landmarks = bool(crop.get("align", False)) or crop.get("mode") in LANDMARK_MODES
-    return uses_landmarks and crop.get("landmarks", "mtcnn") != "none"
+    return uses_landmarks(crop) and crop.get("landmarks", "mtcnn") != "none"
 
 
 def preprocess_image(image: ImageInput, settings: Mapping[str, Any]) -> np.ndarray:
