@@ -7,7 +7,10 @@ Masked-vs-unmasked verification, cosine similarity, on three kinds of held-out d
 - ``lfw-masktheface``: LFW in colour with masks from another simulator (MaskTheFace), other
   people, cameras and framing; a masked copy is never paired with its own source photo;
 - ``orl-sim``: ORL faces with masks drawn by ``maskface simulate-masks``,
-  likewise never paired with their source.
+  likewise never paired with their source;
+- ``lfw-masktheface-lowres``: the same photos as ``lfw-masktheface`` shrunk to a third of
+  their side (a face about 40 px high) and saved as JPEG at quality 40, the small,
+  compressed faces of video stills and CCTV (not among the defaults: ``--collections``).
 
 Pairs are built independently of the pipeline (every genuine masked/unmasked pair and as many
 impostors, LFW-style person-disjoint folds: identities are dealt to 10 folds and impostors are
@@ -135,9 +138,49 @@ def _orl_with_simulated_masks(root: Path, cache: Path) -> pd.DataFrame:
     return pd.concat([originals[["path", "identity", "masked"]], copies[["path", "identity", "masked"]]], ignore_index=True)
 
 
+LOWRES_FACTOR = 3
+LOWRES_QUALITY = 40
+
+
+def _low_resolution_copy(root: Path, cache: Path) -> Path:
+    """A copy of an RMFRD-layout collection's full-frame photos, each shrunk by LOWRES_FACTOR
+    (area averaging, as a camera's sensor does) and saved as JPEG at LOWRES_QUALITY (cached)."""
+    from PIL import Image
+
+    target = cache / "images"
+    done = cache / "images.done"
+    if done.is_file():
+        return target
+    for source in sorted(root.rglob("*")):
+        if not source.is_file() or source.name.startswith("crop_") or source.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
+            continue
+        destination = (target / source.relative_to(root)).with_suffix(".jpg")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(source) as image:
+            image = image.convert("RGB")
+            small = image.resize(
+                (max(1, round(image.width / LOWRES_FACTOR)), max(1, round(image.height / LOWRES_FACTOR))), Image.Resampling.BOX
+            )
+        small.save(destination, quality=LOWRES_QUALITY)
+    done.write_text(f"factor={LOWRES_FACTOR} quality={LOWRES_QUALITY}\n")
+    return target
+
+
+def collection_roots(datasets: Path) -> dict[str, Path]:
+    """Each collection's source folder under ``datasets`` (../shared/datasets' layout)."""
+    return {
+        "rmfrd-test": datasets / "rmfrd-dev",
+        "lfw-masktheface": datasets / "lfw-masktheface",
+        "lfw-masktheface-lowres": datasets / "lfw-masktheface",
+        "orl-sim": datasets / "orl",
+    }
+
+
 def load_collection(name: str, root: Path, work: Path, ratios_seed: int = 0, with_tight_crops: bool = False) -> Collection:
     cache = work / name
     cache.mkdir(parents=True, exist_ok=True)
+    if name == "lfw-masktheface-lowres":
+        root = _low_resolution_copy(root, cache)
     if name == "orl-sim":
         manifest = _orl_with_simulated_masks(root, cache)
     else:
@@ -251,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     datasets = args.datasets or datasets_root()
-    roots = {"rmfrd-test": datasets / "rmfrd-dev", "lfw-masktheface": datasets / "lfw-masktheface", "orl-sim": datasets / "orl"}
+    roots = collection_roots(datasets)
     started = time.perf_counter()
     collections = [load_collection(name, roots[name], args.work, with_tight_crops=args.tight_crops) for name in args.collections]
     rows = []

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     # The split stage's own detection and cache: each photo is detected once across runs.
     landmarks = landmark_table(manifest["path"], section(params, CropConfig, "crop"), cache_path=args.work / "landmark-cache.csv")
-    roots = {"lfw-masktheface": datasets / "lfw-masktheface", "orl-sim": datasets / "orl"}
+    roots = gen.collection_roots(datasets)
     others = [gen.load_collection(name, roots[name], args.work) for name in args.collections]
     untouched = gen.pretrained_models([args.backbone])[args.backbone]
 

@@ -201,3 +201,38 @@ def test_rmfrd_crossval_variants_differences_and_interpolation(monkeypatch):
             cv.souped([trained, untouched])(pixels), cv.interpolated(trained, untouched, 0.5)(pixels), atol=1e-5, rtol=1e-5
         )
     assert not trained.batch_norm_folded  # the ingredients stay as they were
+
+
+def test_low_resolution_collection_shrinks_every_full_frame_photo_by_area(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.delitem(sys.modules, "_common", raising=False)
+    monkeypatch.delitem(sys.modules, "generalization", raising=False)
+    import generalization as gen
+    import numpy as np
+    from PIL import Image
+
+    for name in ("generalization", "_common"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    root = tmp_path / "collection"
+    # 3 x 3 blocks of a smooth ramp: each block's area average is its one colour, and JPEG
+    # keeps a ramp (random colours would be lost to chroma subsampling at this size).
+    rows, columns = np.mgrid[0:10, 0:8]
+    blocks = np.stack([20 * rows + 10 * columns, np.full_like(rows, 120), 220 - 15 * rows], axis=-1).astype(np.uint8)
+    photo = np.repeat(np.repeat(blocks, 3, axis=0), 3, axis=1)  # 30 x 24
+    for relative in ("AFDB_face_dataset/Ann/Ann_0001.jpg", "AFDB_masked_face_dataset/Ann/Ann_0002_surgical.png",
+                     "AFDB_masked_face_dataset/Ann/crop_Ann_0002_surgical_blue.jpg"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(photo).save(root / relative, quality=100)
+    (root / "README.txt").write_text("not a photo")
+
+    target = gen._low_resolution_copy(root, tmp_path / "cache")
+    written = sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file())
+    # The tight crop_* copies are left out, as in lfw-masktheface; a PNG becomes a JPEG.
+    assert written == ["AFDB_face_dataset/Ann/Ann_0001.jpg", "AFDB_masked_face_dataset/Ann/Ann_0002_surgical.jpg"]
+    small = np.asarray(Image.open(target / written[0]), dtype=np.float64)
+    assert small.shape == (10, 8, 3)
+    assert np.abs(small - blocks).mean() < 6  # JPEG at quality 40: close, not exact
+    # Cached: a second call leaves the copies as they are.
+    stamp = (target / written[0]).stat().st_mtime_ns
+    assert gen._low_resolution_copy(root, tmp_path / "cache") == target
+    assert (target / written[0]).stat().st_mtime_ns == stamp

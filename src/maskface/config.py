@@ -27,7 +27,7 @@ from maskface.hardware import DEVICES, PRECISIONS
 
 PAIR_TYPES = ("masked-unmasked", "masked-masked", "unmasked-unmasked")
 # How a decision threshold is chosen on validation pairs (maskface.evaluation.metrics.choose_threshold).
-THRESHOLD_RULES = ("max_accuracy", "one_se")
+THRESHOLD_RULES = ("eer", "max_accuracy", "one_se")
 CROP_MODES = ("none", "ratio", "eyes", "mask", "nose")
 SPLIT_BY = ("identity", "image")
 # MASK_STYLES repeats maskface.data.masks's so that reading params never imports the drawing code.
@@ -441,7 +441,7 @@ class ClassifyConfig(Section):
 
     train_pairs_per_identity: Annotated[int, Field(ge=1)] = 30
     seed: int = 0
-    threshold_rule: Literal[THRESHOLD_RULES] = "one_se"
+    threshold_rule: Literal[THRESHOLD_RULES] = "eer"
     threshold_pair_types: Items[Literal[PAIR_TYPES]] = Field(
         ("masked-unmasked", "unmasked-unmasked"), min_length=1
     )

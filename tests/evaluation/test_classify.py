@@ -96,7 +96,7 @@ def test_every_classifier_separates_clusters_and_picks_threshold_on_val(open_set
     assert set(chosen_on["pair_type"]) == {"masked-unmasked", "unmasked-unmasked"}
     row_of = dict(zip(index["path"], range(len(index))))
     scores = score_pairs(model, embeddings[chosen_on["path_a"].map(row_of)], embeddings[chosen_on["path_b"].map(row_of)])
-    assert threshold == choose_threshold(scores, chosen_on["label"].to_numpy(), "one_se")
+    assert threshold == choose_threshold(scores, chosen_on["label"].to_numpy(), config.threshold_rule)
     assert roc_auc(test_scored["score"].to_numpy(), test_scored["label"].to_numpy()) > 0.9
     a = embeddings[test["path_a"].map(dict(zip(index["path"], range(len(index))))).to_numpy()]
     b = embeddings[test["path_b"].map(dict(zip(index["path"], range(len(index))))).to_numpy()]
@@ -314,11 +314,11 @@ def test_threshold_falls_back_to_val_pairs_when_val_identities_give_one_kind(ope
     config = ClassifyConfig(train_pairs_per_identity=20)
     assert threshold_pairs(index, config)["label"].nunique() == 1
     _, threshold, val_scored, _ = fit_and_score(embeddings, index, val, test, "cosine", CosineConfig(), config)
-    assert threshold == choose_threshold(val_scored["score"].to_numpy(), val_scored["label"].to_numpy(), "one_se")
+    assert threshold == choose_threshold(val_scored["score"].to_numpy(), val_scored["label"].to_numpy(), config.threshold_rule)
 
 
 def test_threshold_settings_are_checked():
-    with pytest.raises(ConfigError, match="classify.threshold_rule = 'median' is invalid; valid: max_accuracy, one_se"):
+    with pytest.raises(ConfigError, match="classify.threshold_rule = 'median' is invalid; valid: eer, max_accuracy, one_se"):
         parse_section(ClassifyConfig, {"threshold_rule": "median"}, "classify")
     with pytest.raises(ConfigError, match="classify.threshold_pair_types = 'masked' is invalid; valid: masked-unmasked"):
         parse_section(ClassifyConfig, {"threshold_pair_types": ["masked"]}, "classify")

@@ -175,8 +175,32 @@ def test_one_se_threshold_is_the_highest_within_one_standard_error(seed):
     assert far(threshold) <= far(choose_threshold(scores, labels))
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_eer_threshold_balances_false_accepts_and_false_rejects(seed):
+    scores, labels = random_pairs(seed, n=300, quantise=seed % 2 == 0)
+    # Unbalanced on purpose: the equal error rate does not depend on the share of genuines.
+    keep = (labels == 1) | (np.arange(labels.size) % 3 == 0)
+    scores, labels = scores[keep], labels[keep]
+    threshold = choose_threshold(scores, labels, "eer")
+    genuine = labels.astype(bool)
+    false_accept = np.mean(scores[~genuine] >= threshold)
+    false_reject = np.mean(scores[genuine] < threshold)
+    # Oracle: scikit-learn's ROC, every operating point; none is closer to equal error rates.
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert abs(false_accept - false_reject) == pytest.approx(np.min(np.abs(fpr - (1 - tpr))))
+    # The midpoint rule as for the other rules: never on a score.
+    below, above = scores[scores < threshold].max(), scores[scores >= threshold].min()
+    assert threshold == pytest.approx((below + above) / 2)
+
+
+def test_eer_threshold_with_one_class_accepts_or_rejects_everything():
+    scores = np.array([0.2, 0.5, 0.9])
+    assert choose_threshold(scores, [1, 1, 1], "eer") < 0.2
+    assert choose_threshold(scores, [0, 0, 0], "eer") > 0.9
+
+
 def test_unknown_threshold_rule_names_the_choices():
-    with pytest.raises(ValueError, match="'median' is not one of max_accuracy, one_se"):
+    with pytest.raises(ValueError, match="'median' is not one of eer, max_accuracy, one_se"):
         choose_threshold([0.1, 0.9], [0, 1], "median")
 
 

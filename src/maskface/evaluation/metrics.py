@@ -142,10 +142,16 @@ def choose_threshold(scores: Any, labels: Any, rule: str = "max_accuracy") -> fl
         ``one_se``: the highest candidate whose accuracy is within one binomial standard
         error, ``sqrt(best (1 - best) / n)``, of the best (the one-standard-error rule).
         Accuracies that close cannot be told apart on ``n`` pairs, and the highest of them
-        accepts the fewest impostors. It is also the choice that carries over: on a
-        collection whose masked photos are easier than the validation pairs', genuine
-        scores rise while impostor scores stay, so that collection's best threshold is
-        higher (docs/evaluation.md has the measurements).
+        accepts the fewest impostors: the choice for target collections whose masked photos
+        are easier than the validation pairs' (simulated masks), where genuine scores rise
+        while impostor scores stay.
+        ``eer``: the candidate where the false accept rate (impostors at or above) and the
+        false reject rate (genuines below) are closest, the equal error rate's threshold;
+        ties: the middle one, as for ``max_accuracy``. It depends on neither the share of
+        genuine pairs nor on one lucky gap, and on collections as hard as the validation
+        pairs (real masks) its accuracy stays closest to the target's own best
+        (docs/evaluation.md has the measurements). With one class only it accepts (all
+        genuine) or rejects (all impostor) everything, as the other rules do.
 
     Args:
         scores: (N,) float similarity scores.
@@ -167,7 +173,13 @@ def choose_threshold(scores: Any, labels: Any, rule: str = "max_accuracy") -> fl
     # Candidate c puts the first c distinct values below the threshold: those are
     # predicted different (correct for impostors), the rest same (correct for genuines).
     correct = cum_neg + (cum_pos[-1] - cum_pos)
-    if rule == "one_se":
+    if rule == "eer" and 0 < cum_pos[-1] < s.size:
+        false_reject = cum_pos / cum_pos[-1]
+        false_accept = 1.0 - cum_neg / cum_neg[-1]
+        imbalance = np.abs(false_accept - false_reject)
+        closest = np.flatnonzero(imbalance == imbalance.min())
+        c = int(closest[(closest.size - 1) // 2])
+    elif rule == "one_se":
         best_accuracy = correct.max() / s.size
         tolerance = np.sqrt(best_accuracy * (1.0 - best_accuracy) / s.size) * s.size
         c = int(np.flatnonzero(correct >= correct.max() - tolerance)[-1])
