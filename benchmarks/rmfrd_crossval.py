@@ -8,7 +8,8 @@ untouched network and each fine-tuning variant on
 
 - that seed's rmfrd-dev test identities (people never trained on, same collection: the
   closest proxy for "other RMFRD identities"),
-- lfw-masktheface and orl-sim (collections never trained on; pairs as in generalization.py).
+- lfw-masktheface and orl-sim (collections never trained on; pairs as in generalization.py),
+  and with ``--collections`` also lfw-masktheface-lowres (its small, compressed faces).
 
 It reports each row per seed and, per variant and collection, the mean over seeds and the
 mean paired difference to the untouched network with its standard error over seeds.
