@@ -138,6 +138,11 @@ def _orl_with_simulated_masks(root: Path, cache: Path) -> pd.DataFrame:
     return pd.concat([originals[["path", "identity", "masked"]], copies[["path", "identity", "masked"]]], ignore_index=True)
 
 
+def _is_tight_crop(path) -> bool:
+    """MaskTheFace's 128 x 128 ``crop_*`` copies, beside its full-frame ones."""
+    return Path(path).name.startswith("crop_")
+
+
 LOWRES_FACTOR = 3
 LOWRES_QUALITY = 40
 
@@ -151,8 +156,10 @@ def _low_resolution_copy(root: Path, cache: Path) -> Path:
     done = cache / "images.done"
     if done.is_file():
         return target
-    for source in sorted(root.rglob("*")):
-        if not source.is_file() or source.name.startswith("crop_") or source.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
+    # The collection's own reader decides what is a photo, as for the full-size collection.
+    photos = build_manifest(DataConfig(source="rmfrd", root=str(root), workers=2)).manifest["path"]
+    for source in map(Path, photos):
+        if _is_tight_crop(source):
             continue
         destination = (target / source.relative_to(root)).with_suffix(".jpg")
         destination.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +197,7 @@ def load_collection(name: str, root: Path, work: Path, ratios_seed: int = 0, wit
     elif name == "lfw-masktheface" and not with_tight_crops:
         # MaskTheFace's 128 x 128 `crop_*` copies: five per photo, so they would dominate the
         # pairs and the detection time; the full-frame `_surgical` copies test the same thing.
-        manifest = manifest[~manifest["path"].map(lambda p: Path(p).name.startswith("crop_"))]
+        manifest = manifest[~manifest["path"].map(_is_tight_crop)]
     manifest = manifest.reset_index(drop=True)
     manifest["masked"] = manifest["masked"].astype(bool)
     derived = name != "rmfrd-test"

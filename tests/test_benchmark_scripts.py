@@ -212,13 +212,13 @@ def test_low_resolution_collection_shrinks_every_full_frame_photo_by_area(tmp_pa
     from PIL import Image
 
     for name in ("generalization", "_common"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+        monkeypatch.delitem(sys.modules, name)
     root = tmp_path / "collection"
     # 3 x 3 blocks of a smooth ramp: each block's area average is its one colour, and JPEG
     # keeps a ramp (random colours would be lost to chroma subsampling at this size).
-    rows, columns = np.mgrid[0:10, 0:8]
-    blocks = np.stack([20 * rows + 10 * columns, np.full_like(rows, 120), 220 - 15 * rows], axis=-1).astype(np.uint8)
-    photo = np.repeat(np.repeat(blocks, 3, axis=0), 3, axis=1)  # 30 x 24
+    rows, columns = np.mgrid[0:12, 0:11]
+    blocks = np.stack([15 * rows + 8 * columns, np.full_like(rows, 120), 220 - 15 * rows], axis=-1).astype(np.uint8)
+    photo = np.repeat(np.repeat(blocks, 3, axis=0), 3, axis=1)  # 36 x 33: the reader's 32 px minimum
     for relative in ("AFDB_face_dataset/Ann/Ann_0001.jpg", "AFDB_masked_face_dataset/Ann/Ann_0002_surgical.png",
                      "AFDB_masked_face_dataset/Ann/crop_Ann_0002_surgical_blue.jpg"):
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +230,7 @@ def test_low_resolution_collection_shrinks_every_full_frame_photo_by_area(tmp_pa
     # The tight crop_* copies are left out, as in lfw-masktheface; a PNG becomes a JPEG.
     assert written == ["AFDB_face_dataset/Ann/Ann_0001.jpg", "AFDB_masked_face_dataset/Ann/Ann_0002_surgical.jpg"]
     small = np.asarray(Image.open(target / written[0]), dtype=np.float64)
-    assert small.shape == (10, 8, 3)
+    assert small.shape == (12, 11, 3)
     assert np.abs(small - blocks).mean() < 6  # JPEG at quality 40: close, not exact
     # Cached: a second call leaves the copies as they are.
     stamp = (target / written[0]).stat().st_mtime_ns
