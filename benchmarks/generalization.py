@@ -27,7 +27,11 @@ rmfrd-dev). Preprocessing is the one in each model's preprocess.json; pretrained
 shown with alignment to their own template and with the crop modes in ``--modes``.
 ``--average A+B`` adds a row averaging the cosines of the trained folders A and B, each
 fine-tuned alone (score-level fusion outside the pipeline, to compare with a fusion backbone
-fine-tuned as one network).
+fine-tuned as one network). ``--views`` scores every network also on test-time variants of
+the same aligned crops: ``grey`` (luma in all three channels), ``zoom=S`` (scaled by S about
+the frame's centre, grey beyond the crop) and ``band=D`` (grey above D eye distances over the
+template's eye line, on top of the crop mode's own greying: the eye band alone); ``plain`` is
+the crop as the model's preprocessing makes it.
 
 Landmarks (MTCNN, once per collection) and crops are cached in ``--work``.
 
@@ -37,6 +41,9 @@ Usage:
     python benchmarks/generalization.py --work /tmp/maskface-generalization --models /tmp/run/models
     # the pretrained networks also with the pipeline's shift test-time augmentation:
     python benchmarks/generalization.py --models /tmp/run/models --modes nose --flip 1 --shift 0 0.04
+    # the same networks on greyscale, zoomed and eye-band-only copies of their crops:
+    python benchmarks/generalization.py --models /tmp/run/models --backbones edgeface --modes nose --flip 1 \
+        --shift 0.04 --views plain grey zoom=1.1 band=0.6 band=0.9
     # a fusion next to its members, and the average of the members trained alone:
     python benchmarks/generalization.py --models /tmp/run/models --modes nose --flip 1 \
         --backbones edgeface mobilefacenet edgeface+mobilefacenet --average edgeface+mobilefacenet
@@ -61,11 +68,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import datasets_root, machine  # noqa: E402
 
 from maskface.models.backbones import available_backbones, create_model, get_spec  # noqa: E402
-from maskface.face.crop import crop_details  # noqa: E402
+from maskface.face.crop import GREY, crop_details  # noqa: E402
 from maskface.data.datasets import DataConfig, build_manifest  # noqa: E402
 from maskface.inference.embed import embed_array, load_model  # noqa: E402
 from maskface.inference.model_folder import read_model_folder  # noqa: E402
-from maskface.face.geometry import FaceDetector, detect_table, read_landmark_table, table_landmarks  # noqa: E402
+from maskface.face.geometry import FaceDetector, detect_table, read_landmark_table, table_landmarks, template_points  # noqa: E402
 from maskface.imageio import load_rgb  # noqa: E402
 from maskface.evaluation.metrics import AucStatistic, bootstrap_interval, kfold_accuracy, roc_auc  # noqa: E402
 from maskface.data.split import assign_splits  # noqa: E402
@@ -231,6 +238,51 @@ def crops_for(collection: Collection, crop: dict, size: int, work: Path) -> np.n
     return images
 
 
+VIEWS = ("plain", "grey", "zoom=<scale>", "band=<eye distances>")
+
+
+def parse_view(text: str) -> str:
+    """A ``--views`` entry, checked: ``plain``, ``grey``, ``zoom=S`` (S > 0), ``band=D``."""
+    name, equals, value = text.partition("=")
+    if name in ("plain", "grey") and not equals:
+        return text
+    if name in ("zoom", "band") and equals:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if np.isfinite(number) and (name == "band" or number > 0):
+            return text
+    raise argparse.ArgumentTypeError(f"--views {text!r} is invalid; valid: {', '.join(VIEWS)}")
+
+
+def apply_view(images: np.ndarray, view: str, template: str) -> np.ndarray:
+    """``images`` (N, 3, S, S) uint8 aligned to ``template`` as :func:`parse_view`'s ``view``
+    sees them (a new array; ``plain`` returns ``images`` itself)."""
+    name, _, value = view.partition("=")
+    if name == "plain":
+        return images
+    pixels = np.asarray(images)
+    if name == "grey":
+        # ITU-R 601 luma, as PIL's convert("L"), in every channel.
+        luma = np.tensordot(np.array([0.299, 0.587, 0.114]), pixels.astype(np.float64), axes=([0], [1]))
+        return np.repeat(np.clip(np.rint(luma), 0, 255).astype(np.uint8)[:, None], 3, axis=1)
+    size = pixels.shape[-1]
+    if name == "band":
+        eyes = template_points(template, size)[:2]
+        line = eyes[:, 1].mean() - float(value) * float(np.hypot(*(eyes[1] - eyes[0])))
+        banded = np.array(pixels, copy=True)
+        # Every row whose centre (y = row index, template_points' convention) lies above the line.
+        banded[:, :, : int(np.clip(np.ceil(line), 0, size))] = GREY
+        return banded
+    scale = float(value)
+    batch = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32)) - GREY
+    theta = torch.tensor([[1 / scale, 0.0, 0.0], [0.0, 1 / scale, 0.0]]).expand(len(batch), 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, list(batch.shape), align_corners=False)
+    zoomed = torch.nn.functional.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return (zoomed + GREY).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 def pair_scores(pairs: pd.DataFrame, embeddings: np.ndarray) -> np.ndarray:
     """The cosine of every pair's two unit embeddings (manifest rows ``a`` and ``b``)."""
     return np.sum(embeddings[pairs["a"].to_numpy()] * embeddings[pairs["b"].to_numpy()], axis=1)
@@ -285,6 +337,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="shift TTA steps for the pretrained networks (0 = off; trained model folders use the one they recorded)",
     )
     parser.add_argument("--collections", nargs="*", default=["rmfrd-test", "lfw-masktheface", "orl-sim"])
+    parser.add_argument(
+        "--views", nargs="+", type=parse_view, default=["plain"], metavar="VIEW",
+        help=f"test-time variants of every crop: {', '.join(VIEWS)} (--average uses the first)",
+    )
     parser.add_argument("--bootstrap", type=int, default=1000)
     parser.add_argument("--tight-crops", action="store_true", help="also use lfw-masktheface's 128 px crop_* copies")
     parser.add_argument("--threads", type=int, default=None)
@@ -311,11 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         spec = get_spec(name)
         for mode in args.modes:
             crop = {"mode": mode, "align": True, "template": spec.template, "align_points": "eyes", "border": "grey"}
-            for flip, shift in itertools.product(args.flip, args.shift):
+            for flip, shift, view in itertools.product(args.flip, args.shift, args.views):
                 for collection in collections:
-                    images = crops_for(collection, crop, spec.input_size, args.work)
+                    images = apply_view(crops_for(collection, crop, spec.input_size, args.work), view, spec.template)
                     embeddings = embed_array(model, images, batch_size=64, progress=False, flip=bool(flip), shift=shift)
-                    row = {"model": f"{name} (pretrained)", "mode": mode, "flip": bool(flip), "shift": shift, "collection": collection.name}
+                    row = {"model": f"{name} (pretrained)", "mode": mode, "flip": bool(flip), "shift": shift, "view": view,
+                           "collection": collection.name}
                     row.update(evaluate(collection, embeddings, None, args.bootstrap))
                     rows.append(row)
                     logger.info("%s", row)
@@ -326,13 +383,16 @@ def main(argv: list[str] | None = None) -> int:
             # The folder's own reader: the embedding settings as the API applies them.
             info = read_model_folder(folder)
             model = load_model(folder / "backbone")
-            for collection in collections:
-                images = crops_for(collection, info.preprocess["crop"], info.input_size, args.work)
+            for view, collection in itertools.product(args.views, collections):
+                crop = info.preprocess["crop"]
+                images = apply_view(crops_for(collection, crop, info.input_size, args.work), view, crop["template"])
                 embeddings = embed_array(model, images, batch_size=64, progress=False, flip=info.flip, shift=info.shift)
-                trained[folder.name, collection.name] = embeddings
+                if view == args.views[0]:
+                    trained[folder.name, collection.name] = embeddings
+                # The folder's threshold was chosen on plain crops; on a view it is still the one a user would apply.
                 threshold = info.threshold if info.classifier == "cosine" else None
-                row = {"model": f"{folder.name} (trained)", "mode": info.preprocess["crop"]["mode"], "flip": info.flip,
-                       "shift": info.shift, "collection": collection.name}
+                row = {"model": f"{folder.name} (trained)", "mode": crop["mode"], "flip": info.flip,
+                       "shift": info.shift, "view": view, "collection": collection.name}
                 row.update(evaluate(collection, embeddings, threshold, args.bootstrap))
                 rows.append(row)
                 logger.info("%s", row)
@@ -346,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             # Unit embeddings side by side, scaled by 1/sqrt(n): their dot product is the mean cosine.
             side_by_side = np.concatenate([trained[m, collection.name] for m in members], axis=1) / np.sqrt(len(members))
             row = {"model": f"{' + '.join(members)} (each trained, cosines averaged)", "mode": "", "flip": None, "shift": None,
-                   "collection": collection.name}
+                   "view": args.views[0], "collection": collection.name}
             row.update(evaluate(collection, side_by_side, None, args.bootstrap))
             rows.append(row)
             logger.info("%s", row)

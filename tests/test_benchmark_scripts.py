@@ -236,3 +236,49 @@ def test_low_resolution_collection_shrinks_every_full_frame_photo_by_area(tmp_pa
     stamp = (target / written[0]).stat().st_mtime_ns
     assert gen._low_resolution_copy(root, tmp_path / "cache") == target
     assert (target / written[0]).stat().st_mtime_ns == stamp
+
+
+def test_generalization_views_grey_band_and_zoom_against_pil_and_the_template(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.delitem(sys.modules, "_common", raising=False)
+    monkeypatch.delitem(sys.modules, "generalization", raising=False)
+    import argparse
+
+    import generalization as gen
+    import numpy as np
+    from PIL import Image
+
+    from maskface.face.geometry import template_points
+
+    for name in ("generalization", "_common"):
+        monkeypatch.delitem(sys.modules, name)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(2, 3, 112, 112), dtype=np.uint8)
+
+    assert gen.apply_view(images, "plain", "arcface") is images
+    grey = gen.apply_view(images, "grey", "arcface")
+    for image, seen in zip(images, grey):
+        luma = np.asarray(Image.fromarray(image.transpose(1, 2, 0)).convert("L"), dtype=np.int16)
+        assert all(np.abs(channel.astype(np.int16) - luma).max() <= 1 for channel in seen)
+
+    # band=0.5: grey above half an eye distance over the template's eye line, the rest untouched.
+    eyes = template_points("arcface", 112)[:2]
+    line = eyes[:, 1].mean() - 0.5 * np.hypot(*(eyes[1] - eyes[0]))
+    banded = gen.apply_view(images, "band=0.5", "arcface")
+    above = np.arange(112) < line
+    assert (banded[:, :, above] == 128).all()
+    assert np.array_equal(banded[:, :, ~above], images[:, :, ~above])
+    assert above.sum() == int(np.ceil(line)) and 0 < above.sum() < 112
+
+    # zoom=1 keeps every pixel; zoom=2 shows the centre half blown up, grey comes in on zoom=0.5.
+    assert np.array_equal(gen.apply_view(images, "zoom=1", "arcface"), images)
+    ramp = np.broadcast_to(np.arange(112, dtype=np.uint8)[None, None, None, :], (1, 3, 112, 112))
+    doubled = gen.apply_view(ramp, "zoom=2", "arcface")[0, 0, 0]
+    assert np.abs(doubled.astype(float) - (28 + (np.arange(112) - 55.5) / 2 + 27.5)).max() <= 1
+    shrunk = gen.apply_view(ramp, "zoom=0.5", "arcface")[0, 0]
+    assert (shrunk[:, 0] == 128).all() and (shrunk[0] == 128).all()
+
+    assert gen.parse_view("zoom=1.1") == "zoom=1.1"
+    for bad in ("zoom=0", "zoom", "band=x", "sepia", "grey=1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="valid: plain, grey, zoom=<scale>, band=<eye distances>"):
+            gen.parse_view(bad)
