@@ -383,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
             # The folder's own reader: the embedding settings as the API applies them.
             info = read_model_folder(folder)
             model = load_model(folder / "backbone")
+            crop = info.preprocess["crop"]
             for view, collection in itertools.product(args.views, collections):
-                crop = info.preprocess["crop"]
                 images = apply_view(crops_for(collection, crop, info.input_size, args.work), view, crop["template"])
                 embeddings = embed_array(model, images, batch_size=64, progress=False, flip=info.flip, shift=info.shift)
                 if view == args.views[0]:
