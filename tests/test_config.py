@@ -31,7 +31,7 @@ from maskface.data.datasets import DataConfig
 
 def test_repository_params_parse(repo_root: Path):
     params = load_params(repo_root / "params.yaml")
-    assert set(backbone_configs(params)) == {"edgeface", "mobilefacenet", "facenet", "vggface", "alexnet"}
+    assert set(backbone_configs(params)) == {"insightface_mbf", "edgeface", "mobilefacenet", "facenet", "vggface", "alexnet"}
     # Cosine is the default: its threshold carries over to other collections (docs/recipe.md).
     assert classifier_name(params) == "cosine"
     assert section(params, SplitConfig, "split").ratios == (0.7, 0.1, 0.2)

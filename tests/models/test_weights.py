@@ -438,3 +438,125 @@ def test_real_download_with_the_server_gone(tmp_path, http_server):
     assert f"{target} is absent" in message and f"download from {url} failed" in message
     assert f"place it at {target}" in message
     assert not target.exists() and _no_leftovers(target.parent)
+
+
+# --- a file inside a zip pack, a file inside an installed package, an ONNX graph ----------------
+
+
+def _zip_with(members: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as pack:
+        for name, data in members.items():
+            pack.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_archive_member_is_taken_out_of_the_downloaded_pack_and_verified(tmp_path, monkeypatch):
+    pack = _zip_with({"buffalo_toy/det.onnx": b"a detector", "buffalo_toy/toy-v1.pt": PAYLOAD})
+    monkeypatch.setattr(weights, "_download", lambda url, destination: Path(destination).write_bytes(pack))
+    source = _source(url="https://example.invalid/buffalo_toy.zip", archive_member="toy-v1.pt")
+    path = weights.resolve_source(source, cache_dir=tmp_path)
+    assert path == tmp_path / "toy-v1.pt" and path.read_bytes() == PAYLOAD
+    # Only the member stays: the pack and every temporary file are gone.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy-v1.pt"]
+
+
+def test_a_pack_without_the_member_or_not_a_zip_is_unavailable_and_leaves_nothing(tmp_path, monkeypatch):
+    source = _source(url="https://example.invalid/buffalo_toy.zip", archive_member="toy-v1.pt")
+    for body, expected in ((_zip_with({"other.onnx": b"x"}), "holds no toy-v1.pt.*other.onnx"), (b"<html>not found</html>", "not a zip")):
+        monkeypatch.setattr(weights, "_download", lambda url, destination, body=body: Path(destination).write_bytes(body))
+        with pytest.raises(WeightsUnavailableError, match=expected):
+            weights.resolve_source(source, cache_dir=tmp_path)
+        assert list(tmp_path.iterdir()) == []
+
+
+def test_a_member_failing_its_checksum_is_discarded(tmp_path, monkeypatch):
+    pack = _zip_with({"toy-v1.pt": b"tampered"})
+    monkeypatch.setattr(weights, "_download", lambda url, destination: Path(destination).write_bytes(pack))
+    with pytest.raises(ChecksumMismatchError, match=hashlib.sha256(b"tampered").hexdigest()):
+        weights.resolve_source(_source(archive_member="toy-v1.pt"), cache_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def toy_package(tmp_path, monkeypatch):
+    """An importable package ``toy_weights_pkg`` shipping ``model/toy.onnx``; importing it fails,
+    so a test passes only if the file is found without running the package's code."""
+    root = tmp_path / "site"
+    package = root / "toy_weights_pkg"
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('imported: the weights lookup ran package code')\n")
+    (package / "model" / "toy.onnx").write_bytes(PAYLOAD)
+    monkeypatch.syspath_prepend(str(root))
+    return package / "model" / "toy.onnx"
+
+
+def test_a_file_shipped_in_an_installed_package_is_found_verified_and_not_imported(tmp_path, toy_package, no_download):
+    source = _source(package_file="toy_weights_pkg:model/toy.onnx")
+    assert weights.resolve_source(source, cache_dir=tmp_path / "cache") == toy_package
+    assert no_download == [] and "toy_weights_pkg" not in sys.modules
+    with pytest.raises(ChecksumMismatchError, match=str(toy_package)):
+        weights.resolve_source(_source(package_file="toy_weights_pkg:model/toy.onnx", sha256="0" * 64), cache_dir=tmp_path / "cache")
+
+
+def test_a_package_that_is_not_installed_is_named_in_the_unavailable_message(tmp_path, no_download):
+    source = _source(package_file="no_such_weights_pkg:model/toy.onnx")
+    with pytest.raises(WeightsUnavailableError, match="package no_such_weights_pkg is not installed"):
+        weights.resolve_source(source, cache_dir=tmp_path)
+    assert weights.installed_package_file("toy_weights_pkg:model/absent.onnx") is None
+
+
+def _toy_onnx(path: Path, extra_matmul: bool = False) -> dict:
+    """Conv -> PRelu -> Flatten -> Gemm -> BatchNormalization with random parameters; returns them."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    values = {
+        "w": rng.normal(size=(4, 3, 3, 3)), "b": rng.normal(size=4), "slope": rng.normal(size=(4, 1, 1)),
+        "fc_w": rng.normal(size=(5, 4 * 6 * 6)), "fc_b": rng.normal(size=5),
+        "g": rng.normal(size=5), "beta": rng.normal(size=5), "mean": rng.normal(size=5), "var": rng.uniform(0.5, 2, size=5),
+        "m": rng.normal(size=(5, 5)),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="Conv_0"),
+        helper.make_node("PRelu", ["c", "slope"], ["p"], name="PRelu_1"),
+        helper.make_node("Flatten", ["p"], ["f"], name="Flatten_2"),
+        helper.make_node("Gemm", ["f", "fc_w", "fc_b"], ["g1"], name="Gemm_3", transB=1),
+        helper.make_node("BatchNormalization", ["g1", "g", "beta", "mean", "var"], ["y"], name="BatchNormalization_4"),
+    ]
+    if extra_matmul:
+        nodes.append(helper.make_node("MatMul", ["y", "m"], ["z"], name="MatMul_5"))
+    graph = helper.make_graph(
+        nodes, "toy", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("z" if extra_matmul else "y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in values.items() if extra_matmul or k != "m"],
+    )
+    onnx.save(helper.make_model(graph), str(path))
+    return values
+
+
+def test_onnx_parameters_come_out_in_node_order_under_their_roles(tmp_path):
+    values = _toy_onnx(tmp_path / "toy.onnx")
+    state = weights.load_state_dict(tmp_path / "toy.onnx")
+    expected = {
+        "Conv_0.weight": "w", "Conv_0.bias": "b", "PRelu_1.slope": "slope", "Gemm_3.weight": "fc_w", "Gemm_3.bias": "fc_b",
+        "BatchNormalization_4.weight": "g", "BatchNormalization_4.bias": "beta",
+        "BatchNormalization_4.running_mean": "mean", "BatchNormalization_4.running_var": "var",
+    }
+    assert list(state) == list(expected)
+    for key, name in expected.items():
+        torch.testing.assert_close(state[key], torch.from_numpy(values[name].astype("float32")))
+
+
+def test_onnx_graphs_with_other_parameters_or_unreadable_files_are_refused(tmp_path):
+    _toy_onnx(tmp_path / "matmul.onnx", extra_matmul=True)
+    with pytest.raises(WeightsError, match=r"MatMul_5 \(MatMul\).*valid: Conv, PRelu, Gemm, BatchNormalization"):
+        weights.load_state_dict(tmp_path / "matmul.onnx")
+    (tmp_path / "garbage.onnx").write_bytes(b"\xff\x00 not a protobuf")
+    with pytest.raises(WeightsError, match="not a readable ONNX model"):
+        weights.load_state_dict(tmp_path / "garbage.onnx")

@@ -851,6 +851,132 @@ def _build_mobilefacenet() -> Trunk:
     return MobileFaceNetTrunk()
 
 
+# --- insightface_mbf (WebFace600K) -------------------------------------------------------------
+
+
+class _ConvNormPReLU(nn.Sequential):
+    """conv (no bias) -> batch norm -> PReLU, or without the PReLU (``act=False``: a linear projection)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 1, stride: int = 1, groups: int = 1, act: bool = True):
+        layers = [
+            nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out_channels),
+        ]
+        if act:
+            layers.append(nn.PReLU(out_channels))
+        super().__init__(*layers)
+
+
+class _MbfDepthwise(nn.Module):
+    """Expand 1x1 -> depthwise 3x3 (stride) -> project 1x1; added to its input where ``residual``."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, stride: int, residual: bool):
+        super().__init__()
+        self.residual = residual
+        self.layers = nn.Sequential(
+            _ConvNormPReLU(in_channels, hidden),
+            _ConvNormPReLU(hidden, hidden, 3, stride, groups=hidden),
+            _ConvNormPReLU(hidden, out_channels, act=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(x)
+        return x + out if self.residual else out
+
+
+def _mbf_stage(in_channels: int, channels: int, hidden: int, blocks: int) -> nn.Sequential:
+    """One stride-2 block, then ``blocks`` residual ones at ``channels``."""
+    return nn.Sequential(
+        _MbfDepthwise(in_channels, channels, hidden, 2, residual=False),
+        *(_MbfDepthwise(channels, channels, channels, 1, residual=True) for _ in range(blocks)),
+    )
+
+
+class InsightFaceMbfTrunk(Trunk):
+    """InsightFace's MobileFaceNet "MBF" as published in the ``buffalo_s`` pack (``w600k_mbf.onnx``).
+
+    The layout is read off that graph: a 3x3 stride-2 stem and a grouped 3x3 (128 channels),
+    three stages of inverted residual blocks (128 x 4, 256 x 6, 256 x 2, each opened by a
+    stride-2 block), a 1x1 to 512 and one to 64 channels, then the 7 x 7 x 64 map flattened
+    into a 512-d linear layer and a batch norm (the embedding). 112 x 112 in, 3.4 M parameters.
+
+    The ONNX export folded each convolution's batch norm into a bias; :meth:`load_published`
+    puts that bias into the batch norm with unit scale and variance (``x + bias`` in eval mode),
+    so the published network is reproduced exactly and the same layout also trains from scratch.
+    """
+
+    layer_groups = ("stem", "stage1", "stage2", "stage3", "head")
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(_ConvNormPReLU(3, 128, 3, 2), _ConvNormPReLU(128, 128, 3, 1, groups=64))
+        self.stage1 = _mbf_stage(128, 128, 128, 4)
+        self.stage2 = _mbf_stage(128, 256, 256, 6)
+        self.stage3 = _mbf_stage(256, 256, 512, 2)
+        self.head = nn.Sequential(
+            _ConvNormPReLU(256, 512),
+            _ConvNormPReLU(512, 64),
+            nn.Flatten(),
+            nn.Linear(64 * 7 * 7, 512),
+            nn.BatchNorm1d(512),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stage3(self.stage2(self.stage1(self.stem(x)))))
+
+    def load_published(self, state: dict[str, torch.Tensor], weights: str) -> None:
+        # `state` is the graph's parameters in node order (maskface.models.weights.load_onnx_state):
+        # Conv_<k>.weight/.bias, PRelu_<k>.slope, Gemm_<k>.weight/.bias, BatchNormalization_<k>.*.
+        # Matched to this trunk's layers in the same order, each shape checked by load_state_dict.
+        convs = [key[: -len(".weight")] for key in state if key.startswith("Conv_") and key.endswith(".weight")]
+        slopes = [key for key in state if key.startswith("PRelu_")]
+        gemm = next(key[: -len(".weight")] for key in state if key.startswith("Gemm_") and key.endswith(".weight"))
+        norm = next(key[: -len(".weight")] for key in state if key.startswith("BatchNormalization_") and key.endswith(".weight"))
+        blocks = [module for module in self.modules() if isinstance(module, _ConvNormPReLU)]
+        activations = [block[2] for block in blocks if len(block) == 3]
+        if len(convs) != len(blocks) or len(slopes) != len(activations):
+            raise InputError(
+                f"{weights}: the graph has {len(convs)} convolutions and {len(slopes)} PReLUs; "
+                f"InsightFace's MBF has {len(blocks)} and {len(activations)}"
+            )
+        mine: dict[str, torch.Tensor] = {}
+        names = {module: name for name, module in self.named_modules()}
+        for conv, block in zip(convs, blocks):
+            prefix = names[block]
+            bias = state[f"{conv}.bias"]
+            norm_eps = block[1].eps
+            mine[f"{prefix}.0.weight"] = state[f"{conv}.weight"]
+            mine[f"{prefix}.1.weight"] = torch.ones_like(bias)
+            mine[f"{prefix}.1.bias"] = bias
+            mine[f"{prefix}.1.running_mean"] = torch.zeros_like(bias)
+            mine[f"{prefix}.1.running_var"] = torch.full_like(bias, 1.0 - norm_eps)
+            mine[f"{prefix}.1.num_batches_tracked"] = torch.tensor(0)
+        for slope, activation in zip(slopes, activations):
+            mine[f"{names[activation]}.weight"] = state[slope].flatten()
+        mine["head.3.weight"], mine["head.3.bias"] = state[f"{gemm}.weight"], state[f"{gemm}.bias"]
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            mine[f"head.4.{part}"] = state[f"{norm}.{part}"]
+        mine["head.4.num_batches_tracked"] = torch.tensor(0)
+        self.load_state_dict(mine)
+
+
+@register_backbone(
+    "insightface_mbf",
+    input_size=112,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    pixel_range=1.0,
+    feature_dim=512,
+    weights=("webface600k",),
+    default_weights="webface600k",
+    description="InsightFace MobileFaceNet (buffalo_s w600k_mbf, WebFace600K), 512-d; the weights are for "
+    "non-commercial research only. Input: RGB 112 x 112 aligned to the ArcFace template, (x / 255 - 0.5) / 0.5.",
+    template="arcface",
+)
+def _build_insightface_mbf() -> Trunk:
+    return InsightFaceMbfTrunk()
+
+
 # --- fusion: several networks side by side ------------------------------------------------------
 
 

